@@ -1,0 +1,32 @@
+"""Every tunable and hard limit of streamcodec, in one place.
+
+Each constant says why it has the value it has.  Encoders, decoders and the
+pool take these as defaults; all can be overridden per instance.
+"""
+
+from __future__ import annotations
+
+#: Deepest nesting of containers an encoder accepts.  Deep enough for any
+#: real Kubernetes object (the deepest CRDs nest ~30 levels); shallow enough
+#: that a recursive encoder can never exhaust the C stack, and a cycle is
+#: caught by this limit as well as by the explicit cycle check.
+MAX_DEPTH = 256
+
+#: Largest frame an encoder emits or a decoder accepts.  etcd refuses values
+#: over 1.5 MiB by default (--max-request-bytes), and a frame carries one
+#: object plus a small envelope, so 4 MiB leaves room for raising etcd's limit
+#: without letting one hostile frame take unbounded memory.
+DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
+
+#: Default total byte budget of a BufferPool: a few maximum frames in flight.
+DEFAULT_POOL_BYTES = 16 * 1024 * 1024
+
+#: Default size of one pool buffer.  Frames never span buffers, so a buffer
+#: must hold the largest frame; 4 MiB matches DEFAULT_MAX_FRAME_SIZE.
+DEFAULT_BUFFER_SIZE = DEFAULT_MAX_FRAME_SIZE
+
+#: Watch event types (Kubernetes watch.EventType).
+EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
+
+#: Name of the environment variable that forces the pure-Python twins.
+PURE_PYTHON_ENV = "STREAMCODEC_PURE_PYTHON"
