@@ -63,10 +63,12 @@ class Encoder(Protocol):
     def encode_raw_event_into(self, type: str, raw: BytesLike, buf: PoolBuffer) -> int: ...
 
     # A list body is: start, then one item per object, then end.
+    # Encoders keep no per-list state (one encoder serves many streams):
     # ``index`` is the item's position (0 for the first) so an encoder can
-    # write separators without keeping state; ``count`` is the number of
-    # items when known up front (formats that need it raise ValueError when
-    # it is missing or when ``end`` is reached with a different number).
+    # write separators; ``count`` is the number of items when known up front.
+    # A format that cannot express an unknown count raises ValueError at
+    # start when it is None; the caller (streamcodec.writer) checks that
+    # exactly ``count`` items were written before calling end.
     def encode_list_start_into(
         self,
         buf: PoolBuffer,
