@@ -1,0 +1,186 @@
+"""FrameWriter: encode a stream of events or list items into one pool buffer
+at a time and hand each filled buffer to an async ``send``.
+
+A stream holds exactly one pool buffer at a time, so the pool's budget caps
+the memory of all streams together; acquiring that buffer is where a new
+stream waits when the budget is used up.  ``send`` is awaited before the
+buffer is reused, so a slow client slows the producer instead of growing
+memory (the send side is expected to apply the transport's own
+high/low-watermark flow control, as uvicorn's does).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, List, Optional
+
+from .errors import BufferExported, BufferFull, FrameTooLarge
+from .pool import BufferPool, PoolBuffer
+from .protocol import BytesLike, Encoder
+
+__all__ = ["FrameWriter"]
+
+Send = Callable[[memoryview], Awaitable[None]]
+
+
+class FrameWriter:
+    """Writes frames of one stream through ``encoder`` into buffers of ``pool``.
+
+    ``flush_bytes``: once the current buffer holds at least this many bytes
+    it is sent (default: half a buffer), so large frames leave promptly while
+    small ones are batched.  Call :meth:`flush` to send at once (after each
+    live watch event, say).  Use as ``async with FrameWriter(...) as w:``;
+    leaving the block flushes (on success) and always returns the buffer.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        pool: BufferPool,
+        send: Send,
+        *,
+        flush_bytes: Optional[int] = None,
+        acquire_timeout: Optional[float] = None,
+    ) -> None:
+        self.encoder = encoder
+        self.pool = pool
+        self._send = send
+        self.flush_bytes = pool.buffer_size // 2 if flush_bytes is None else flush_bytes
+        self.acquire_timeout = acquire_timeout
+        self._buf: Optional[PoolBuffer] = None
+        # Buffers whose memory the send side still references (a transport
+        # that kept a view).  They stay counted against the budget until the
+        # reference is gone and they can be released.
+        self._retired: List[PoolBuffer] = []
+        self._list_index: Optional[int] = None
+        self._list_count: Optional[int] = None
+        self.bytes_sent = 0
+        self.frames = 0
+
+    async def __aenter__(self) -> "FrameWriter":
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                await self.flush()
+        finally:
+            self.close()
+
+    async def open(self) -> None:
+        """Acquire this stream's buffer (waits while the pool is used up)."""
+        if self._buf is None:
+            self._buf = await self.pool.acquire_async(self.acquire_timeout)
+
+    def close(self) -> None:
+        """Return every buffer to the pool; unsent bytes are dropped."""
+        buf, self._buf = self._buf, None
+        if buf is not None:
+            buf.length = 0
+            self._retired.append(buf)
+        self._release_retired()
+
+    def _release_retired(self) -> None:
+        still = []
+        for buf in self._retired:
+            try:
+                self.pool.release(buf)
+            except BufferExported:
+                still.append(buf)
+        self._retired = still
+
+    async def flush(self) -> None:
+        """Send what the current buffer holds, then reuse (or replace) it."""
+        buf = self._buf
+        if buf is None:
+            raise RuntimeError("FrameWriter is not open")
+        if buf.length == 0:
+            return
+        view = buf.view()
+        try:
+            await self._send(view)
+        finally:
+            view.release()
+        self.bytes_sent += buf.length
+        try:
+            buf.clear()
+        except BufferExported:
+            self._buf = None
+            self._retired.append(buf)
+            self._release_retired()
+            self._buf = await self.pool.acquire_async(self.acquire_timeout)
+        self._release_retired()
+
+    async def _write(self, method: Callable[..., int], *args: Any) -> int:
+        buf = self._buf
+        if buf is None:
+            raise RuntimeError("FrameWriter is not open")
+        try:
+            n = method(*args, buf)
+        except BufferFull:
+            if buf.length == 0:
+                raise FrameTooLarge(
+                    f"frame does not fit one pool buffer of {buf.capacity} bytes",
+                    self.encoder.max_frame_size,
+                ) from None
+            await self.flush()
+            n = method(*args, self._buf)
+        self.frames += 1
+        if self._buf is not None and self._buf.length >= self.flush_bytes:
+            await self.flush()
+        return n
+
+    # watch events -----------------------------------------------------------
+    async def event(self, type: str, obj: Any) -> int:
+        return await self._write(self.encoder.encode_event_into, type, obj)
+
+    async def raw_event(self, type: str, raw: BytesLike) -> int:
+        return await self._write(self.encoder.encode_raw_event_into, type, raw)
+
+    # list bodies ------------------------------------------------------------
+    async def list_start(
+        self, *, kind: str, api_version: str, metadata: dict, count: Optional[int] = None
+    ) -> int:
+        if self._list_index is not None:
+            raise RuntimeError("a list body is already open")
+        buf = self._buf
+        if buf is None:
+            raise RuntimeError("FrameWriter is not open")
+
+        def start(b: PoolBuffer) -> int:
+            return self.encoder.encode_list_start_into(
+                b, kind=kind, api_version=api_version, metadata=metadata, count=count
+            )
+
+        n = await self._write(start)
+        self._list_index, self._list_count = 0, count
+        return n
+
+    def _next_index(self) -> int:
+        if self._list_index is None:
+            raise RuntimeError("no list body is open")
+        if self._list_count is not None and self._list_index >= self._list_count:
+            raise ValueError(f"list announced {self._list_count} items; got more")
+        return self._list_index
+
+    async def list_item(self, obj: Any) -> int:
+        index = self._next_index()
+        n = await self._write(lambda o, b: self.encoder.encode_list_item_into(o, b, index), obj)
+        self._list_index = index + 1
+        return n
+
+    async def list_raw_item(self, raw: BytesLike) -> int:
+        index = self._next_index()
+        n = await self._write(lambda r, b: self.encoder.encode_raw_list_item_into(r, b, index), raw)
+        self._list_index = index + 1
+        return n
+
+    async def list_end(self) -> int:
+        if self._list_index is None:
+            raise RuntimeError("no list body is open")
+        count = self._list_index
+        if self._list_count is not None and count != self._list_count:
+            raise ValueError(f"list announced {self._list_count} items; got {count}")
+        n = await self._write(lambda b: self.encoder.encode_list_end_into(b, count))
+        self._list_index = self._list_count = None
+        return n

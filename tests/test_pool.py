@@ -1,0 +1,145 @@
+"""BufferPool and PoolBuffer: the budget is never exceeded, waits are fair,
+exported buffers are never recycled."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streamcodec import BufferExported, BufferPool, PoolBuffer, PoolExhausted
+
+
+def test_budget_split_and_exhaustion() -> None:
+    pool = BufferPool(budget_bytes=10_000, buffer_size=4096)
+    assert pool.max_buffers == 2 and pool.budget == 8192
+    a, b = pool.acquire(), pool.acquire()
+    assert a is not b and a.capacity == b.capacity == 4096
+    with pytest.raises(PoolExhausted):
+        pool.acquire()
+    s = pool.stats()
+    assert (s.in_use, s.high_water, s.allocated) == (8192, 8192, 8192)
+    a.release()
+    c = pool.acquire()
+    assert c is a  # reused, not a new allocation
+    assert pool.stats().allocated == 8192
+
+
+def test_bad_sizes_rejected() -> None:
+    with pytest.raises(ValueError):
+        BufferPool(budget_bytes=100, buffer_size=200)
+    with pytest.raises(ValueError):
+        BufferPool(budget_bytes=100, buffer_size=0)
+    with pytest.raises(ValueError):
+        PoolBuffer(0)
+
+
+def test_release_clears_and_foreign_buffer_refused() -> None:
+    pool = BufferPool(4096, 4096)
+    buf = pool.acquire()
+    buf.data[0:3] = b"abc"
+    buf.length = 3
+    assert buf.getvalue() == b"abc"
+    buf.release()
+    assert pool.acquire().length == 0
+    with pytest.raises(ValueError):
+        BufferPool(4096, 4096).release(PoolBuffer(4096))
+
+
+def test_exported_buffer_cannot_be_cleared_or_released() -> None:
+    pool = BufferPool(4096, 4096)
+    buf = pool.acquire()
+    buf.data[0:5] = b"hello"
+    buf.length = 5
+    view = buf.view()
+    assert buf.is_exported()
+    with pytest.raises(BufferExported):
+        buf.clear()
+    with pytest.raises(BufferExported):
+        pool.release(buf)
+    # Nothing changed while refused: the holder of the view still sees its bytes.
+    assert bytes(view) == b"hello" and buf.length == 5
+    assert pool.stats().in_use == 4096
+    view.release()
+    assert not buf.is_exported()
+    assert bytes(buf.data[:5]) == b"hello"  # the export check left the bytes alone
+    pool.release(buf)
+    assert pool.stats().in_use == 0
+
+
+def test_export_through_a_raw_memoryview_of_data_is_seen() -> None:
+    buf = PoolBuffer(16)
+    mv = memoryview(buf.data)[4:8]
+    with pytest.raises(BufferExported):
+        buf.clear()
+    del mv
+    buf.clear()
+    assert len(buf.data) == 16  # never resized
+
+
+async def test_acquire_async_waits_then_gets_released_buffer() -> None:
+    pool = BufferPool(4096, 4096)
+    held = pool.acquire()
+    waiter = asyncio.ensure_future(pool.acquire_async())
+    await asyncio.sleep(0)
+    assert not waiter.done() and pool.stats().waiting == 1
+    held.release()
+    got = await asyncio.wait_for(waiter, 1)
+    assert got is held
+    s = pool.stats()
+    assert s.waits == 1 and s.in_use == 4096 and s.waiting == 0
+
+
+async def test_waiters_served_in_order_and_non_blocking_acquire_does_not_jump_queue() -> None:
+    pool = BufferPool(4096, 4096)
+    held = pool.acquire()
+    order = []
+
+    async def take(i: int) -> None:
+        buf = await pool.acquire_async()
+        order.append(i)
+        await asyncio.sleep(0)
+        buf.release()
+
+    tasks = [asyncio.ensure_future(take(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    held.release()
+    with pytest.raises(PoolExhausted):
+        pool.acquire()  # the buffer went straight to the first waiter
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert order == [0, 1, 2]
+    assert pool.stats().in_use == 0
+
+
+async def test_timeout_and_cancel_leave_no_waiter_and_no_leak() -> None:
+    pool = BufferPool(4096, 4096)
+    held = pool.acquire()
+    with pytest.raises(asyncio.TimeoutError):
+        await pool.acquire_async(timeout=0.01)
+    t = asyncio.ensure_future(pool.acquire_async())
+    await asyncio.sleep(0)
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    assert pool.stats().waiting == 0
+    held.release()
+    assert pool.stats().in_use == 0
+    assert pool.acquire() is held
+
+
+async def test_many_concurrent_users_never_exceed_budget() -> None:
+    pool = BufferPool(3 * 1024, 1024)
+    peak = 0
+
+    async def user(i: int) -> None:
+        nonlocal peak
+        for _ in range(20):
+            buf = await pool.acquire_async(timeout=5)
+            peak = max(peak, pool.stats().in_use)
+            await asyncio.sleep(0)
+            buf.release()
+
+    await asyncio.wait_for(asyncio.gather(*(user(i) for i in range(10))), 10)
+    s = pool.stats()
+    assert peak <= s.budget and s.high_water == s.budget and s.in_use == 0
+    assert s.allocated == s.budget and s.waits > 0
