@@ -1,0 +1,560 @@
+"""``streamcodec demo``: the Kubernetes watch-list experiment, in one command.
+
+Kubernetes showed the problem with 400 Secrets of 1 MB and a growing number of
+informers: with plain lists the API server's memory grew until it crashed; with
+watch-list it stayed flat.  This demo runs the same experiment against
+``streamcodec serve``:
+
+1. starts etcd (3.5, above the watch-progress gate) unless ``--etcd`` is given;
+2. loads ``--objects`` Secrets of ``--object-bytes`` into namespace ``default``;
+3. for each mode — ``buffered`` (classic list), ``streaming`` (streamed list),
+   ``watch-list`` — and each informer count, starts a fresh server, runs that
+   many informer processes at once (list-then-watch, or one watch-list request,
+   as client-go's reflector does), checks every object they receive against its
+   checksum, and samples the server's RSS throughout;
+4. prints a table, writes ``results.json`` and ``memory.png``.
+
+The server runs under a memory limit enforced by this demo's RSS watchdog
+(the role the kernel's OOM killer played in the Kubernetes test): when it
+passes the limit it is killed and the demo reports at which informer count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import codecs
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+MODES = ("buffered", "streaming", "watch-list")
+#: server --list-mode for each demo mode
+SERVER_LIST_MODE = {"buffered": "buffered", "streaming": "streaming", "watch-list": "streaming"}
+NAMESPACE = "default"
+MiB = 1 << 20
+#: How often the watchdog reads the server's RSS.  Fast enough to see the
+#: build-up of a buffered list (hundreds of MB per second), cheap enough not
+#: to steal a core from the server.
+SAMPLE_SECONDS = 0.02
+
+
+# --------------------------------------------------------------------------- data set
+def secret_name(i: int) -> str:
+    return f"secret-{i:05d}"
+
+
+def secret_payload(name: str, size: int) -> str:
+    """Deterministic base64 text of ``size`` bytes (rounded to 4) for ``name``."""
+    raw = hashlib.shake_256(name.encode()).digest(size // 4 * 3)
+    return base64.b64encode(raw).decode()
+
+
+def payload_digest(payload: str) -> str:
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+def _conn(url: str, timeout: float = 600.0) -> http.client.HTTPConnection:
+    host, _, port = url.removeprefix("http://").rstrip("/").partition(":")
+    return http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+
+
+def _request(url: str, method: str, path: str, body: Optional[bytes] = None) -> Tuple[int, bytes]:
+    conn = _conn(url)
+    try:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def load_secrets(url: str, count: int, size: int, progress: bool = True) -> Dict[str, str]:
+    """Create the Secrets through the server; returns name → payload sha256."""
+    manifest: Dict[str, str] = {}
+    base = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+    start = time.monotonic()
+    for i in range(count):
+        name = secret_name(i)
+        payload = secret_payload(name, size)
+        manifest[name] = payload_digest(payload)
+        body = json.dumps(
+            {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+             "metadata": {"name": name, "namespace": NAMESPACE}, "data": {"payload": payload}},
+            separators=(",", ":"),
+        ).encode()
+        status, text = _request(url, "POST", base, body)
+        if status == 409:  # left over from an earlier run against the same etcd
+            _request(url, "DELETE", f"{base}/{name}")
+            status, text = _request(url, "POST", base, body)
+        if status not in (200, 201):
+            raise SystemExit(f"loading {name} failed: HTTP {status}: {text[:200]!r}")
+        if progress:
+            _progress_bar("loading", i + 1, count, start)
+    if progress:
+        print(file=sys.stderr)
+    return manifest
+
+
+def _progress_bar(label: str, done: int, total: int, start: float) -> None:
+    width = 30
+    filled = width * done // total
+    rate = done / max(time.monotonic() - start, 1e-9)
+    sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({rate:.0f}/s)")
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------- informer (child process)
+class ListBodyReader:
+    """Parses a JSON list body ``{...,"items":[item,item,...]}`` one item at a time.
+
+    The client side of the experiment must not hold the whole list either, or
+    16 informers of 400 MB would measure the clients instead of the server.
+    """
+
+    #: A partial item larger than this is an error, not something to buffer.
+    MAX_ITEM_CHARS = 64 * MiB
+
+    def __init__(self) -> None:
+        self._text = codecs.getincrementaldecoder("utf-8")()
+        self._buf = ""
+        self._pos = 0
+        self.head: Optional[Dict[str, Any]] = None
+        self.done = False
+        self._json = json.JSONDecoder()
+
+    def feed(self, data: bytes) -> Iterator[Any]:
+        self._buf = self._buf[self._pos:] + self._text.decode(data)
+        self._pos = 0
+        if self.head is None:
+            cut = self._buf.find('"items":[')
+            if cut < 0:
+                return
+            self.head = json.loads(self._buf[: cut + len('"items":[')] + "]}")
+            self._pos = cut + len('"items":[')
+        while not self.done:
+            buf, pos = self._buf, self._pos
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
+                pos += 1
+            self._pos = pos
+            if pos >= len(buf):
+                return
+            if buf[pos] == "]":
+                self.done = True
+                return
+            try:
+                item, end = self._json.raw_decode(buf, pos)
+            except json.JSONDecodeError:
+                if len(buf) - pos > self.MAX_ITEM_CHARS:
+                    raise ValueError("list item larger than the reader's limit")
+                return  # incomplete: wait for more bytes
+            self._pos = end
+            yield item
+
+
+@dataclass
+class InformerResult:
+    ok: bool
+    objects: int = 0
+    bytes: int = 0
+    started: float = 0.0
+    synced: float = 0.0  #: wall-clock time when the initial state was complete
+    error: str = ""
+
+
+def _check(item: Dict[str, Any], manifest: Dict[str, str], seen: Dict[str, bool]) -> None:
+    name = item["metadata"]["name"]
+    if name not in manifest:
+        raise ValueError(f"unexpected object {name!r}")
+    if seen.get(name):
+        raise ValueError(f"object {name!r} received twice")
+    if payload_digest(item["data"]["payload"]) != manifest[name]:
+        raise ValueError(f"object {name!r} corrupted (checksum mismatch)")
+    seen[name] = True
+
+
+def run_informer(url: str, mode: str, manifest: Dict[str, str]) -> InformerResult:
+    """One informer: sync the initial state, verify it, then watch briefly."""
+    res = InformerResult(ok=False, started=time.time())
+    seen: Dict[str, bool] = {}
+    base = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+    try:
+        conn = _conn(url)
+        if mode == "watch-list":
+            conn.request("GET", base + "?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+                         "&allowWatchBookmarks=true&timeoutSeconds=600", headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise ValueError(f"watch-list: HTTP {resp.status}: {resp.read(300)!r}")
+            while True:
+                line = resp.readline(64 * MiB)
+                if not line:
+                    raise ValueError("watch-list ended before the initial-events-end bookmark")
+                res.bytes += len(line)
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event["type"] == "ADDED":
+                    _check(event["object"], manifest, seen)
+                elif event["type"] == "BOOKMARK":
+                    ann = (event["object"].get("metadata") or {}).get("annotations") or {}
+                    if ann.get("k8s.io/initial-events-end") == "true":
+                        break
+                else:
+                    raise ValueError(f"unexpected {event['type']} event during the initial sync")
+            res.synced = time.time()
+            conn.close()
+        else:
+            conn.request("GET", base, headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise ValueError(f"list: HTTP {resp.status}: {resp.read(300)!r}")
+            reader = ListBodyReader()
+            while not reader.done:
+                chunk = resp.read1(1 * MiB)
+                if not chunk:
+                    raise ValueError("list body ended early")
+                res.bytes += len(chunk)
+                for item in reader.feed(chunk):
+                    _check(item, manifest, seen)
+            rv = (reader.head or {}).get("metadata", {}).get("resourceVersion")
+            if not rv:
+                raise ValueError("list carried no metadata.resourceVersion")
+            res.synced = time.time()
+            conn.close()
+            # A reflector then watches from the list's resourceVersion.
+            conn = _conn(url)
+            conn.request("GET", f"{base}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1",
+                         headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise ValueError(f"watch from {rv}: HTTP {resp.status}")
+            resp.read()
+            conn.close()
+        missing = len(manifest) - len(seen)
+        if missing:
+            raise ValueError(f"{missing} objects missing from the initial state")
+        res.objects = len(seen)
+        res.ok = True
+    except Exception as exc:  # reported to the parent, which decides
+        res.error = f"{type(exc).__name__}: {exc}"
+    return res
+
+
+# --------------------------------------------------------------------------- server + watchdog
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``streamcodec serve`` as a child process, with an RSS watchdog."""
+
+    def __init__(self, etcd_url: str, list_mode: str, pool_bytes: int, memory_limit: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.memory_limit = memory_limit
+        # A file, not a pipe: nobody reads the server's log while it runs,
+        # and a full pipe would stall the server.
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", etcd_url,
+             "--listen", f"127.0.0.1:{self.port}", "--list-mode", list_mode, "--pool-bytes", str(pool_bytes)],
+            stdout=subprocess.DEVNULL, stderr=self.log,
+        )
+        self.killed_at_rss = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                err = self.log.read().decode(errors="replace")
+                raise SystemExit(f"server exited at start-up (code {self.proc.returncode}):\n{err[-2000:]}")
+            try:
+                if _request(self.url, "GET", "/version")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit("server did not become ready in time")
+
+    def rss(self) -> int:
+        import psutil
+
+        try:
+            return psutil.Process(self.proc.pid).memory_info().rss
+        except psutil.Error:
+            return 0
+
+    def start_sampling(self) -> int:
+        """Start the watchdog; returns the baseline RSS."""
+        baseline = self.rss()
+        self.peak = baseline
+
+        def sample() -> None:
+            while not self._stop.wait(SAMPLE_SECONDS):
+                rss = self.rss()
+                self.peak = max(self.peak, rss)
+                if rss > self.memory_limit and self.proc.poll() is None:
+                    self.killed_at_rss = rss
+                    self.proc.kill()
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return baseline
+
+    def stop_sampling(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def died(self) -> bool:
+        return self.proc.poll() is not None
+
+    def close(self) -> None:
+        self.stop_sampling()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# --------------------------------------------------------------------------- one run
+@dataclass
+class RunResult:
+    mode: str
+    informers: int
+    baseline_rss: int
+    peak_rss: int
+    sync_seconds: float
+    mb_per_s: float
+    server_died: bool
+    killed_at_rss: int
+    failures: List[str] = field(default_factory=list)
+
+    @property
+    def growth(self) -> int:
+        return max(0, self.peak_rss - self.baseline_rss)
+
+
+def run_once(etcd_url: str, mode: str, informers: int, manifest_path: str, args: argparse.Namespace) -> RunResult:
+    server = Server(etcd_url, SERVER_LIST_MODE[mode], args.pool_bytes, args.memory_limit)
+    try:
+        server.wait_ready()
+        baseline = server.start_sampling()
+        t0 = time.time()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "apiserver.demo", "informer", "--url", server.url, "--mode", mode,
+                 "--manifest", manifest_path],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            for _ in range(informers)
+        ]
+        results: List[InformerResult] = []
+        for p in procs:
+            out, err = p.communicate(timeout=args.run_timeout)
+            try:
+                results.append(InformerResult(**json.loads(out)))
+            except (ValueError, TypeError):
+                results.append(InformerResult(ok=False, error=f"informer crashed: {err.decode()[-500:]}"))
+        server.stop_sampling()
+        died = server.died()
+        synced = [r.synced for r in results if r.ok]
+        sync_seconds = (max(synced) - t0) if len(synced) == informers else float("nan")
+        total = sum(r.bytes for r in results)
+        return RunResult(
+            mode=mode, informers=informers, baseline_rss=baseline, peak_rss=server.peak,
+            sync_seconds=sync_seconds, mb_per_s=total / MiB / sync_seconds if sync_seconds == sync_seconds else 0.0,
+            server_died=died, killed_at_rss=server.killed_at_rss,
+            failures=[r.error for r in results if not r.ok],
+        )
+    finally:
+        server.close()
+
+
+# --------------------------------------------------------------------------- report
+def print_table(runs: List[RunResult]) -> None:
+    print(f"{'mode':<11} {'informers':>9} {'peak RSS growth':>16} {'synced after':>13} {'MB/s':>8}  note")
+    for r in runs:
+        note = "server killed by the memory limit" if r.server_died else ("FAILED: " + r.failures[0] if r.failures else "ok")
+        sync = f"{r.sync_seconds:.2f} s" if r.sync_seconds == r.sync_seconds else "-"
+        print(f"{r.mode:<11} {r.informers:>9} {r.growth / MiB:>12.1f} MiB {sync:>13} {r.mb_per_s:>8.0f}  {note}")
+
+
+def write_plot(runs: List[RunResult], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode in MODES:
+        pts = [r for r in runs if r.mode == mode]
+        if not pts:
+            continue
+        ok = [r for r in pts if not r.server_died]
+        line = ax.plot([r.informers for r in ok], [r.peak_rss / MiB for r in ok], marker="o", label=mode)[0]
+        dead = [r for r in pts if r.server_died]
+        if dead:
+            ax.scatter([r.informers for r in dead], [r.killed_at_rss / MiB for r in dead], marker="x", s=80,
+                       color=line.get_color(), label=f"{mode}: server killed")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent informers")
+    ax.set_ylabel("peak server RSS (MiB)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def check_targets(runs: List[RunResult]) -> List[str]:
+    """The issue's targets, as lines saying met / missed (never fails the run)."""
+    lines = []
+    wl = [r for r in runs if r.mode == "watch-list" and not r.server_died and not r.failures]
+    buf = [r for r in runs if r.mode == "buffered" and not r.server_died and not r.failures]
+    if wl and buf:
+        top_wl = max(wl, key=lambda r: r.informers)
+        top_buf = max(buf, key=lambda r: r.informers)
+        ratio = top_wl.growth / max(top_buf.growth, 1)
+        lines.append(f"watch-list growth at {top_wl.informers} informers is {ratio:.3f} × buffered at "
+                     f"{top_buf.informers} ({'met' if ratio <= 1 / 20 else 'missed'}: target ≤ 0.05)")
+        cap = top_wl.informers * 2 * MiB + 64 * MiB
+        lines.append(f"watch-list growth {top_wl.growth / MiB:.1f} MiB vs cap {cap / MiB:.0f} MiB "
+                     f"({'met' if top_wl.growth <= cap else 'missed'})")
+        same = [b for b in buf if b.informers == top_wl.informers] or [top_buf]
+        lines.append(f"watch-list synced in {top_wl.sync_seconds:.2f} s vs buffered {same[0].sync_seconds:.2f} s "
+                     f"at {same[0].informers} informers ({'met' if top_wl.sync_seconds <= same[0].sync_seconds * 1.05 else 'missed'})")
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+def parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="streamcodec demo",
+        description="Reproduce the Kubernetes watch-list experiment: informers against 1 MB Secrets, "
+                    "buffered list vs streaming list vs watch-list, with the server's peak memory per run.",
+    )
+    p.add_argument("--etcd", help="use this etcd (URL[,URL...]) instead of starting a temporary etcd 3.5")
+    p.add_argument("--objects", type=int, default=400, help="number of Secrets to load (default 400)")
+    p.add_argument("--object-bytes", type=parse_size, default=MiB, help="size of each Secret's data (default 1MiB)")
+    p.add_argument("--informers", default="1,2,4,8,16", help="comma-separated informer counts (default 1,2,4,8,16)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated modes among {', '.join(MODES)}")
+    p.add_argument("--memory-limit", type=parse_size, default=8 << 30,
+                   help="the server is killed when its RSS passes this (default 8GiB)")
+    p.add_argument("--pool-bytes", type=parse_size, default=16 * MiB, help="server's buffer pool budget (default 16MiB)")
+    p.add_argument("--out", default="demo-results", help="directory for results.json and memory.png")
+    p.add_argument("--run-timeout", type=float, default=600, help="seconds one run may take")
+    p.add_argument("--quick", action="store_true",
+                   help="a small data set (40 × 64KiB) and informer counts 1,2,4: a smoke test that finishes in a minute")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["informer"]:
+        return _informer_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.objects, args.object_bytes, args.informers = 40, 64 << 10, "1,2,4"
+    counts = [int(x) for x in args.informers.split(",") if x.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in MODES:
+            raise SystemExit(f"unknown mode {m!r}; expected one of {', '.join(MODES)}")
+    os.makedirs(args.out, exist_ok=True)
+
+    etcd = None
+    if args.etcd:
+        etcd_url = args.etcd
+    else:
+        from storage.etcd_process import EtcdProcess
+
+        etcd = EtcdProcess("3.5").start()
+        etcd_url = "http://" + etcd.endpoint
+        print(f"started etcd {etcd.version} at {etcd_url}", file=sys.stderr)
+    workdir = tempfile.mkdtemp(prefix="streamcodec-demo-")
+    try:
+        loader = Server(etcd_url, "streaming", args.pool_bytes, 1 << 62)
+        try:
+            loader.wait_ready()
+            manifest = load_secrets(loader.url, args.objects, args.object_bytes)
+        finally:
+            loader.close()
+        manifest_path = os.path.join(workdir, "manifest.json")
+        with open(manifest_path, "w") as f:
+            json.dump(manifest, f)
+
+        runs: List[RunResult] = []
+        for mode in modes:
+            for n in counts:
+                print(f"{mode}: {n} informer(s)...", file=sys.stderr)
+                r = run_once(etcd_url, mode, n, manifest_path, args)
+                runs.append(r)
+                if r.server_died:
+                    print(f"  server killed at {r.killed_at_rss / MiB:.0f} MiB RSS with {n} informers", file=sys.stderr)
+                    break  # more informers would only die sooner
+        print_table(runs)
+        targets = check_targets(runs)
+        for line in targets:
+            print(line)
+        title = f"{args.objects} Secrets × {args.object_bytes / MiB:g} MiB: peak server RSS"
+        write_plot(runs, os.path.join(args.out, "memory.png"), title)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump({"objects": args.objects, "object_bytes": args.object_bytes, "targets": targets,
+                       "runs": [dict(asdict(r), growth=r.growth) for r in runs]}, f, indent=2)
+        print(f"wrote {args.out}/results.json and {args.out}/memory.png")
+        bad = [r for r in runs if r.failures and not r.server_died]
+        for r in bad:
+            print(f"FAILED {r.mode} × {r.informers}: {r.failures[0]}", file=sys.stderr)
+        return 1 if bad else 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if etcd is not None:
+            etcd.stop()
+
+
+def _informer_main(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(prog="streamcodec demo informer")
+    p.add_argument("--url", required=True)
+    p.add_argument("--mode", choices=MODES, required=True)
+    p.add_argument("--manifest", required=True)
+    a = p.parse_args(argv)
+    with open(a.manifest) as f:
+        manifest = json.load(f)
+    print(json.dumps(asdict(run_informer(a.url, a.mode, manifest))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
