@@ -426,7 +426,6 @@ def _parse_frame(data: bytes, base: int, max_depth: int) -> Any:
         raise DecodeError(f"invalid JSON: {exc}", base) from None
 
 
-_BLANK = frozenset(b" \t\r")
 
 
 class JSONDecoder:
@@ -500,7 +499,7 @@ class JSONDecoder:
             del buf[: nl + 1]
             self._base += nl + 1
             self._tail -= nl + 1
-            if not line or all(c in _BLANK for c in line):
+            if not line.strip(b" \t\r"):
                 continue
             try:
                 return self._event(line, base)
