@@ -1,0 +1,537 @@
+"""CBOR (RFC 8949) encoder and incremental decoder: the pure-Python twin of
+:mod:`streamcodec._cbor`, with identical output and errors.
+
+Encoding rules (deterministic, no options):
+
+* every object frame is the self-described tag 55799 (``d9 d9 f7``, as
+  Kubernetes writes it) followed by one data item;
+* definite lengths and shortest-form heads everywhere in an object;
+* str → text string, bytes/bytearray/memoryview → byte string, dict → map
+  with text keys (insertion order kept), list/tuple → array;
+* ints in [-2**64, 2**64) as major type 0/1, larger ones as bignums
+  (tags 2/3 with the shortest big-endian magnitude);
+* floats as the shortest of half/single/double precision that keeps the
+  value exactly (RFC 8949 §4.2.2 preferred serialization); NaN → ``f9 7e 00``,
+  ±Infinity → half.  cbor2's default (``canonical=False``) always writes
+  doubles; its ``canonical=True`` float choice matches ours.
+
+An event frame is ``d9 d9 f7`` + map(2) {"type": text, "object": object
+frame (with its own tag)}, so re-encoding and raw pass-through give the same
+bytes.  A watch stream is a CBOR sequence (RFC 8742) of event frames.
+
+A list body is ``d9 d9 f7`` + map(4) {"kind", "apiVersion", "metadata",
+"items": *indefinite-length* array of object frames}, closed by ``ff`` at
+the end.  The items array is the one indefinite length we write: encoders
+keep no per-list state, so ``encode_list_end_into`` cannot know whether the
+start announced a count; an indefinite array makes the end marker the same
+(``ff``) in every case.  ``count`` is still validated when given.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any, List, Optional
+
+from ._framing_py import (
+    StreamDecoderBase,
+    check_event_type,
+    check_limits,
+    put_frame,
+    raw_bytes,
+    target_buffer,
+)
+from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
+from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
+from .pool import PoolBuffer
+from .protocol import BytesLike
+
+__all__ = ["CBOREncoder", "CBORDecoder"]
+
+SELF_DESCRIBE = b"\xd9\xd9\xf7"
+_TAG_SELF_DESCRIBE = 55799
+_TAG_POS_BIGNUM = 2
+_TAG_NEG_BIGNUM = 3
+_TWO_64 = 1 << 64
+
+_pack_half = struct.Struct(">e").pack
+_pack_single = struct.Struct(">f").pack
+_pack_double = struct.Struct(">d").pack
+_unpack_half = struct.Struct(">e").unpack_from
+_unpack_single = struct.Struct(">f").unpack_from
+_unpack_double = struct.Struct(">d").unpack_from
+
+
+def _head(major: int, n: int) -> bytes:
+    """The shortest head of major type ``major`` with argument ``n`` (0 ≤ n < 2**64)."""
+    m = major << 5
+    if n < 24:
+        return bytes((m | n,))
+    if n < 0x100:
+        return bytes((m | 24, n))
+    if n < 0x10000:
+        return bytes((m | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((m | 26,)) + n.to_bytes(4, "big")
+    return bytes((m | 27,)) + n.to_bytes(8, "big")
+
+
+def _text(s: str) -> bytes:
+    return _head(3, len(s.encode())) + s.encode()
+
+
+def _float_bytes(v: float) -> bytes:
+    if v != v:
+        return b"\xf9\x7e\x00"
+    if math.isinf(v):
+        return b"\xf9\x7c\x00" if v > 0 else b"\xf9\xfc\x00"
+    try:
+        half = _pack_half(v)
+        if _unpack_half(half)[0] == v:
+            return b"\xf9" + half
+    except OverflowError:
+        pass
+    try:
+        single = _pack_single(v)
+        if _unpack_single(single)[0] == v:
+            return b"\xfa" + single
+    except OverflowError:
+        pass
+    return b"\xfb" + _pack_double(v)
+
+
+# Precomputed envelope prefixes: d9d9f7 a2 "type" <type> "object".
+_EVENT_PREFIX = {t: SELF_DESCRIBE + b"\xa2" + _text("type") + _text(t) + _text("object") for t in EVENT_TYPES}
+
+
+class _Encoding:
+    """One encode call: a growing bytearray, a depth limit and the container path."""
+
+    __slots__ = ("out", "max_depth", "limit", "path")
+
+    def __init__(self, max_depth: int, limit: int) -> None:
+        self.out = bytearray()
+        self.max_depth = max_depth
+        self.limit = limit
+        self.path: List[Any] = []
+
+    def too_large(self) -> FrameTooLarge:
+        return FrameTooLarge(f"frame exceeds max_frame_size {self.limit}", self.limit)
+
+    def enter(self, container: Any) -> None:
+        path = self.path
+        if len(path) >= self.max_depth:
+            ids = {id(c) for c in path}
+            if id(container) in ids or len(ids) != len(path):
+                raise EncodeError("cycle: a container contains itself")
+            raise EncodeError(f"nesting deeper than max_depth {self.max_depth}")
+        path.append(container)
+
+    def item(self, obj: Any) -> None:
+        out = self.out
+        t = type(obj)
+        if t is str or (t is not bool and isinstance(obj, str)):
+            self.text(obj)
+        elif obj is None:
+            out += b"\xf6"
+        elif obj is True:
+            out += b"\xf5"
+        elif obj is False:
+            out += b"\xf4"
+        elif isinstance(obj, int):
+            self.integer(int.__index__(obj))
+        elif isinstance(obj, float):
+            out += _float_bytes(float.__float__(obj))
+        elif isinstance(obj, dict):
+            self.enter(obj)
+            out += _head(5, dict.__len__(obj))
+            for key, value in dict.items(obj):
+                if not isinstance(key, str):
+                    raise EncodeError(f"dict keys must be str, got {type(key).__name__}")
+                self.text(key)
+                self.item(value)
+            self.path.pop()
+        elif isinstance(obj, (list, tuple)):
+            self.enter(obj)
+            items = list.__iter__(obj) if isinstance(obj, list) else tuple.__iter__(obj)
+            out += _head(4, list.__len__(obj) if isinstance(obj, list) else tuple.__len__(obj))
+            for value in items:
+                self.item(value)
+            self.path.pop()
+        elif isinstance(obj, (bytes, bytearray, memoryview)):
+            if isinstance(obj, memoryview) and not obj.c_contiguous:
+                raise EncodeError("memoryview is not C-contiguous")
+            data = obj.tobytes() if isinstance(obj, memoryview) else obj
+            out += _head(2, len(data))
+            out += data
+            if len(out) > self.limit:
+                raise self.too_large()
+        else:
+            raise EncodeError(f"cannot encode objects of type {t.__name__} in CBOR")
+
+    def text(self, s: str) -> None:
+        try:
+            data = str.encode(s, "utf-8")
+        except UnicodeEncodeError:
+            raise EncodeError("str contains a lone surrogate (not valid UTF-8)") from None
+        out = self.out
+        out += _head(3, len(data))
+        out += data
+        if len(out) > self.limit:
+            raise self.too_large()
+
+    def integer(self, v: int) -> None:
+        if 0 <= v < _TWO_64:
+            self.out += _head(0, v)
+        elif -_TWO_64 <= v < 0:
+            self.out += _head(1, -1 - v)
+        else:
+            tag, magnitude = (0xC2, v) if v > 0 else (0xC3, -1 - v)
+            data = magnitude.to_bytes((magnitude.bit_length() + 7) // 8, "big")
+            self.out += bytes((tag,)) + _head(2, len(data)) + data
+            if len(self.out) > self.limit:
+                raise self.too_large()
+
+
+class CBOREncoder:
+    """Encodes objects, watch events and list bodies as CBOR (see the module docstring)."""
+
+    content_type = "application/cbor"
+    stream_content_type = "application/cbor-seq"
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
+        check_limits(max_frame_size, max_depth)
+        self._max_frame_size = max_frame_size
+        self._max_depth = max_depth
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
+
+    @property
+    def max_depth(self) -> int:
+        return self._max_depth
+
+    def _frame(self, prefix: bytes, obj: Any) -> bytes:
+        enc = _Encoding(self._max_depth, self._max_frame_size)
+        enc.out += prefix
+        enc.out += SELF_DESCRIBE
+        enc.item(obj)
+        if len(enc.out) > self._max_frame_size:
+            raise enc.too_large()
+        return bytes(enc.out)
+
+    def _raw_frame(self, prefix: bytes, raw: Any) -> bytes:
+        data = raw_bytes(raw)
+        if len(data) < 4 or data[:3] != SELF_DESCRIBE:
+            raise EncodeError("raw CBOR frame must start with the self-described tag d9 d9 f7 and hold an item")
+        n = len(prefix) + len(data)
+        if n > self._max_frame_size:
+            raise FrameTooLarge(f"frame of {n} bytes exceeds max_frame_size {self._max_frame_size}", self._max_frame_size)
+        return prefix + data
+
+    # objects -------------------------------------------------------------
+    def encode(self, obj: Any) -> bytes:
+        """One object frame: ``d9 d9 f7`` + the item."""
+        return self._frame(b"", obj)
+
+    def encode_into(self, obj: Any, buf: PoolBuffer) -> int:
+        """Append one object frame to ``buf``; returns its size."""
+        target_buffer(buf)
+        return put_frame(self._frame(b"", obj), buf, self._max_frame_size)
+
+    # watch events --------------------------------------------------------
+    def encode_event(self, type: str, obj: Any) -> bytes:
+        """One event frame: ``d9 d9 f7`` {"type": type, "object": object frame}."""
+        return self._frame(_EVENT_PREFIX[check_event_type(type)], obj)
+
+    def encode_event_into(self, type: str, obj: Any, buf: PoolBuffer) -> int:
+        prefix = _EVENT_PREFIX[check_event_type(type)]
+        target_buffer(buf)
+        return put_frame(self._frame(prefix, obj), buf, self._max_frame_size)
+
+    def encode_raw_event(self, type: str, raw: BytesLike) -> bytes:
+        """The event frame of an object frame ``raw`` encoded earlier, embedded verbatim."""
+        return self._raw_frame(_EVENT_PREFIX[check_event_type(type)], raw)
+
+    def encode_raw_event_into(self, type: str, raw: BytesLike, buf: PoolBuffer) -> int:
+        prefix = _EVENT_PREFIX[check_event_type(type)]
+        target_buffer(buf)
+        return put_frame(self._raw_frame(prefix, raw), buf, self._max_frame_size)
+
+    # list bodies ---------------------------------------------------------
+    def encode_list_start_into(
+        self,
+        buf: PoolBuffer,
+        *,
+        kind: str,
+        api_version: str,
+        metadata: dict,
+        count: Optional[int] = None,
+    ) -> int:
+        """``d9 d9 f7`` map(4) {kind, apiVersion, metadata, "items": ``9f``}."""
+        if count is not None and (type(count) is not int or count < 0):
+            raise ValueError(f"count must be a non-negative int or None, got {count!r}")
+        if type(kind) is not str or type(api_version) is not str:
+            raise EncodeError("kind and api_version must be str")
+        if not isinstance(metadata, dict):
+            raise EncodeError(f"metadata must be a dict, not {type(metadata).__name__}")
+        enc = _Encoding(self._max_depth, self._max_frame_size)
+        enc.out += SELF_DESCRIBE + b"\xa4"
+        enc.text("kind")
+        enc.text(kind)
+        enc.text("apiVersion")
+        enc.text(api_version)
+        enc.text("metadata")
+        enc.item(metadata)
+        enc.text("items")
+        enc.out += b"\x9f"
+        target_buffer(buf)
+        return put_frame(bytes(enc.out), buf, self._max_frame_size)
+
+    def encode_list_item_into(self, obj: Any, buf: PoolBuffer, index: int) -> int:
+        """One item: an object frame (tagged), exactly as ``encode`` writes it."""
+        return self.encode_into(obj, buf)
+
+    def encode_raw_list_item_into(self, raw: BytesLike, buf: PoolBuffer, index: int) -> int:
+        """One item from an object frame encoded earlier, copied verbatim."""
+        target_buffer(buf)
+        return put_frame(self._raw_frame(b"", raw), buf, self._max_frame_size)
+
+    def encode_list_end_into(self, buf: PoolBuffer, count: int) -> int:
+        """``ff``: closes the items array (and so the list body)."""
+        return put_frame(b"\xff", buf, self._max_frame_size)
+
+
+# ---------------------------------------------------------------------------
+# Decoding
+
+
+class _ScanState:
+    """Progress through one frame: the next head's index, the open containers
+    (``(remaining items << 1) | is_map``, or INDEF_ARRAY / INDEF_MAP_KEY /
+    INDEF_MAP_VALUE) and a tag waiting for its item (-1: none)."""
+
+    __slots__ = ("pos", "stack", "tag", "complete")
+
+    def __init__(self, pos: int) -> None:
+        self.pos = pos
+        self.stack: List[int] = []
+        self.tag = -1
+        self.complete = False  # structure done; waiting for the last string's bytes
+
+
+INDEF_ARRAY = -1
+INDEF_MAP_KEY = -2
+INDEF_MAP_VALUE = -3
+
+
+class CBORDecoder(StreamDecoderBase):
+    """Incremental, sans-IO CBOR decoder.
+
+    ``decode(frame)`` returns the object of one object frame; ``feed`` a
+    CBOR sequence of event frames and iterate :class:`~streamcodec.protocol.Event`.
+    It accepts what :class:`CBOREncoder` writes plus other well-formed CBOR
+    of the same data model: the self-described tag anywhere (ignored),
+    bignums, any head width, indefinite-length arrays and maps.  It rejects
+    (DecodeError) map keys that are not text, other tags, a tag directly on a
+    tag, undefined and other simple values, and indefinite-length strings.
+    """
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
+        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
+
+    def _new_scan_state(self, pos: int) -> _ScanState:
+        return _ScanState(pos)
+
+    @staticmethod
+    def _rebase(state: _ScanState, cut: int) -> None:
+        state.pos -= cut
+
+    def _scan(self, data: Any, end: int, state: _ScanState, frame_start: int, depth_limit: int, base: int) -> Optional[int]:
+        pos = state.pos
+        if state.complete:
+            return pos if pos <= end else None
+        stack = state.stack
+        limit = frame_start + self._max_frame_size
+        while True:
+            if pos >= end:
+                state.pos = pos
+                return None
+            ib = data[pos]
+            major = ib >> 5
+            ai = ib & 31
+            if ai < 24:
+                arg = ai
+                head_end = pos + 1
+            elif ai < 28:
+                width = 1 << (ai - 24)
+                head_end = pos + 1 + width
+                if head_end > end:
+                    state.pos = pos
+                    return None
+                arg = int.from_bytes(data[pos + 1 : head_end], "big")
+            elif ai == 31:
+                arg = -1
+                head_end = pos + 1
+            else:
+                raise DecodeError(f"reserved additional information {ai}", base + pos)
+            # Definite entries are (remaining << 1) | is_map; a map's
+            # remaining count is even exactly when a key comes next.
+            top = stack[-1] if stack else 0
+            at_key = top == INDEF_MAP_KEY or (top > 0 and top & 1 == 1 and (top >> 1) & 1 == 0)
+            if at_key and (major != 3 or arg < 0 or state.tag >= 0):
+                raise DecodeError("map key is not a definite-length text string", base + pos)
+            if state.tag >= 0:
+                # Tag chains stay bounded: 55799 may wrap a bignum, nothing else nests.
+                if state.tag != _TAG_SELF_DESCRIBE:
+                    if major != 2 or arg < 0:
+                        raise DecodeError("bignum tag must be followed by a definite byte string", base + pos)
+                elif major == 6 and arg == _TAG_SELF_DESCRIBE:
+                    raise DecodeError("self-described tag directly on itself", base + pos)
+                state.tag = -1
+            done = False
+            if major <= 1:
+                if arg < 0:
+                    raise DecodeError("indefinite length on an integer", base + pos)
+                done = True
+            elif major <= 3:
+                if arg < 0:
+                    raise DecodeError("indefinite-length strings are not supported", base + pos)
+                if head_end + arg > limit:
+                    raise DecodeError(f"string reaches past max_frame_size {self._max_frame_size}", base + pos)
+                head_end += arg
+                done = True
+            elif major <= 5:
+                if len(stack) >= depth_limit:
+                    raise DecodeError(f"nesting deeper than max_depth {depth_limit}", base + pos)
+                if arg < 0:
+                    stack.append(INDEF_ARRAY if major == 4 else INDEF_MAP_KEY)
+                elif arg == 0:
+                    done = True
+                else:
+                    n = arg if major == 4 else 2 * arg
+                    # Each item takes at least one byte: a count beyond the
+                    # frame limit can never complete.
+                    if head_end + n > limit:
+                        raise DecodeError(f"container count {arg} reaches past max_frame_size", base + pos)
+                    stack.append((n << 1) | (major == 5))
+            elif major == 6:
+                if arg not in (_TAG_SELF_DESCRIBE, _TAG_POS_BIGNUM, _TAG_NEG_BIGNUM):
+                    raise DecodeError(f"unsupported tag {arg}", base + pos)
+                state.tag = arg
+            else:  # major 7
+                if ai in (20, 21, 22) or ai in (25, 26, 27):
+                    done = True
+                elif ai == 31:
+                    if not stack or stack[-1] not in (INDEF_ARRAY, INDEF_MAP_KEY):
+                        raise DecodeError("break outside an indefinite-length container", base + pos)
+                    stack.pop()
+                    done = True
+                else:
+                    raise DecodeError(f"unsupported simple value (additional information {ai})", base + pos)
+            pos = head_end
+            if pos > limit:
+                raise DecodeError(f"frame exceeds max_frame_size {self._max_frame_size}", base + limit)
+            if not done:
+                continue
+            # An item finished: count it against the containers it closes.
+            while stack:
+                top = stack[-1]
+                if top > 0:
+                    if top >> 1 == 1:
+                        stack.pop()
+                        continue
+                    stack[-1] = top - 2
+                elif top == INDEF_MAP_KEY:
+                    stack[-1] = INDEF_MAP_VALUE
+                elif top == INDEF_MAP_VALUE:
+                    stack[-1] = INDEF_MAP_KEY
+                break
+            else:
+                state.pos = pos
+                if pos > end:  # the last string's bytes are not all here yet
+                    state.complete = True
+                    return None
+                return pos
+
+    def _build(self, data: Any, start: int, end: int, base: int) -> Any:
+        value, pos = self._item(data, start, base)
+        return value
+
+    def _item(self, data: Any, pos: int, base: int) -> Any:
+        ib = data[pos]
+        major = ib >> 5
+        ai = ib & 31
+        if ai < 24:
+            arg = ai
+            pos += 1
+        elif ai < 28:
+            width = 1 << (ai - 24)
+            arg = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+            if major == 7:
+                if ai == 25:
+                    return _unpack_half(data, pos + 1)[0], pos + 3
+                if ai == 26:
+                    return _unpack_single(data, pos + 1)[0], pos + 5
+                return _unpack_double(data, pos + 1)[0], pos + 9
+            pos += 1 + width
+        else:  # 31: indefinite container (the scanner allowed nothing else)
+            arg = -1
+            pos += 1
+        if major == 0:
+            return arg, pos
+        if major == 1:
+            return -1 - arg, pos
+        if major == 2:
+            return bytes(data[pos : pos + arg]), pos + arg
+        if major == 3:
+            return self._str(data, pos, arg, base), pos + arg
+        if major == 4:
+            items = []
+            if arg >= 0:
+                for _ in range(arg):
+                    value, pos = self._item(data, pos, base)
+                    items.append(value)
+                return items, pos
+            while data[pos] != 0xFF:
+                value, pos = self._item(data, pos, base)
+                items.append(value)
+            return items, pos + 1
+        if major == 5:
+            result = {}
+            if arg >= 0:
+                for _ in range(arg):
+                    key, pos = self._key(data, pos, base)
+                    result[key], pos = self._item(data, pos, base)
+                return result, pos
+            while data[pos] != 0xFF:
+                key, pos = self._key(data, pos, base)
+                result[key], pos = self._item(data, pos, base)
+            return result, pos + 1
+        if major == 6:
+            value, pos = self._item(data, pos, base)
+            if arg == _TAG_SELF_DESCRIBE:
+                return value, pos
+            magnitude = int.from_bytes(value, "big")
+            return (magnitude if arg == _TAG_POS_BIGNUM else -1 - magnitude), pos
+        # major 7: false/true/null (floats returned above)
+        return (False, True, None)[ai - 20], pos
+
+    def _key(self, data: Any, pos: int, base: int) -> Any:
+        ib = data[pos]
+        ai = ib & 31
+        if ai < 24:
+            n, pos = ai, pos + 1
+        else:
+            width = 1 << (ai - 24)
+            n, pos = int.from_bytes(data[pos + 1 : pos + 1 + width], "big"), pos + 1 + width
+        return self._str(data, pos, n, base), pos + n
+
+    @staticmethod
+    def _str(data: Any, pos: int, n: int, base: int) -> str:
+        try:
+            return str(data[pos : pos + n], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"invalid UTF-8 in text string: {exc.reason}", base + pos + exc.start) from None
+
