@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
 from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
@@ -225,8 +225,8 @@ class ProtoEncoder:
     (4-byte big-endian length + message); see ``streamcodec.proto``.
     """
 
-    content_type = CONTENT_TYPE
-    stream_content_type = STREAM_CONTENT_TYPE
+    content_type: ClassVar[str] = CONTENT_TYPE
+    stream_content_type: ClassVar[str] = STREAM_CONTENT_TYPE
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
         _check_limits(max_frame_size, max_depth)
@@ -295,7 +295,7 @@ class ProtoEncoder:
         *,
         kind: str,
         api_version: str,
-        metadata: dict,
+        metadata: Dict[str, Any],
         count: Optional[int] = None,
     ) -> int:
         """Frame holding the list header: Unknown{typeMeta, Struct{metadata[, count]}}."""
