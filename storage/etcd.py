@@ -485,13 +485,22 @@ class EtcdStore:
     # -------------------------------------------------------------- watches
 
     def watch(
-        self, prefix: bytes, start_revision: Optional[int] = None, *, progress_notify: bool = True
+        self,
+        prefix: bytes,
+        start_revision: Optional[int] = None,
+        *,
+        progress_notify: bool = True,
+        max_fragment_bytes: Optional[int] = None,
     ) -> "WatchStream":
         """Watch every key under ``prefix`` from ``start_revision`` (inclusive; None = now).
 
         Kubernetes' "watch from resourceVersion RV" is ``start_revision=RV + 1``.
+        ``max_fragment_bytes`` bounds the buffered part of one fragmented
+        revision (default ``page_bytes + max_object_bytes``).
         """
-        return WatchStream(self, prefix, start_revision, progress_notify=progress_notify)
+        return WatchStream(
+            self, prefix, start_revision, progress_notify=progress_notify, max_fragment_bytes=max_fragment_bytes
+        )
 
     def watch_list(self, prefix: bytes, resource_version: Optional[int] = None) -> "WatchListStream":
         """The Kubernetes watch-list stream of ``prefix`` (see :class:`WatchListStream`)."""
@@ -770,6 +779,8 @@ class WatchStream:
         self.reconnects = 0
         #: the endpoint currently watched
         self.endpoint: Optional[str] = None
+        #: responses etcd marked as a fragment of a larger one
+        self.fragments_received = 0
 
     def __aiter__(self) -> "WatchStream":
         return self
@@ -930,6 +941,8 @@ class WatchStream:
 
     def _take_events(self, response: WatchResult) -> None:
         events = response.events
+        if response.fragment:
+            self.fragments_received += 1
         if response.fragment or self._fragments:
             self._fragments.extend(events)
             self._fragment_bytes += sum(_event_size(e) for e in events)
