@@ -59,6 +59,13 @@ cdef extern from *:
     #endif
 
     static const char sc_hex[] = "0123456789abcdef";
+
+    /* 1 for the bytes JSON escapes inside strings: controls, '"' and '\\'. */
+    static const unsigned char sc_escaped[256] = {
+        1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1, 1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
+        0,0,1,0,0,0,0,0,0,0,0,0,0,0,0,0, 0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+        0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0, 0,0,0,0,0,0,0,0,0,0,0,0,1,0,0,0,
+    };
     static const char sc_b64[] =
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -425,8 +432,14 @@ cdef class JSONEncoder:
         return 0
 
     cdef inline int _put_byte(self, char c) except -1:
-        if self._pos >= self._alloc:
-            self._need(1)
+        if self._pos < self._alloc:
+            self._out[self._pos] = c
+            self._pos += 1
+            return 0
+        return self._put_byte_slow(c)
+
+    cdef int _put_byte_slow(self, char c) except -1:
+        self._need(1)
         self._out[self._pos] = c
         self._pos += 1
         return 0
@@ -633,7 +646,23 @@ cdef class JSONEncoder:
         return self._put_byte(b'}')
 
     cdef inline int _member(self, object key, object value, bint first, Py_ssize_t depth) except -1:
+        cdef Py_ssize_t n
+        cdef char* p
         self._stack_key[depth] = <PyObject*>key
+        if type(key) is str and PyUnicode_IS_ASCII(key):
+            n = PyUnicode_GET_LENGTH(key)
+            if n < 16 and self._try_reserve(6 * n + 4):
+                # The common case, written in one go: [,]"key":
+                p = self._out + self._pos
+                if not first:
+                    p[0] = b','
+                    p += 1
+                p[0] = b'"'
+                p += 1 + sc_write_ascii_short(p + 1, <const unsigned char*>PyUnicode_DATA(key), n)
+                p[0] = b'"'
+                p[1] = b':'
+                self._pos = p + 2 - self._out
+                return self._value(value, depth + 1)
         if not first:
             self._put_byte(b',')
         if type(key) is not str and not isinstance(key, str):
