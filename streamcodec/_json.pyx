@@ -193,6 +193,33 @@ cdef extern from *:
         return p - out;
     }
 
+    /* Whole string of n code points in one pass, stopping at a surrogate (never
+       valid UTF-8): bytes written, or -(index + 1) of the surrogate.  The
+       caller reserved 6 * n. */
+    static Py_ssize_t sc_write_ucs_checked(char *out, const void *data, int kind, Py_ssize_t n) {
+        char *p = out;
+        Py_ssize_t i;
+        if (kind == 1) return sc_write_ucs(out, data, 1, 0, n);
+        if (kind == 2) {
+            const Py_UCS2 *s = (const Py_UCS2 *)data;
+            for (i = 0; i < n; i++) {
+                Py_UCS2 c = s[i];
+                if (c < 0x80 && !sc_escaped[c]) *p++ = (char)c;
+                else if ((c & 0xF800) == 0xD800) return -(i + 1);
+                else p += sc_write_char(p, c);
+            }
+        } else {
+            const Py_UCS4 *s = (const Py_UCS4 *)data;
+            for (i = 0; i < n; i++) {
+                Py_UCS4 c = s[i];
+                if (c < 0x80 && !sc_escaped[c]) *p++ = (char)c;
+                else if ((c & 0xFFFFF800u) == 0xD800) return -(i + 1);
+                else p += sc_write_char(p, c);
+            }
+        }
+        return p - out;
+    }
+
     /* Index of the first surrogate code point (never valid UTF-8), or -1. */
     static Py_ssize_t sc_find_surrogate(const void *data, int kind, Py_ssize_t n) {
         Py_ssize_t i;
@@ -272,6 +299,7 @@ cdef extern from *:
     Py_ssize_t sc_write_ascii_short(char*, const unsigned char*, Py_ssize_t) nogil
     Py_ssize_t sc_write_ucs(char*, const void*, int, Py_ssize_t, Py_ssize_t) nogil
     Py_ssize_t sc_find_surrogate(const void*, int, Py_ssize_t) nogil
+    Py_ssize_t sc_write_ucs_checked(char*, const void*, int, Py_ssize_t) nogil
     Py_ssize_t sc_format_ll(char*, long long) nogil
     Py_ssize_t sc_base64_len(Py_ssize_t) nogil
     void sc_base64(char*, const unsigned char*, Py_ssize_t) nogil
@@ -354,6 +382,8 @@ cdef class JSONEncoder:
     cdef PyObject** _stack_key
     cdef Py_ssize_t* _stack_idx
     cdef bint _busy
+    # Strong references taken before user code runs (dict subclass items()).
+    cdef list _pins
 
     def __cinit__(self):
         self._scratch = NULL
@@ -450,14 +480,10 @@ cdef class JSONEncoder:
     # -- errors ---------------------------------------------------------------
 
     cdef str _path(self, Py_ssize_t depth):
-        parts = ["$"]
         cdef Py_ssize_t i
-        for i in range(depth):
-            if self._stack_key[i] != NULL:
-                parts.append(f"[{<object>self._stack_key[i]!r}]")
-            else:
-                parts.append(f"[{self._stack_idx[i]!r}]")
-        return "".join(parts)
+        # Strong references first: repr() of a key may run user code.
+        keys = [<object>self._stack_key[i] if self._stack_key[i] != NULL else self._stack_idx[i] for i in range(depth)]
+        return "$" + "".join([f"[{key!r}]" for key in keys])
 
     cdef object _fail(self, str message, Py_ssize_t depth):
         return EncodeError(f"{message} at {self._path(depth)}")
@@ -465,14 +491,15 @@ cdef class JSONEncoder:
     # -- values ---------------------------------------------------------------
 
     cdef int _value(self, object obj, Py_ssize_t depth) except -1:
-        tp = type(obj)
-        if tp is str:
+        if type(obj) is str:
+            if self._short_str(obj, 0, 0):
+                return 0
             return self._str(obj, depth)
-        if tp is dict:
+        if type(obj) is dict:
             return self._dict(obj, None, depth)
-        if tp is list:
+        if type(obj) is list:
             return self._list(obj, depth)
-        if tp is int:
+        if type(obj) is int:
             return self._int(obj, depth)
         if obj is True:
             return self._put(b"true", 4)
@@ -480,9 +507,9 @@ cdef class JSONEncoder:
             return self._put(b"false", 5)
         if obj is None:
             return self._put(b"null", 4)
-        if tp is float:
+        if type(obj) is float:
             return self._float(obj, depth)
-        if tp is tuple:
+        if type(obj) is tuple:
             return self._tuple(obj, depth)
         # Subclasses are encoded as their base type (as json.dumps does).
         if isinstance(obj, str):
@@ -499,7 +526,31 @@ cdef class JSONEncoder:
             return self._float(obj, depth)
         if isinstance(obj, _BYTES_TYPES):
             return self._bytes(obj, depth)
-        raise self._fail(f"cannot encode object of type {tp.__name__}", depth)
+        raise self._fail(f"cannot encode object of type {type(obj).__name__}", depth)
+
+    cdef inline int _short_str(self, object s, char prefix, char suffix) except -1:
+        """Write [prefix]"s"[suffix] if s is a short ASCII str and the room
+        allows (1), else write nothing (0).  A zero prefix/suffix is left out."""
+        cdef Py_ssize_t n
+        cdef char* p
+        if not PyUnicode_IS_ASCII(s):
+            return 0
+        n = PyUnicode_GET_LENGTH(s)
+        if n >= 16 or not self._try_reserve(6 * n + 4):
+            return 0
+        p = self._out + self._pos
+        if prefix:
+            p[0] = prefix
+            p += 1
+        p[0] = b'"'
+        p += 1 + sc_write_ascii_short(p + 1, <const unsigned char*>PyUnicode_DATA(s), n)
+        p[0] = b'"'
+        p += 1
+        if suffix:
+            p[0] = suffix
+            p += 1
+        self._pos = p - self._out
+        return 1
 
     cdef int _str(self, object s, Py_ssize_t depth) except -1:
         cdef Py_ssize_t n, i, j, chunk, k
@@ -534,6 +585,18 @@ cdef class JSONEncoder:
                 i += 1
             return self._put_byte(b'"')
         kind = PyUnicode_KIND(s)
+        if n <= _UCS_CHUNK and self._try_reserve(6 * n + 2):
+            # Room for the worst case: one pass; a surrogate is reported
+            # before pos moves, so nothing counts as written.
+            j = sc_write_ucs_checked(self._out + self._pos + 1, data, kind, n)
+            if j >= 0:
+                self._out[self._pos] = b'"'
+                self._out[self._pos + 1 + j] = b'"'
+                self._pos += j + 2
+                return 0
+            i = -j - 1
+            c = (<const Py_UCS2*>data)[i] if kind == 2 else (<const Py_UCS4*>data)[i]
+            raise self._fail(f"lone surrogate U+{<long>c:04X} in a str", depth)
         if kind != 1:
             # Checked before writing anything, as the twin's s.encode() does.
             i = sc_find_surrogate(data, kind, n)
@@ -633,46 +696,44 @@ cdef class JSONEncoder:
         self._enter(obj, depth)
         self._put_byte(b'{')
         if items is None:
+            # Borrowed references: no user code runs while we hold them
+            # (see _dict_subclass for the one place it can, and the pins).
             while PyDict_Next(obj, &pos, &k, &v):
-                key = <object>k
-                value = <object>v
-                self._member(key, value, first, depth)
+                self._stack_key[depth] = k
+                if not (type(<object>k) is str and self._short_str(<object>k, 0 if first else b',', b':')):
+                    self._member_key(<object>k, first, depth)
                 first = False
+                self._value(<object>v, depth + 1)
         else:
             for i in range(len(items)):
                 pair = items[i]
-                self._member((<tuple>pair)[0], (<tuple>pair)[1], first, depth)
+                k = <PyObject*>(<tuple>pair)[0]
+                self._stack_key[depth] = k
+                self._member_key(<object>k, first, depth)
                 first = False
+                self._value((<tuple>pair)[1], depth + 1)
         return self._put_byte(b'}')
 
-    cdef inline int _member(self, object key, object value, bint first, Py_ssize_t depth) except -1:
-        cdef Py_ssize_t n
-        cdef char* p
-        self._stack_key[depth] = <PyObject*>key
-        if type(key) is str and PyUnicode_IS_ASCII(key):
-            n = PyUnicode_GET_LENGTH(key)
-            if n < 16 and self._try_reserve(6 * n + 4):
-                # The common case, written in one go: [,]"key":
-                p = self._out + self._pos
-                if not first:
-                    p[0] = b','
-                    p += 1
-                p[0] = b'"'
-                p += 1 + sc_write_ascii_short(p + 1, <const unsigned char*>PyUnicode_DATA(key), n)
-                p[0] = b'"'
-                p[1] = b':'
-                self._pos = p + 2 - self._out
-                return self._value(value, depth + 1)
+    cdef int _member_key(self, object key, bint first, Py_ssize_t depth) except -1:
         if not first:
             self._put_byte(b',')
-        if type(key) is not str and not isinstance(key, str):
+        if not isinstance(key, str):
             raise self._fail(f"dict key of type {type(key).__name__} is not a str", depth + 1)
         self._str(key, depth + 1)
-        self._put_byte(b':')
-        return self._value(value, depth + 1)
+        return self._put_byte(b':')
 
     cdef int _dict_subclass(self, object obj, Py_ssize_t depth) except -1:
         # json.dumps uses .items() of a dict subclass (an OrderedDict's order).
+        # That runs user code, which could drop containers or keys we hold
+        # borrowed references to: keep them alive until the frame is done.
+        cdef Py_ssize_t i
+        if self._pins is None:
+            self._pins = []
+        self._pins.append(obj)
+        for i in range(depth):
+            self._pins.append(<object>self._stack_obj[i])
+            if self._stack_key[i] != NULL:
+                self._pins.append(<object>self._stack_key[i])
         try:
             items = list(obj.items())
         except Exception as exc:
@@ -690,11 +751,10 @@ cdef class JSONEncoder:
         # The length is re-read each time: a list only changes under us if
         # user code (a dict subclass's items()) mutates it.
         while i < PyList_GET_SIZE(obj):
-            item = <object>PyList_GET_ITEM(obj, i)
             self._stack_idx[depth] = i
             if i:
                 self._put_byte(b',')
-            self._value(item, depth + 1)
+            self._value(<object>PyList_GET_ITEM(obj, i), depth + 1)
             i += 1
         return self._put_byte(b']')
 
@@ -778,6 +838,7 @@ cdef class JSONEncoder:
         if self._busy:
             raise EncodeError("JSONEncoder is not reentrant (called again while encoding)")
         self._busy = True
+        self._pins = None
         return 0
 
     cdef void _use_scratch(self):
@@ -810,6 +871,7 @@ cdef class JSONEncoder:
             return PyBytes_FromStringAndSize(self._scratch, self._pos)
         finally:
             self._trim_scratch()
+            self._pins = None
             self._busy = False
 
     cdef Py_ssize_t _run_into(self, object buf, int job, object a, object b, object c, object d) except -1:
@@ -854,6 +916,7 @@ cdef class JSONEncoder:
             finally:
                 self._trim_scratch()
                 self._dst_lo = self._dst_hi = NULL
+                self._pins = None
                 self._busy = False
         finally:
             PyBuffer_Release(&view)
