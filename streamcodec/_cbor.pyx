@@ -738,7 +738,7 @@ cdef class CBORDecoder:
                 raise DecodeError(f"reserved additional information {ai}", base + pos)
             top = st.stack[st.sp - 1] if st.sp else 0
             at_key = top == INDEF_MAP_KEY or (top > 0 and (top & 1) == 1 and ((top >> 1) & 1) == 0)
-            if at_key and (major != 3 or indefinite or st.tag >= 0):
+            if at_key and ib != 0xFF and (major != 3 or indefinite or st.tag >= 0):
                 raise DecodeError("map key is not a definite-length text string", base + pos)
             if st.tag >= 0:
                 if st.tag != <int64_t>TAG_SELF_DESCRIBE:
@@ -774,8 +774,10 @@ cdef class CBORDecoder:
                     st.stack[st.sp] = (n << 1) | (1 if major == 5 else 0)
                     st.sp += 1
             elif major == 6:
-                if indefinite or not (arg == TAG_SELF_DESCRIBE or arg == 2 or arg == 3):
-                    raise DecodeError(f"unsupported tag {-1 if indefinite else arg}", base + pos)
+                if indefinite:
+                    raise DecodeError("indefinite length on a tag", base + pos)
+                if not (arg == TAG_SELF_DESCRIBE or arg == 2 or arg == 3):
+                    raise DecodeError(f"unsupported tag {arg}", base + pos)
                 st.tag = <int64_t>arg
             else:
                 if 20 <= ai <= 22 or 25 <= ai <= 27:

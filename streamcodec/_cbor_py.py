@@ -380,7 +380,7 @@ class CBORDecoder(StreamDecoderBase):
             # remaining count is even exactly when a key comes next.
             top = stack[-1] if stack else 0
             at_key = top == INDEF_MAP_KEY or (top > 0 and top & 1 == 1 and (top >> 1) & 1 == 0)
-            if at_key and (major != 3 or arg < 0 or state.tag >= 0):
+            if at_key and ib != 0xFF and (major != 3 or arg < 0 or state.tag >= 0):
                 raise DecodeError("map key is not a definite-length text string", base + pos)
             if state.tag >= 0:
                 # Tag chains stay bounded: 55799 may wrap a bignum, nothing else nests.
@@ -417,6 +417,8 @@ class CBORDecoder(StreamDecoderBase):
                         raise DecodeError(f"container count {arg} reaches past max_frame_size", base + pos)
                     stack.append((n << 1) | (major == 5))
             elif major == 6:
+                if arg < 0:
+                    raise DecodeError("indefinite length on a tag", base + pos)
                 if arg not in (_TAG_SELF_DESCRIBE, _TAG_POS_BIGNUM, _TAG_NEG_BIGNUM):
                     raise DecodeError(f"unsupported tag {arg}", base + pos)
                 state.tag = arg
