@@ -1,0 +1,488 @@
+"""The ASGI application: Kubernetes-style core/v1 REST over etcd.
+
+Mount it in any ASGI server (``uvicorn apiserver.app:...`` via
+:func:`create_app`, or ``Starlette(routes=[Mount("/", app)])``).  One
+:class:`App` owns one :class:`storage.EtcdStore` (created in the running loop
+on first use, or given) and one :class:`streamcodec.BufferPool` that every
+streaming response writes through.
+
+Routes: ``/api``, ``/api/v1``, ``/apis``, ``/version``, ``/healthz``;
+``/api/v1/namespaces/{ns}/{resource}[/{name}]``, ``/api/v1/{resource}[/{name}]``
+(GET list / watch / watch-list / one, POST, PUT, DELETE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import secrets
+import urllib.parse
+from typing import Any, Dict, List, Optional, Tuple
+
+import streamcodec
+from streamcodec import BufferPool
+from streamcodec.limits import DEFAULT_BUFFER_SIZE, DEFAULT_POOL_BYTES
+
+from storage import EtcdStore
+from storage import errors as storage_errors
+
+from . import objects
+from .negotiation import FORMATS, available_formats, format_for_content_type, negotiate
+from .objects import DEFAULT_RESOURCES, Resource
+from .status import APIError, bad_request, from_storage_error, internal_error
+from .streams import StreamResponse, close_iterator, send_error_response
+from .handlers import ListRequest, WatchRequest, list_producer, buffered_list_body, watch_producer, watch_error_event
+
+__all__ = ["App", "ServerConfig", "create_app", "KUBERNETES_VERSION"]
+
+log = logging.getLogger("apiserver")
+
+#: The Kubernetes API version this server imitates (what kubectl sees in /version).
+KUBERNETES_VERSION = ("1", "32")
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    """Everything tunable about one server.
+
+    ``list_mode``: ``streaming`` (items leave as etcd delivers them, through
+    the pool) or ``buffered`` (read all, build the whole body, then send).
+    ``pool_bytes`` / ``buffer_bytes``: the shared pool every stream writes
+    through; one buffer per stream.  ``max_streams``: concurrent list/watch
+    responses (default: as many as the pool has buffers); past it, 429.
+    ``stall_timeout``: seconds one send may wait on a client that reads
+    nothing before it is disconnected.  ``key_root``: etcd key prefix of all
+    objects.  ``passthrough``: JSON values in this server's stored layout go
+    out without decode/re-encode.
+    """
+
+    list_mode: str = "streaming"
+    pool_bytes: int = DEFAULT_POOL_BYTES
+    buffer_bytes: int = DEFAULT_BUFFER_SIZE
+    max_streams: Optional[int] = None
+    stall_timeout: float = 30.0
+    acquire_timeout: float = 1.0
+    retry_after: int = 1
+    key_root: str = "/registry"
+    resources: Dict[str, Resource] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+    max_body_bytes: int = 3 * 1024 * 1024
+    max_watch_timeout: int = 1800
+    passthrough: bool = True
+
+    def __post_init__(self) -> None:
+        if self.list_mode not in ("streaming", "buffered"):
+            raise ValueError(f"list_mode must be 'streaming' or 'buffered', not {self.list_mode!r}")
+        if self.buffer_bytes <= 0 or self.pool_bytes < self.buffer_bytes:
+            raise ValueError("pool_bytes must hold at least one buffer of buffer_bytes")
+        if self.stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive")
+        if not self.key_root.startswith("/") or self.key_root.endswith("/"):
+            raise ValueError("key_root must start with '/' and not end with it")
+
+
+class App:
+    """The API server as an ASGI application.
+
+    Give either a ready ``store`` (its lifecycle stays yours) or
+    ``etcd_endpoints`` (+ ``store_options`` for TLS/auth), in which case the
+    App creates the EtcdStore on first use and closes it at lifespan shutdown
+    or :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        store: Optional[EtcdStore] = None,
+        *,
+        etcd_endpoints: Optional[List[str]] = None,
+        store_options: Optional[Dict[str, Any]] = None,
+        config: Optional[ServerConfig] = None,
+    ) -> None:
+        if (store is None) == (etcd_endpoints is None):
+            raise ValueError("give exactly one of store or etcd_endpoints")
+        self.config = config or ServerConfig()
+        self._store = store
+        self._owns_store = store is None
+        self._endpoints = etcd_endpoints
+        self._store_options = dict(store_options or {})
+        self._store_options.setdefault("continue_secret", secrets.token_bytes(32))
+        self.pool = BufferPool(self.config.pool_bytes, self.config.buffer_bytes)
+        self.max_streams = self.config.max_streams or self.pool.max_buffers
+        self.formats = available_formats()
+        mfs = self.config.buffer_bytes
+        self.encoders: Dict[str, Any] = {
+            name: getattr(streamcodec, FORMATS[name].encoder_class)(max_frame_size=mfs) for name in self.formats
+        }
+        self.active_streams = 0
+        self.streams_started = 0
+        self.outcomes: Dict[str, int] = {}
+        self.rejected = 0
+        self._responses: "set[StreamResponse]" = set()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def store(self) -> EtcdStore:
+        if self._store is None:
+            assert self._endpoints is not None
+            self._store = EtcdStore(self._endpoints, **self._store_options)
+        return self._store
+
+    async def aclose(self) -> None:
+        if self._owns_store and self._store is not None:
+            store, self._store = self._store, None
+            await store.close()
+
+    def stats(self) -> Dict[str, Any]:
+        """Streams and pool accounting (for tests, benchmarks and /metrics-like use)."""
+        return {
+            "active_streams": self.active_streams,
+            "streams_started": self.streams_started,
+            "rejected": self.rejected,
+            "outcomes": dict(self.outcomes),
+            "pool": self.pool.stats(),
+        }
+
+    # -- ASGI --------------------------------------------------------------
+
+    async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        encoder = self.encoders.get("json")
+        try:
+            fmt = negotiate(_header(scope, b"accept"), self.formats)
+            encoder = self.encoders[fmt]
+            response = await self._route(scope, receive, fmt)
+        except APIError as exc:
+            await send_error_response(send, exc, encoder)
+            return
+        except storage_errors.StorageError as exc:
+            await send_error_response(send, from_storage_error(exc), encoder)
+            return
+        except Exception:
+            log.exception("unexpected error handling %s %s", scope.get("method"), scope.get("path"))
+            await send_error_response(send, internal_error(), encoder)
+            return
+        await response(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- routing -----------------------------------------------------------
+
+    async def _route(self, scope: Dict[str, Any], receive: Any, fmt: str) -> Any:
+        method = scope["method"]
+        path = scope["path"].rstrip("/") or "/"
+        query = _parse_query(scope.get("query_string", b""))
+        if path in ("/healthz", "/readyz", "/livez"):
+            return PlainResponse(200, b"ok", "text/plain; charset=utf-8")
+        if path == "/version":
+            major, minor = KUBERNETES_VERSION
+            return self._object_response(200, {
+                "major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0-streamcodec",
+                "platform": "linux/amd64", "goVersion": "n/a (Python streamcodec)",
+            }, "json")
+        if path == "/api":
+            return self._object_response(200, {
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": _server_address(scope)}],
+            }, fmt)
+        if path == "/apis":
+            return self._object_response(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}, fmt)
+        if path == "/api/v1":
+            return self._object_response(200, {
+                "kind": "APIResourceList", "groupVersion": "v1",
+                "resources": [r.discovery() for r in self.config.resources.values()],
+            }, fmt)
+        parts = path.split("/")[1:]
+        if parts[:2] != ["api", "v1"] or len(parts) < 3:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        rest = [urllib.parse.unquote(p) for p in parts[2:]]
+        namespace: Optional[str] = None
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            namespace = objects.check_name("namespace", rest[1])
+            rest = rest[2:]
+        if len(rest) > 2:
+            raise APIError(404, "NotFound", "the server could not find the requested resource (subresources are not served)")
+        resource = objects.resource_info(rest[0], self.config.resources)
+        name = objects.check_name("name", rest[1]) if len(rest) == 2 else None
+        if name is not None and namespace is None and resource.namespaced:
+            raise APIError(404, "NotFound", f"the server could not find the requested resource: {resource.name} is namespaced")
+        if namespace is not None and not resource.namespaced:
+            raise APIError(404, "NotFound", f"the server could not find the requested resource: {resource.name} is not namespaced")
+        if name is None:
+            if method == "GET":
+                if _bool_param(query, "watch"):
+                    return await self._watch(resource, namespace, query, fmt)
+                return await self._list(resource, namespace, query, fmt)
+            if method == "POST":
+                if resource.namespaced and namespace is None:
+                    raise APIError(405, "MethodNotAllowed", "create a namespaced object under /api/v1/namespaces/{namespace}/...")
+                return await self._create(scope, receive, resource, namespace, fmt)
+        else:
+            if method == "GET":
+                if _bool_param(query, "watch"):
+                    raise bad_request("watch a single object with fieldSelector=metadata.name=NAME on the collection")
+                return await self._get(resource, namespace, name, fmt)
+            if method == "PUT":
+                return await self._replace(scope, receive, resource, namespace, name, fmt)
+            if method == "DELETE":
+                return await self._delete(resource, namespace, name, fmt)
+        raise APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource: {method}")
+
+    # -- keys --------------------------------------------------------------
+
+    def _prefix(self, resource: Resource, namespace: Optional[str]) -> bytes:
+        parts = [self.config.key_root, resource.name]
+        if namespace is not None:
+            parts.append(namespace)
+        return ("/".join(parts) + "/").encode("utf-8")
+
+    def _key(self, resource: Resource, namespace: Optional[str], name: str) -> bytes:
+        return self._prefix(resource, namespace) + name.encode("utf-8")
+
+    # -- single objects ----------------------------------------------------
+
+    def _object_response(self, code: int, obj: Dict[str, Any], fmt: str) -> "PlainResponse":
+        encoder = self.encoders[fmt]
+        return PlainResponse(code, encoder.encode(obj), encoder.content_type)
+
+    def _kv_response(self, code: int, value: Any, revision: int, fmt: str) -> "PlainResponse":
+        encoder = self.encoders[fmt]
+        if fmt == "json" and self.config.passthrough:
+            spliced = objects.splice_resource_version(value, revision)
+            if spliced is not None:
+                return PlainResponse(code, spliced, encoder.content_type)
+        return PlainResponse(code, encoder.encode(objects.decode_stored(value, revision)), encoder.content_type)
+
+    async def _get(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
+        store = await self.store()
+        try:
+            kv = await store.get(self._key(resource, namespace, name))
+        except storage_errors.StorageError as exc:
+            raise from_storage_error(exc, resource=resource.name, name=name) from None
+        return self._kv_response(200, kv.value, int(kv.mod_revision), fmt)
+
+    async def _read_body(self, scope: Dict[str, Any], receive: Any) -> Tuple[bytes, str]:
+        chunks: List[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise APIError(400, "BadRequest", "the client disconnected while sending the body")
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.config.max_body_bytes:
+                raise APIError(413, "RequestEntityTooLarge", f"the request body exceeds {self.config.max_body_bytes} bytes")
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        body_format = format_for_content_type(_header(scope, b"content-type"), self.formats)
+        return b"".join(chunks), body_format
+
+    async def _create(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], fmt: str) -> "PlainResponse":
+        body, body_format = await self._read_body(scope, receive)
+        obj = objects.decode_body(body, body_format)
+        metadata = obj.get("metadata") or {}
+        name = metadata.get("name")
+        if not name and isinstance(metadata.get("generateName"), str):
+            name = metadata["generateName"] + secrets.token_hex(3)[:5]
+        if not isinstance(name, str) or not name:
+            raise APIError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+        objects.check_name("metadata.name", name)
+        body_ns = metadata.get("namespace")
+        if body_ns and namespace is not None and body_ns != namespace:
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+        stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=True)
+        value = objects.encode_for_storage(stored)
+        store = await self.store()
+        try:
+            revision = await store.create(self._key(resource, namespace, name), value)
+        except storage_errors.StorageError as exc:
+            raise from_storage_error(exc, resource=resource.name, name=name) from None
+        return self._kv_response(201, value, revision, fmt)
+
+    async def _replace(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
+        body, body_format = await self._read_body(scope, receive)
+        obj = objects.decode_body(body, body_format)
+        metadata = obj.get("metadata") or {}
+        if metadata.get("name", name) != name:
+            raise bad_request("the name of the object does not match the name on the URL")
+        if namespace is not None and metadata.get("namespace", namespace) != namespace:
+            raise bad_request("the namespace of the object does not match the namespace on the URL")
+        precondition = metadata.get("resourceVersion")
+        expected: Optional[int] = None
+        if precondition not in (None, ""):
+            expected = _revision(str(precondition), "metadata.resourceVersion")
+        store = await self.store()
+        key = self._key(resource, namespace, name)
+        try:
+            current = await store.get(key)
+            if expected is None:
+                expected = int(current.mod_revision)  # unconditional PUT: still never lose a concurrent write silently
+            previous = objects.decode_stored(current.value, int(current.mod_revision))
+            stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=False, previous=previous)
+            value = objects.encode_for_storage(stored)
+            revision = await store.update(key, value, expected)
+        except storage_errors.StorageError as exc:
+            raise from_storage_error(exc, resource=resource.name, name=name) from None
+        return self._kv_response(200, value, revision, fmt)
+
+    async def _delete(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
+        store = await self.store()
+        try:
+            previous = await store.delete(self._key(resource, namespace, name))
+        except storage_errors.StorageError as exc:
+            raise from_storage_error(exc, resource=resource.name, name=name) from None
+        # Like kube-apiserver for immediate deletion: the object as it was.
+        return self._kv_response(200, previous.value, int(previous.mod_revision), fmt)
+
+    # -- admission ---------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Reserve a stream slot or raise 429 (concurrent streams and pool memory)."""
+        pool = self.pool.stats()
+        if self.active_streams >= self.max_streams or pool.in_use + pool.buffer_size > pool.budget:
+            self.rejected += 1
+            raise APIError(
+                429, "TooManyRequests",
+                f"too many concurrent streams ({self.active_streams} of {self.max_streams}) or stream memory used up; retry later",
+                retry_after=self.config.retry_after,
+            )
+        self.active_streams += 1
+        self.streams_started += 1
+
+    def _release_slot(self, response: StreamResponse) -> None:
+        self.active_streams -= 1
+        outcome = response.outcome or "error"
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self._responses.discard(response)
+
+    def _stream(self, producer: Any, fmt: str, *, watch: bool, cleanup: Any, on_error: Any = None) -> StreamResponse:
+        encoder = self.encoders[fmt]
+        if watch:
+            # kube-apiserver: JSON watch bodies are application/json, other formats say ;stream=watch
+            content_type = "application/json" if fmt == "json" else encoder.stream_content_type
+        else:
+            content_type = encoder.content_type
+        response = StreamResponse(
+            producer,
+            encoder=encoder,
+            pool=self.pool,
+            content_type=content_type,
+            headers_first=watch,
+            stall_timeout=self.config.stall_timeout,
+            acquire_timeout=self.config.acquire_timeout,
+            on_error=on_error,
+            cleanup=cleanup,
+        )
+        response.on_close = lambda: self._release_slot(response)
+        self._responses.add(response)
+        return response
+
+    # -- list ----------------------------------------------------------------
+
+    async def _list(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str) -> Any:
+        request = ListRequest.parse(query)
+        store = await self.store()
+        prefix = self._prefix(resource, namespace)
+        self._admit()
+        try:
+            if self.config.list_mode == "buffered":
+                body = await buffered_list_body(store, prefix, request, resource, self.encoders[fmt], self.config.passthrough and fmt == "json")
+                self._release_plain()
+                return PlainResponse(200, body, self.encoders[fmt].content_type)
+            producer, cleanup = await list_producer(
+                store, prefix, request, resource, self.config.passthrough and fmt == "json", self.config.buffer_bytes
+            )
+        except BaseException:
+            self._release_plain()
+            raise
+        return self._stream(producer, fmt, watch=False, cleanup=cleanup)
+
+    def _release_plain(self) -> None:
+        self.active_streams -= 1
+
+    # -- watch ---------------------------------------------------------------
+
+    async def _watch(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str) -> Any:
+        request = WatchRequest.parse(query, self.config.max_watch_timeout)
+        store = await self.store()
+        prefix = self._prefix(resource, namespace)
+        self._admit()
+        try:
+            producer, cleanup = await watch_producer(store, prefix, request, resource, self.config.passthrough and fmt == "json")
+        except BaseException:
+            self._release_plain()
+            raise
+        return self._stream(producer, fmt, watch=True, cleanup=cleanup, on_error=watch_error_event)
+
+
+class PlainResponse:
+    """A complete, non-streaming ASGI response."""
+
+    def __init__(self, status: int, body: bytes, content_type: str, headers: Optional[Dict[str, str]] = None) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", self.content_type.encode()), (b"content-length", str(len(self.body)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+
+
+def create_app(etcd_endpoints: List[str], **config: Any) -> App:
+    """An App over the given etcd endpoints; ``config`` goes to :class:`ServerConfig`."""
+    return App(etcd_endpoints=etcd_endpoints, config=ServerConfig(**config))
+
+
+# -- helpers ---------------------------------------------------------------
+
+
+def _header(scope: Dict[str, Any], name: bytes) -> Optional[str]:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _server_address(scope: Dict[str, Any]) -> str:
+    server = scope.get("server")
+    return f"{server[0]}:{server[1]}" if server else ""
+
+
+def _parse_query(raw: bytes) -> Dict[str, str]:
+    query: Dict[str, str] = {}
+    for key, value in urllib.parse.parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        if key in query and query[key] != value:
+            raise bad_request(f"query parameter {key!r} given twice with different values")
+        query[key] = value
+    return query
+
+
+def _bool_param(query: Dict[str, str], name: str) -> bool:
+    value = query.get(name, "")
+    if value in ("", "0", "false", "False"):
+        return False
+    if value in ("1", "true", "True"):
+        return True
+    raise bad_request(f"{name}: invalid value {value!r}: must be true or false")
+
+
+def _revision(value: str, what: str) -> int:
+    if not value.isdigit():
+        raise bad_request(f"{what}: invalid resource version {value!r}")
+    return int(value)

@@ -1,0 +1,105 @@
+"""Content negotiation on the ``Accept`` header.
+
+Formats: ``json`` (application/json; also chosen for ``*/*``, ``application/*``
+and a missing header), ``cbor`` (application/cbor, application/cbor-seq),
+``protobuf`` (application/vnd.kubernetes.protobuf) and ``msgpack``
+(application/vnd.msgpack).  Media ranges are tried by descending ``q``, then
+in the order given; a range carrying parameters this server cannot honour
+(``as=Table``, a ``g``/``v`` conversion) is skipped, as kube-apiserver skips
+what it cannot serve, so kubectl's
+``application/json;as=Table;...,application/json`` gets plain JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import streamcodec
+
+from .status import APIError
+
+__all__ = ["Format", "FORMATS", "negotiate", "parse_accept", "format_for_content_type"]
+
+
+class Format(NamedTuple):
+    name: str
+    encoder_class: str  #: attribute of ``streamcodec``
+    decoder_class: str
+    media_types: Tuple[str, ...]  #: accepted in Accept / Content-Type, the first is the canonical one
+
+
+FORMATS: Dict[str, Format] = {
+    "json": Format("json", "JSONEncoder", "JSONDecoder", ("application/json",)),
+    "cbor": Format("cbor", "CBOREncoder", "CBORDecoder", ("application/cbor", "application/cbor-seq")),
+    "protobuf": Format("protobuf", "ProtoEncoder", "ProtoDecoder", ("application/vnd.kubernetes.protobuf",)),
+    "msgpack": Format("msgpack", "MsgpackEncoder", "MsgpackDecoder", ("application/vnd.msgpack", "application/msgpack")),
+}
+_BY_MEDIA_TYPE = {mt: f.name for f in FORMATS.values() for mt in f.media_types}
+_WILDCARDS = {"*/*", "application/*"}
+# Parameters that do not change the representation we send.
+_HARMLESS_PARAMS = {"q", "stream", "charset"}
+
+
+def available_formats() -> List[str]:
+    """Formats whose encoder and decoder this installation of streamcodec provides."""
+    return [
+        f.name
+        for f in FORMATS.values()
+        if hasattr(streamcodec, f.encoder_class) and hasattr(streamcodec, f.decoder_class)
+    ]
+
+
+def parse_accept(header: str) -> List[Tuple[str, Dict[str, str], float]]:
+    """``(media_type, params, q)`` per media range, best first (stable for equal q)."""
+    ranges = []
+    for position, part in enumerate(header.split(",")):
+        pieces = [p.strip() for p in part.split(";")]
+        media_type = pieces[0].lower()
+        if not media_type:
+            continue
+        params: Dict[str, str] = {}
+        for p in pieces[1:]:
+            if "=" in p:
+                k, v = p.split("=", 1)
+                params[k.strip().lower()] = v.strip().strip('"')
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 0.0
+        if not 0.0 < q <= 1.0:
+            continue
+        ranges.append((position, media_type, params, q))
+    ranges.sort(key=lambda r: (-r[3], r[0]))
+    return [(mt, params, q) for _, mt, params, q in ranges]
+
+
+def negotiate(accept: Optional[str], available: Optional[List[str]] = None) -> str:
+    """The format name for an ``Accept`` header, or :class:`APIError` 406."""
+    if available is None:
+        available = available_formats()
+    if not accept or not accept.strip():
+        if "json" in available:
+            return "json"
+        raise APIError(406, "NotAcceptable", "no JSON encoder is installed")
+    for media_type, params, _q in parse_accept(accept):
+        if set(params) - _HARMLESS_PARAMS:
+            continue
+        if media_type in _WILDCARDS:
+            name = "json"
+        else:
+            name = _BY_MEDIA_TYPE.get(media_type, "")
+        if name in available:
+            return name
+    supported = ", ".join(FORMATS[n].media_types[0] for n in available)
+    raise APIError(406, "NotAcceptable", f"only the following media types are accepted: {supported}")
+
+
+def format_for_content_type(content_type: Optional[str], available: Optional[List[str]] = None) -> str:
+    """The format of a request body (missing Content-Type means JSON), or 415."""
+    if available is None:
+        available = available_formats()
+    media_type = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    name = _BY_MEDIA_TYPE.get(media_type)
+    if name is None or name not in available:
+        raise APIError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {media_type}")
+    return name

@@ -1,0 +1,229 @@
+"""Resources, etcd keys, and turning stored values into response objects.
+
+Stored values
+-------------
+Objects live under ``{root}/{resource}/{namespace}/{name}`` (cluster-scoped:
+``{root}/{resource}/{name}``).  The stored format is detected from the value:
+CBOR (self-describe tag ``d9 d9 f7``), protobuf (``k8s\\x00``), else JSON.
+This server writes JSON only, with ``metadata`` as the first key and without
+``metadata.resourceVersion`` (Kubernetes' own convention: the version is
+etcd's mod revision and is patched in on every read).
+
+Pass-through
+------------
+The response must carry ``metadata.resourceVersion`` = mod revision, which
+stored bytes do not hold.  For JSON out of JSON stored in this server's
+layout (starts with ``{"metadata":{`` and holds no ``"resourceVersion"``
+anywhere) the version is spliced in as bytes and the result handed to the
+encoder's ``raw`` methods: no decode, no re-encode.  Every other combination
+(other stored layouts, other formats, single-object CBOR/protobuf/msgpack
+responses) is decoded, patched and re-encoded.  Values written by other
+writers in other layouts are therefore always correct, just slower.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import uuid
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import streamcodec
+
+from .negotiation import FORMATS
+from .status import APIError, bad_request
+
+__all__ = [
+    "Resource",
+    "DEFAULT_RESOURCES",
+    "resource_info",
+    "detect_format",
+    "splice_resource_version",
+    "decode_stored",
+    "encode_for_storage",
+]
+
+CBOR_PREFIX = b"\xd9\xd9\xf7"
+PROTO_PREFIX = b"k8s\x00"
+_JSON_LAYOUT_PREFIX = b'{"metadata":{'
+_RV_KEY = b'"resourceVersion"'
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_RESOURCE_RE = re.compile(r"^[a-z][a-z0-9]{0,62}$")
+
+
+class Resource(NamedTuple):
+    name: str  #: plural, lower case: "secrets"
+    kind: str  #: "Secret"
+    namespaced: bool
+    short_names: Tuple[str, ...] = ()
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    def discovery(self) -> Dict[str, Any]:
+        """This resource's entry in an APIResourceList."""
+        entry: Dict[str, Any] = {
+            "name": self.name,
+            "singularName": self.singular,
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": ["create", "delete", "get", "list", "update", "watch"],
+        }
+        if self.short_names:
+            entry["shortNames"] = list(self.short_names)
+        return entry
+
+
+#: Core/v1 resources announced in discovery; any other lower-case plural is
+#: served too, with a kind derived from its name.
+DEFAULT_RESOURCES: Dict[str, Resource] = {
+    r.name: r
+    for r in (
+        Resource("secrets", "Secret", True),
+        Resource("configmaps", "ConfigMap", True, ("cm",)),
+        Resource("pods", "Pod", True, ("po",)),
+        Resource("services", "Service", True, ("svc",)),
+        Resource("serviceaccounts", "ServiceAccount", True, ("sa",)),
+        Resource("events", "Event", True, ("ev",)),
+        Resource("endpoints", "Endpoints", True, ("ep",)),
+        Resource("persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",)),
+        Resource("namespaces", "Namespace", False, ("ns",)),
+        Resource("nodes", "Node", False, ("no",)),
+        Resource("persistentvolumes", "PersistentVolume", False, ("pv",)),
+    )
+}
+
+
+def resource_info(name: str, resources: Dict[str, Resource]) -> Resource:
+    """The Resource for a path segment; unknown plurals get a derived kind."""
+    known = resources.get(name)
+    if known is not None:
+        return known
+    if not _RESOURCE_RE.match(name):
+        raise APIError(404, "NotFound", f"the server could not find the requested resource {name!r}")
+    if name.endswith("ies"):
+        singular = name[:-3] + "y"
+    elif name.endswith(("sses", "xes", "ches", "shes")):
+        singular = name[:-2]
+    elif name.endswith("s"):
+        singular = name[:-1]
+    else:
+        singular = name
+    return Resource(name, singular[:1].upper() + singular[1:], True)
+
+
+def check_name(what: str, value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise APIError(
+            422,
+            "Invalid",
+            f"{what} {value!r} is invalid: must be a lowercase RFC 1123 subdomain "
+            "(lower case alphanumerics, '-' or '.', at most 253 characters)",
+        )
+    return value
+
+
+def detect_format(value: Any) -> str:
+    """``cbor``, ``protobuf`` or ``json`` from the first bytes of a stored value."""
+    head = bytes(value[:4])
+    if head[:3] == CBOR_PREFIX:
+        return "cbor"
+    if head == PROTO_PREFIX:
+        return "protobuf"
+    return "json"
+
+
+def splice_resource_version(value: Any, mod_revision: int) -> Optional[bytes]:
+    """JSON with ``"resourceVersion":"N"`` inserted in metadata, or None.
+
+    Only for this server's layout (see the module doc): the prefix proves the
+    insertion point is the top-level metadata object, and the absence of the
+    key anywhere proves no duplicate key can result.
+    """
+    data = bytes(value) if not isinstance(value, bytes) else value
+    if not data.startswith(_JSON_LAYOUT_PREFIX) or _RV_KEY in data:
+        return None
+    rv = b'"resourceVersion":"%d"' % mod_revision
+    rest = data[len(_JSON_LAYOUT_PREFIX):]
+    sep = b"" if rest[:1] == b"}" else b","
+    return _JSON_LAYOUT_PREFIX + rv + sep + rest
+
+
+_decoders: Dict[str, Any] = {}
+
+
+def _decoder(fmt: str) -> Any:
+    decoder = _decoders.get(fmt)
+    if decoder is None:
+        cls = getattr(streamcodec, FORMATS[fmt].decoder_class, None)
+        if cls is None:
+            raise RuntimeError(f"stored value is {fmt} but streamcodec has no {fmt} decoder installed")
+        # decode() of a whole frame keeps no state, so one decoder is shared.
+        decoder = _decoders[fmt] = cls()
+    return decoder
+
+
+def decode_stored(value: Any, mod_revision: int) -> Dict[str, Any]:
+    """The stored object as a dict with metadata.resourceVersion patched in."""
+    obj = _decoder(detect_format(value)).decode(value)
+    if not isinstance(obj, dict):
+        raise ValueError(f"stored value is a {type(obj).__name__}, not an object")
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = obj["metadata"] = {}
+    metadata["resourceVersion"] = str(mod_revision)
+    return obj
+
+
+def decode_body(body: bytes, fmt: str) -> Dict[str, Any]:
+    """A request body as an object, or 400."""
+    if not body:
+        raise bad_request("the request body is empty")
+    try:
+        obj = _decoder(fmt).decode(body)
+    except streamcodec.DecodeError as exc:
+        raise bad_request(f"the request body is not valid {fmt}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise bad_request("the request body must be an object")
+    if not isinstance(obj.get("metadata", {}), dict):
+        raise bad_request("metadata must be an object")
+    return obj
+
+
+def prepare_for_storage(
+    obj: Dict[str, Any], resource: Resource, namespace: Optional[str], name: str, *, creating: bool,
+    previous: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Fill in what the server owns (kind, apiVersion, namespace, uid, creationTimestamp)."""
+    metadata = dict(obj.get("metadata") or {})
+    metadata.pop("resourceVersion", None)
+    metadata["name"] = name
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    else:
+        metadata.pop("namespace", None)
+    if creating:
+        metadata["uid"] = str(uuid.uuid4())
+        metadata["creationTimestamp"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    elif previous is not None:
+        old = previous.get("metadata") or {}
+        for owned in ("uid", "creationTimestamp"):
+            if owned in old:
+                metadata[owned] = old[owned]
+    out: Dict[str, Any] = {"metadata": metadata}
+    for key, value in obj.items():
+        if key != "metadata":
+            out[key] = value
+    out["kind"] = resource.kind
+    out["apiVersion"] = "v1"
+    return out
+
+
+def encode_for_storage(obj: Dict[str, Any]) -> bytes:
+    """Compact JSON with ``metadata`` first (the layout the splice relies on)."""
+    if next(iter(obj), None) != "metadata":
+        obj = {"metadata": obj.get("metadata", {}), **{k: v for k, v in obj.items() if k != "metadata"}}
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

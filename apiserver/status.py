@@ -1,0 +1,107 @@
+"""Kubernetes ``Status`` errors.
+
+Every error the API server reports is an :class:`APIError`, rendered as a
+``meta.k8s.io/v1`` ``Status`` object in the negotiated format (or as an
+``ERROR`` watch event once a watch stream has started).  Messages never carry
+internals: unexpected exceptions become a generic 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from storage import errors as storage_errors
+
+__all__ = ["APIError", "status_object", "from_storage_error", "internal_error"]
+
+
+class APIError(Exception):
+    """An error with its HTTP status code and Kubernetes ``reason``.
+
+    ``retry_after`` (seconds) becomes a ``Retry-After`` header and
+    ``details.retryAfterSeconds``.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        details: Optional[Dict[str, Any]] = None,
+        retry_after: Optional[int] = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = dict(details or {})
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.details.setdefault("retryAfterSeconds", retry_after)
+
+    def status(self) -> Dict[str, Any]:
+        """This error as a Kubernetes Status object (a plain dict)."""
+        return status_object(self.code, self.reason, self.message, self.details)
+
+    def headers(self) -> Dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+def status_object(code: int, reason: str, message: str, details: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A ``Status`` with ``status: Failure`` (the only kind this server sends)."""
+    status: Dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if details:
+        status["details"] = details
+    return status
+
+
+def bad_request(message: str) -> APIError:
+    return APIError(400, "BadRequest", message)
+
+
+def not_found(resource: str, name: str) -> APIError:
+    return APIError(404, "NotFound", f'{resource} "{name}" not found', details={"name": name, "kind": resource})
+
+
+def internal_error() -> APIError:
+    """A 500 that says nothing about the cause (the cause goes to the server log)."""
+    return APIError(500, "InternalError", "Internal error occurred: the server could not complete the request")
+
+
+def from_storage_error(exc: storage_errors.StorageError, *, resource: str = "", name: str = "") -> APIError:
+    """Map a storage error to the status Kubernetes' apiserver uses for it."""
+    details = {"name": name, "kind": resource} if name else ({"kind": resource} if resource else {})
+    if isinstance(exc, storage_errors.NotFound):
+        return APIError(404, "NotFound", f'{resource} "{name}" not found', details=details)
+    if isinstance(exc, storage_errors.AlreadyExists):
+        return APIError(409, "AlreadyExists", f'{resource} "{name}" already exists', details=details)
+    if isinstance(exc, storage_errors.Conflict):
+        return APIError(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; '
+            "please apply your changes to the latest version and try again",
+            details=details,
+        )
+    if isinstance(exc, storage_errors.Expired):
+        return APIError(410, "Expired", f"too old resource version: {exc}")
+    if isinstance(exc, storage_errors.InvalidContinue):
+        return APIError(400, "BadRequest", f"invalid continue token: {exc}")
+    if isinstance(exc, storage_errors.FutureRevision):
+        return APIError(504, "Timeout", f"Too large resource version: {exc}", retry_after=1)
+    if isinstance(exc, storage_errors.Unavailable):
+        return APIError(503, "ServiceUnavailable", "storage is unavailable", retry_after=1)
+    if isinstance(exc, storage_errors.TooLarge):
+        return APIError(413, "RequestEntityTooLarge", "object or response is too large")
+    if isinstance(exc, storage_errors.Unauthorized):
+        return APIError(503, "ServiceUnavailable", "storage refused the server's credentials", retry_after=5)
+    return internal_error()

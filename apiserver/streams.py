@@ -1,0 +1,284 @@
+"""Streaming responses: storage stream + format -> ASGI response.
+
+:class:`StreamResponse` is the "single call" for servers with their own
+routing: give it an async producer that writes frames through a
+:class:`~streamcodec.writer.FrameWriter`, and call it as an ASGI app
+(``await response(scope, receive, send)``; a Starlette endpoint may return it
+as is).  :func:`list_response` and :func:`watch_response` build one from a
+storage list or watch stream.
+
+What every stream gets:
+
+* memory: the stream writes through one pool buffer at a time
+  (FrameWriter); ``send`` is awaited before the buffer is reused, and the
+  ASGI server's flow control makes ``send`` wait while the socket is backed
+  up, so a slow client holds at most its buffer plus the transport's
+  high-water mark and one chunk;
+* a stalled client (one ``send`` waiting longer than ``stall_timeout``) is
+  disconnected;
+* a client that disconnects (noticed through ``receive()`` even while a
+  watch is idle) has its producer cancelled, which closes the storage
+  stream (and with it the etcd watch or range) and returns the buffer;
+* an error after the response started: a watch gets an ``ERROR`` event
+  carrying the Status and ends cleanly; a list body cannot be amended, so
+  the connection is aborted (the client sees a truncated body, as with
+  kube-apiserver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple
+
+from streamcodec import BufferPool, EncodeError, FrameTooLarge
+from streamcodec.writer import FrameWriter
+
+from .objects import decode_stored, splice_resource_version
+from .status import APIError, from_storage_error, internal_error
+
+from storage import errors as storage_errors
+
+__all__ = ["StreamResponse", "ClientStalled", "list_response", "watch_response", "write_kv_item", "write_kv_event"]
+
+log = logging.getLogger("apiserver")
+
+Producer = Callable[[FrameWriter], Awaitable[None]]
+
+
+class ClientStalled(Exception):
+    """A send did not complete within the stall timeout."""
+
+
+class _Aborted(Exception):
+    """Internal: the body cannot be completed; drop the connection."""
+
+
+async def close_iterator(it: Any) -> None:
+    """Close a storage stream (async generator or object with ``aclose``)."""
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+def _abort_transport(send: Any) -> bool:
+    """Drop the TCP connection at once (uvicorn: the cycle's transport).
+
+    ``transport.close()`` would wait to flush data a stalled client never
+    reads; ``abort()`` frees it now.  Other servers: the exception raised by
+    the caller makes the server close the connection its own way.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    abort = getattr(transport, "abort", None)
+    if abort is None:
+        return False
+    abort()
+    return True
+
+
+class StreamResponse:
+    """An ASGI response whose body a producer writes through a FrameWriter.
+
+    ``headers_first``: send the status line and headers before the first
+    frame (watches: clients wait for headers before reading events);
+    otherwise they go with the first chunk.  ``on_error`` turns an error
+    raised by the producer after the headers went out into a final frame
+    (a watch's ERROR event); without it the connection is aborted.
+    ``on_close`` runs exactly once when the response is done, however it
+    ends (admission bookkeeping).
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        *,
+        encoder: Any,
+        pool: BufferPool,
+        content_type: str,
+        status: int = 200,
+        headers_first: bool = False,
+        stall_timeout: Optional[float] = 30.0,
+        acquire_timeout: Optional[float] = 5.0,
+        on_error: Optional[Callable[[FrameWriter, APIError], Awaitable[None]]] = None,
+        on_close: Optional[Callable[[], None]] = None,
+        cleanup: Optional[Callable[[], Awaitable[None]]] = None,
+    ) -> None:
+        self.producer = producer
+        self.encoder = encoder
+        self.pool = pool
+        self.content_type = content_type
+        self.status = status
+        self.headers_first = headers_first
+        self.stall_timeout = stall_timeout
+        self.acquire_timeout = acquire_timeout
+        self.on_error = on_error
+        self.on_close = on_close
+        self.cleanup = cleanup
+        self.started = False
+        #: how the stream ended: "complete", "error-event", "disconnected", "stalled", "aborted"
+        self.outcome = ""
+
+    async def _start(self, send: Any) -> None:
+        if not self.started:
+            self.started = True
+            await self._send_timed(
+                send,
+                {
+                    "type": "http.response.start",
+                    "status": self.status,
+                    "headers": [(b"content-type", self.content_type.encode()), (b"cache-control", b"no-cache, private")],
+                },
+            )
+
+    async def _send_timed(self, send: Any, message: Dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(send(message), self.stall_timeout)
+        except asyncio.TimeoutError:
+            raise ClientStalled(f"client read nothing for {self.stall_timeout} s") from None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        disconnected = asyncio.Event()
+
+        async def watch_disconnect() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected.set()
+                    return
+
+        async def send_chunk(view: memoryview) -> None:
+            await self._start(send)
+            # ASGI bodies are bytes; the copy is what the transport buffers.
+            await self._send_timed(send, {"type": "http.response.body", "body": bytes(view), "more_body": True})
+
+        writer = FrameWriter(self.encoder, self.pool, send_chunk, acquire_timeout=self.acquire_timeout)
+
+        async def run() -> None:
+            try:
+                await writer.open()
+            except asyncio.TimeoutError:
+                raise APIError(429, "TooManyRequests", "the server's stream buffer budget is used up", retry_after=1) from None
+            if self.headers_first:
+                await self._start(send)
+            try:
+                await self.producer(writer)
+                await writer.flush()
+            except (ClientStalled, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                api_error = to_api_error(exc)
+                if not self.started:
+                    raise api_error from exc
+                if self.on_error is None:
+                    raise _Aborted() from exc
+                await self.on_error(writer, api_error)
+                await writer.flush()
+                self.outcome = "error-event"
+            await self._start(send)
+            await self._send_timed(send, {"type": "http.response.body", "body": b"", "more_body": False})
+            if not self.outcome:
+                self.outcome = "complete"
+
+        producer_task = asyncio.ensure_future(run())
+        watcher_task = asyncio.ensure_future(watch_disconnect())
+        try:
+            await asyncio.wait({producer_task, watcher_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not producer_task.done():
+                self.outcome = "disconnected"
+                producer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer_task
+        except APIError as exc:
+            if self.started:
+                raise
+            await send_error_response(send, exc, self.encoder)
+        except ClientStalled as exc:
+            self.outcome = "stalled"
+            log.info("disconnecting a stalled client: %s", exc)
+            if not _abort_transport(send):
+                raise
+        except _Aborted as exc:
+            self.outcome = "aborted"
+            log.error("list stream failed after the response started", exc_info=exc.__cause__)
+            if not _abort_transport(send):
+                raise
+        finally:
+            for task in (producer_task, watcher_task):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(producer_task, watcher_task, return_exceptions=True)
+            writer.close()
+            if self.cleanup is not None:
+                await self.cleanup()
+            if self.on_close is not None:
+                self.on_close()
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, storage_errors.StorageError):
+        return from_storage_error(exc)
+    if isinstance(exc, FrameTooLarge):
+        return APIError(500, "InternalError", "an object is larger than the server's frame limit")
+    log.error("unexpected error in a stream", exc_info=exc)
+    return internal_error()
+
+
+async def send_error_response(send: Any, error: APIError, encoder: Any) -> None:
+    """A complete non-streaming response holding ``error``'s Status."""
+    try:
+        body = encoder.encode(error.status())
+        content_type = encoder.content_type
+    except Exception:  # a Status always encodes as JSON
+        import json
+
+        body = json.dumps(error.status()).encode()
+        content_type = "application/json"
+    headers: List[Tuple[bytes, bytes]] = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    for k, v in error.headers().items():
+        headers.append((k.lower().encode(), v.encode()))
+    await send({"type": "http.response.start", "status": error.code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# ---------------------------------------------------------------------------
+# storage values -> frames
+
+
+async def write_kv_item(writer: FrameWriter, value: Any, mod_revision: int, passthrough: bool) -> None:
+    """One list item: spliced pass-through when possible, else decode + re-encode."""
+    if passthrough:
+        spliced = splice_resource_version(value, mod_revision)
+        if spliced is not None:
+            await writer.list_raw_item(spliced)
+            return
+    await writer.list_item(decode_stored(value, mod_revision))
+
+
+async def write_kv_event(writer: FrameWriter, type: str, value: Any, revision: int, passthrough: bool) -> None:
+    if passthrough:
+        spliced = splice_resource_version(value, revision)
+        if spliced is not None:
+            await writer.raw_event(type, spliced)
+            return
+    await writer.event(type, decode_stored(value, revision))
+
+
+def bookmark_object(kind: str, revision: int, initial_events_end: bool) -> Dict[str, Any]:
+    metadata: Dict[str, Any] = {"resourceVersion": str(revision)}
+    if initial_events_end:
+        metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
+    return {"kind": kind, "apiVersion": "v1", "metadata": metadata}
+
+
+def tombstone_object(kind: str, key: bytes, revision: int) -> Dict[str, Any]:
+    """A DELETED event's object when etcd no longer had the previous value."""
+    parts = key.decode("utf-8", "replace").rstrip("/").split("/")
+    metadata: Dict[str, Any] = {"name": parts[-1], "resourceVersion": str(revision)}
+    return {"kind": kind, "apiVersion": "v1", "metadata": metadata}

@@ -1,0 +1,79 @@
+"""Runs the API server under real uvicorn on a free loopback port, in a thread
+with its own event loop, so blocking clients (kubectl, the kubernetes Python
+client) and async ones can both talk to it.  Not a test module."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Any, Coroutine, Optional
+
+import uvicorn
+
+from apiserver import App, ServerConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """``with ServerThread(endpoint, prefix, **config) as srv: srv.url``"""
+
+    def __init__(self, etcd_endpoint: str, prefix: bytes, **config: Any) -> None:
+        key_root = prefix.decode().rstrip("/")
+        self.app = App(etcd_endpoints=[etcd_endpoint], config=ServerConfig(key_root=key_root, **config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        )
+        self._thread = threading.Thread(target=self._run, name="uvicorn-test-server", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self._server.serve()
+
+        asyncio.run(main())
+
+    def __enter__(self) -> "ServerThread":
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(15)
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        """Run ``coro`` in the server's loop (to use the server's own store)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def server_tasks(self) -> int:
+        """Tasks alive in the server loop besides uvicorn's own serve task."""
+        async def count() -> int:
+            current = asyncio.current_task()
+            return sum(1 for t in asyncio.all_tasks() if t is not current and not t.done())
+        return int(self.call(count()))
+
+    def wait_idle(self, timeout: float = 10.0) -> dict:
+        """Wait until no stream is active and the pool holds no buffer; return the stats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.app.stats()
+            if stats["active_streams"] == 0 and stats["pool"].in_use == 0:
+                return stats
+            if time.monotonic() > deadline:
+                return stats
+            time.sleep(0.02)
