@@ -69,6 +69,13 @@ DEFAULT_MAX_OBJECT_BYTES = 2 * MiB
 _PER_KV_OVERHEAD = 64
 _RESPONSE_HEADROOM = 256 * 1024
 
+#: What receiving one response costs in Python memory, per response byte:
+#: grpc.aio (raw bytes, no deserializer) assembles the message in a bytearray
+#: (over-allocating by up to 1/8 as it grows) and then copies it into the
+#: ``bytes`` it returns, so both exist for a moment.  ``page_bytes`` is a
+#: budget for that whole transient cost, so responses aim at page_bytes / 2.125.
+RECEIVE_COPY_FACTOR = 2.125
+
 #: Most keys one page may ask for, however small the objects: bounds the
 #: per-page Python object count (KeyValue tuples) independently of bytes.
 _MAX_PAGE_KEYS = 10_000
@@ -217,8 +224,10 @@ class EtcdStore:
     ``max_backoff``), for at most ``retries`` further attempts, then raises
     :class:`~storage.errors.Unavailable`.
 
-    ``page_bytes`` is the byte budget of a list page; ``max_object_bytes`` the
-    largest single value expected.  gRPC's receive limit is set to their sum
+    ``page_bytes`` is the Python-memory budget of one list page in flight,
+    including gRPC's transient copy while receiving it (so responses aim at
+    ``page_bytes / RECEIVE_COPY_FACTOR``); ``max_object_bytes`` the largest
+    single value expected.  gRPC's receive limit is set to their sum
     plus headroom (never unlimited): a page that would exceed it is re-asked
     with half the keys.  ``continue_secret`` signs continue tokens; give all
     replicas of an API server the same one (default: random per store).
@@ -272,6 +281,8 @@ class EtcdStore:
         self._password = password
         self.page_bytes = page_bytes
         self.max_object_bytes = max_object_bytes
+        #: the size a Range response aims at, so that receiving it stays within page_bytes
+        self.response_target = int(page_bytes / RECEIVE_COPY_FACTOR)
         #: gRPC receive limit: a page, one more object (a page may overshoot by
         #: one object when sizes grow), and framing headroom
         self.max_receive_bytes = page_bytes + max_object_bytes + _RESPONSE_HEADROOM
@@ -432,16 +443,16 @@ class EtcdStore:
 
     def initial_page_limit(self) -> int:
         """Keys in the first page: what surely fits the budget at maximum object size."""
-        return max(1, self.page_bytes // (self.max_object_bytes + _PER_KV_OVERHEAD))
+        return max(1, self.response_target // (self.max_object_bytes + _PER_KV_OVERHEAD))
 
     def next_page_limit(self, previous: int, largest_kv_bytes: int) -> int:
         """Keys for the next page, from the largest key-value seen in the last one.
 
-        Aims at ``page_bytes`` if the next objects are no larger; grows at
+        Aims at ``response_target`` if the next objects are no larger; grows at
         most 4x per page so a sudden run of large objects overshoots by a
         bounded amount (and the gRPC receive limit catches the rest).
         """
-        target = self.page_bytes // max(1, largest_kv_bytes + _PER_KV_OVERHEAD)
+        target = self.response_target // max(1, largest_kv_bytes + _PER_KV_OVERHEAD)
         return max(1, min(target, previous * 4, _MAX_PAGE_KEYS))
 
     async def _range_page(self, key: bytes, range_end: bytes, limit: int, revision: int) -> Tuple[RangeResult, int]:

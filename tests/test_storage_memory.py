@@ -1,0 +1,176 @@
+"""The memory promise of ``EtcdStore.list_stream``, measured, on real etcd.
+
+A fresh subprocess streams a prefix of N objects of S bytes and reports its
+peak RSS growth and its tracemalloc peak; the parent samples etcd's own
+memory meanwhile.  Asserted for N = 400 and for a 5x larger collection
+(N = 2000) with the SAME bounds, which is the point: memory does not grow
+with the collection.
+
+Bounds (S_max = 1 MiB, page budget P = 2.5 MiB):
+
+* client RSS growth (exact: the kernel's VmHWM, reset before streaming)
+  <= 2 * S_max + 16 MiB;
+* client tracemalloc peak <= P + S_max + 256 KiB.  P covers a page in
+  flight including grpc.aio's transient copy while receiving it (see
+  ``storage.etcd.RECEIVE_COPY_FACTOR``); S_max is the copy of a page's last
+  value the consumer may still hold.  The 256 KiB constant covers the Python
+  objects besides the bytes: a few KeyValue tuples and memoryviews (under
+  1 KiB), grpc.aio call objects and asyncio bookkeeping (tens of KiB).  It is
+  4x smaller than one object, so holding a second page or a second value
+  copy fails the assertion;
+* etcd anonymous memory (Go heap, not the mmapped bbolt file, whose pages
+  are page cache) grows during the read by at most max(256 MiB, N * S / 2),
+  i.e. less than half of what one whole-prefix Range must hold for the
+  values alone.  Not a flat bound,
+  because etcd keeps the last 5000 raft entries -- here every loaded object --
+  in memory, and Go's GC lets garbage grow up to the live heap before
+  collecting (GOGC=100): measured on 3.5.16, 50-60 MiB at N = 400 but
+  390-670 MiB at N = 2000 (3.4.23: ~155 MiB at both), from one-object pages.  A whole-prefix Range needs at least
+  N * S (2 GiB at N = 2000) and took etcd 3.5.16 to ~3 GB RSS at N = 400, so
+  the bound still tells paged from unpaged reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from storage import EtcdStore
+from storage.etcd_process import EtcdProcess
+
+pytestmark = [pytest.mark.etcd, pytest.mark.slow]
+
+MiB = 1 << 20
+OBJECT_BYTES = 1 * MiB
+PAGE_BYTES = 5 * MiB // 2
+MAX_OBJECT_BYTES = OBJECT_BYTES + 4096  # the value plus its key and framing
+TRACEMALLOC_CONSTANT = 256 * 1024
+RSS_BOUND = 2 * OBJECT_BYTES + 16 * MiB
+TRACEMALLOC_BOUND = PAGE_BYTES + OBJECT_BYTES + TRACEMALLOC_CONSTANT
+
+CHILD = r"""
+import asyncio, gc, json, sys, tracemalloc
+from storage import EtcdStore
+
+def status_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+async def main(endpoint, prefix, page_bytes, max_object_bytes):
+    async with EtcdStore([endpoint], page_bytes=page_bytes, max_object_bytes=max_object_bytes) as store:
+        # warm up: channel, first RPC, code paths -- one full small page
+        async for kv in store.list_stream(prefix, limit=2):
+            pass
+        del kv
+        gc.collect()
+        baseline_rss = status_bytes("VmRSS")
+        # reset the kernel's exact RSS high-water mark (VmHWM) to now, so the peak below
+        # is the streaming's own, not the import's (no sampling that could miss a spike)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        assert status_bytes("VmHWM") <= baseline_rss + 64 * 1024
+        tracemalloc.start()
+        count = total = 0
+        stream = store.list_stream(prefix)
+        async for kv in stream:
+            count += 1
+            total += len(kv.value)
+        del kv
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        peak_rss = status_bytes("VmHWM")
+        print(json.dumps({
+            "count": count, "bytes": total, "pages": stream.pages,
+            "rss_growth": peak_rss - baseline_rss, "baseline_rss": baseline_rss,
+            "tracemalloc_peak": peak,
+        }))
+
+asyncio.run(main(sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+def etcd_anon_bytes(pid: int) -> int:
+    """etcd's anonymous resident memory (heap), excluding the file-backed bbolt mmap."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon")
+
+
+async def load(endpoint: str, prefix: bytes, start: int, stop: int) -> None:
+    value = b"\xab" * OBJECT_BYTES
+    async with EtcdStore([endpoint], max_object_bytes=MAX_OBJECT_BYTES) as store:
+        next_index = start
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < stop:
+                i = next_index
+                next_index += 1
+                await store.put(prefix + b"obj-%06d" % i, value)
+
+        await asyncio.gather(*(worker() for _ in range(16)))
+
+
+def stream_in_child(server: EtcdProcess, prefix: bytes) -> Dict[str, int]:
+    """Run CHILD against ``server`` while sampling etcd's memory; return both."""
+    samples: List[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(etcd_anon_bytes(server.pid))
+            time.sleep(0.02)
+
+    before = etcd_anon_bytes(server.pid)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, server.endpoint, prefix.decode(), str(PAGE_BYTES), str(MAX_OBJECT_BYTES)],
+            capture_output=True, text=True, timeout=600, env=env,
+        )  # fmt: skip
+    finally:
+        done.set()
+        sampler.join()
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["etcd_anon_growth"] = max(samples + [before]) - before
+    result["etcd_samples"] = len(samples)
+    return result
+
+
+def test_list_stream_memory_is_flat_in_collection_size(etcd: EtcdProcess, prefix: bytes, etcd_version: str) -> None:
+    results = {}
+    loaded = 0
+    for count in (400, 2000):  # the second collection is 5x the first; same prefix, grown in place
+        asyncio.run(load(etcd.endpoint, prefix, loaded, count))
+        loaded = count
+        result = stream_in_child(etcd, prefix)
+        results[count] = result
+        print(f"etcd {etcd.version} N={count}: {json.dumps(result)}")
+        assert result["count"] == count and result["bytes"] == count * OBJECT_BYTES
+        assert result["pages"] >= count // 4, "pages must hold about page_bytes, not the whole prefix"
+        assert result["rss_growth"] <= RSS_BOUND, f"client RSS grew {result['rss_growth'] / MiB:.1f} MiB"
+        assert result["tracemalloc_peak"] <= TRACEMALLOC_BOUND, (
+            f"client tracemalloc peak {result['tracemalloc_peak'] / MiB:.2f} MiB"
+        )
+        assert result["etcd_samples"] >= 5, "etcd memory was not sampled during the read"
+        etcd_bound = max(256 * MiB, count * OBJECT_BYTES // 2)
+        assert result["etcd_anon_growth"] <= etcd_bound, (
+            f"etcd heap grew {result['etcd_anon_growth'] / MiB:.0f} MiB"
+        )
