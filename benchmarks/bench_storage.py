@@ -12,8 +12,8 @@ whole prefix (every value touched) per round, all measured in the same run:
                       under ``${STREAMCODEC_CACHE:-~/.cache/streamcodec}/etcd3-venv``; it runs as a long-lived
                       subprocess (``scripts/etcd3-baseline/get_prefix.py``) so interpreter start is not timed
 
-Peak RSS of a process doing one full read is recorded for each in ``benchmark.extra_info``
-(``peak_rss_mb``: ru_maxrss of a fresh process; for list_stream/bare_paged also ``rss_before_read_mb``).
+Peak RSS of a fresh process doing one full read is recorded for each in ``benchmark.extra_info``
+(``peak_rss_mb``; for list_stream/bare_paged also ``rss_before_read_mb``, after imports and connecting).
 The ratios against list_stream are printed at the end of the run.
 
     /work/venv/bin/pytest benchmarks/bench_storage.py --benchmark-only
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -254,7 +253,7 @@ def test_list_stream(benchmark: Any, loaded_etcd: EtcdProcess, loop: asyncio.Abs
     store = loop.run_until_complete(open_store())
     try:
         result = benchmark.pedantic(
-            lambda: loop.run_until_complete(list_stream_read(store, PREFIX)), rounds=5, warmup_rounds=1
+            lambda: loop.run_until_complete(list_stream_read(store, PREFIX)), rounds=7, warmup_rounds=1
         )
         _expect_all(result)
     finally:
@@ -270,7 +269,7 @@ def test_bare_paged_grpc(benchmark: Any, loaded_etcd: EtcdProcess, loop: asyncio
     channel = loop.run_until_complete(open_channel())
     try:
         result = benchmark.pedantic(
-            lambda: loop.run_until_complete(bare_paged_read(channel, PREFIX)), rounds=5, warmup_rounds=1
+            lambda: loop.run_until_complete(bare_paged_read(channel, PREFIX)), rounds=7, warmup_rounds=1
         )
         _expect_all(result)
     finally:
@@ -283,23 +282,19 @@ def test_bare_paged_grpc(benchmark: Any, loaded_etcd: EtcdProcess, loop: asyncio
 def test_etcdctl_get_prefix(benchmark: Any, loaded_etcd: EtcdProcess) -> None:
     command = loaded_etcd.etcdctl_command("get", "--prefix", PREFIX.decode())
     env = dict(os.environ, ETCDCTL_API="3")
-    peak = [0]
 
     def run() -> None:
         with open(os.devnull, "wb") as devnull:
-            proc = subprocess.Popen(command, stdout=devnull, stderr=subprocess.PIPE, env=env)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-            if proc.stderr:
-                proc.stderr.close()
-            peak[0] = max(peak[0], usage.ru_maxrss * 1024)
+            subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, env=env, check=True)
 
-    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
-    # Same output, checked once outside the timing: every key and value arrives.
+    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    # Same output, checked once outside the timing: every key arrives.
     listed = subprocess.run(command + ["--keys-only"], capture_output=True, env=env, check=True).stdout.split()
-    assert len(listed) == VALUE_COUNT
-    benchmark.extra_info["peak_rss_mb"] = peak[0] / 2**20
+    assert listed == [(PREFIX + b"%04d" % i) for i in range(VALUE_COUNT)]
+    peak = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", _PEAK_OF_COMMAND, *command], capture_output=True, env=env, check=True
+    ).stdout
+    benchmark.extra_info["peak_rss_mb"] = int(peak) / 2**20
     _record(benchmark, "etcdctl")
 
 
@@ -321,18 +316,19 @@ def test_etcd3_get_prefix(benchmark: Any, loaded_etcd: EtcdProcess) -> None:
          "--max-receive", str(ETCD3_MAX_RECEIVE)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
-    assert proc.stdin is not None and proc.stdout is not None
+    requests, answers = proc.stdin, proc.stdout
+    assert requests is not None and answers is not None
     replies: List[Dict[str, Any]] = []
 
     def run() -> None:
-        proc.stdin.write("run\n")
-        proc.stdin.flush()
-        replies.append(json.loads(proc.stdout.readline()))
+        requests.write("run\n")
+        requests.flush()
+        replies.append(json.loads(answers.readline()))
 
     try:
-        benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+        benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     finally:
-        proc.stdin.close()
+        requests.close()
         proc.wait(60)
     errors = [r for r in replies if "error" in r]
     assert not errors, f"python-etcd3 get_prefix failed: {errors[0]}"
@@ -345,29 +341,52 @@ def test_etcd3_get_prefix(benchmark: Any, loaded_etcd: EtcdProcess) -> None:
 # -- peak RSS of one read in a fresh process ----------------------------------------------------------------------
 
 
-def _rss_main(which: str, endpoint: str) -> None:
-    def maxrss() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _proc_status_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process from /proc (Linux).
 
+    VmHWM is the peak of this process's own address space.  ``ru_maxrss`` is not used for it: after a
+    vfork + exec (how subprocess starts children) it starts at the PARENT's peak, here the whole pytest run's.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _rss_main(which: str, endpoint: str) -> None:
     async def run() -> Tuple[int, int, int]:
         if which == "list_stream":
             from storage import EtcdStore
 
             store = EtcdStore([endpoint])
-            before = maxrss()
+            before = _proc_status_bytes("VmRSS")
             try:
                 result = await list_stream_read(store, PREFIX)
             finally:
                 await store.close()
         else:
             async with grpc.aio.insecure_channel(endpoint, options=_channel_options()) as channel:
-                before = maxrss()
+                before = _proc_status_bytes("VmRSS")
                 result = await bare_paged_read(channel, PREFIX)
         return before, result[0], result[1]
 
     before, count, total = asyncio.run(run())
     assert (count, total) == (VALUE_COUNT, VALUE_COUNT * VALUE_SIZE), (count, total)
-    print(json.dumps({"rss_before_read_mb": before / 2**20, "peak_rss_mb": maxrss() / 2**20}))
+    print(json.dumps({"rss_before_read_mb": before / 2**20, "peak_rss_mb": _proc_status_bytes("VmHWM") / 2**20}))
+
+
+#: Runs a command and prints its peak RSS (ru_maxrss from wait4).  A fresh, tiny interpreter (-S -I)
+#: starts it, so the child's ru_maxrss does not begin at the big pytest process's peak.
+_PEAK_OF_COMMAND = """
+import os, subprocess, sys
+with open(os.devnull, "wb") as devnull:
+    proc = subprocess.Popen(sys.argv[1:], stdout=devnull, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+if os.waitstatus_to_exitcode(status) != 0:
+    sys.exit(proc.stderr.read().decode(errors="replace"))
+print(usage.ru_maxrss * 1024)
+"""
 
 
 if __name__ == "__main__":

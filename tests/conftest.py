@@ -15,9 +15,10 @@ from storage.etcd_process import EtcdCluster, EtcdNotAvailable, EtcdProcess, Etc
 
 
 def pytest_report_header(config: pytest.Config) -> List[str]:
+    import storage
     import streamcodec
 
-    lines = [f"streamcodec.IMPLEMENTATION: {streamcodec.IMPLEMENTATION}"]
+    lines = [f"streamcodec.IMPLEMENTATION: {streamcodec.IMPLEMENTATION}, storage.IMPLEMENTATION: {storage.IMPLEMENTATION}"]
     for version in ("3.5", "3.4"):
         try:
             lines.append(f"etcd {version}: {installed_version(version)} in {etcd_bin_dir(version)}")

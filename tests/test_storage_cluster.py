@@ -170,13 +170,15 @@ async def test_watch_survives_member_crash(etcd_cluster: EtcdCluster, prefix: by
             async for event in watch:
                 if event.type == "BOOKMARK":
                     continue
+                kv = event.kv
+                assert kv is not None
                 kind = "DELETE" if event.type == "DELETED" else "PUT"
-                value = b"" if kind == "DELETE" else bytes(event.kv.value)
-                received.append((kind, event.kv.key, value, event.revision))
+                value = b"" if kind == "DELETE" else bytes(kv.value)
+                received.append((kind, kv.key, value, event.revision))
                 if len(received) == 15:
                     killed_endpoint = watch.endpoint
                     await asyncio.to_thread(etcd_cluster.kill, _member_index(etcd_cluster, killed_endpoint))
-                if event.kv.key == sentinel:
+                if kv.key == sentinel:
                     return
 
         async def finish_writes() -> None:

@@ -21,7 +21,7 @@ ALICE_PREFIX = "/registry/alice/"
 #: etcdctl arguments to act as root
 ROOT = (f"--user=root:{ROOT_PASSWORD}",)
 #: errors must come fast: a wrong credential is not a reason to retry for long
-FAST = dict(retries=1, backoff=0.01, max_backoff=0.05, request_timeout=10.0)
+FAST: Dict[str, Any] = dict(retries=1, backoff=0.01, max_backoff=0.05, request_timeout=10.0)
 
 
 @pytest.fixture(scope="module")
