@@ -114,6 +114,8 @@ class App:
         self.encoders: Dict[str, Any] = {
             name: getattr(streamcodec, FORMATS[name].encoder_class)(max_frame_size=mfs) for name in self.formats
         }
+        #: formats whose list bodies need the item count before the items
+        self.needs_count = {name for name, enc in self.encoders.items() if _needs_count(enc)}
         self.active_streams = 0
         self.streams_started = 0
         self.outcomes: Dict[str, int] = {}
@@ -403,7 +405,8 @@ class App:
                 self._release_plain()
                 return PlainResponse(200, body, self.encoders[fmt].content_type)
             producer, cleanup = await list_producer(
-                store, prefix, request, resource, self.config.passthrough and fmt == "json", self.config.buffer_bytes
+                store, prefix, request, resource, self.config.passthrough and fmt == "json", self.config.buffer_bytes,
+                needs_count=fmt in self.needs_count,
             )
         except BaseException:
             self._release_plain()
@@ -450,6 +453,15 @@ def create_app(etcd_endpoints: List[str], **config: Any) -> App:
 
 
 # -- helpers ---------------------------------------------------------------
+
+
+def _needs_count(encoder: Any) -> bool:
+    """Whether ``encoder`` refuses a list body of unknown length (the contract's ValueError)."""
+    try:
+        encoder.encode_list_start_into(streamcodec.PoolBuffer(4096), kind="List", api_version="v1", metadata={}, count=None)
+    except ValueError:
+        return True
+    return False
 
 
 def _header(scope: Dict[str, Any], name: bytes) -> Optional[str]:

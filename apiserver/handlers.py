@@ -140,15 +140,23 @@ def _open_list(store: EtcdStore, prefix: bytes, request: ListRequest) -> Any:
 
 
 async def list_producer(
-    store: EtcdStore, prefix: bytes, request: ListRequest, resource: Resource, passthrough: bool, prefetch_bytes: int
+    store: EtcdStore,
+    prefix: bytes,
+    request: ListRequest,
+    resource: Resource,
+    passthrough: bool,
+    prefetch_bytes: int,
+    needs_count: bool = False,
 ) -> Tuple[Producer, Cleanup]:
     """A streaming list: the first page is read here, the rest as the client takes it.
 
     The list's metadata (resourceVersion, continue) precedes its items in
     every format, but a continue token is known only once the page's last
-    item is read.  So a ``limit`` request reads its page first: kept when it
-    fits ``prefetch_bytes``, else only counted (memory stays one etcd page)
-    and then read again at the same pinned revision while streaming.
+    item is read, and a format without indefinite-length arrays
+    (``needs_count``: MessagePack) needs the item count up front.  Such
+    requests read their items first: kept when they fit ``prefetch_bytes``,
+    else only counted (memory stays one etcd page) and then read again at
+    the same pinned revision while streaming.
     """
     kind = resource.kind + "List"
     keys = request.keys
@@ -156,8 +164,9 @@ async def list_producer(
     held: List[Any] = []
     first: List[Any] = []
     token: Optional[str] = None
+    count: Optional[int] = None
     try:
-        if request.limit is None:
+        if request.limit is None and not needs_count:
             try:
                 first.append(await stream.__anext__())
             except StopAsyncIteration:
@@ -165,7 +174,11 @@ async def list_producer(
         else:
             held_bytes = 0
             overflow = False
+            count = 0
             async for kv in stream:
+                if keys.active and not keys.matches(kv.key, prefix):
+                    continue
+                count += 1
                 if not overflow:
                     held.append(kv)
                     held_bytes += len(kv.key) + len(kv.value)
@@ -194,11 +207,8 @@ async def list_producer(
         raise
 
     async def produce(writer: FrameWriter) -> None:
-        await writer.list_start(kind=kind, api_version="v1", metadata=_list_metadata(revision, token))
-        if held:
-            items: Any = _drain(held)
-        else:
-            items = _chain(first, stream)
+        await writer.list_start(kind=kind, api_version="v1", metadata=_list_metadata(revision, token), count=count)
+        items: Any = _drain(held) if held else _chain(first, stream)
         async for kv in items:
             if keys.active and not keys.matches(kv.key, prefix):
                 continue
@@ -247,12 +257,15 @@ async def buffered_list_body(
     # A private pool: the buffered body is not bounded by the shared budget by design.
     pool = BufferPool(2 * encoder.max_frame_size, encoder.max_frame_size)
     async with FrameWriter(encoder, pool, collect) as writer:
+        if request.keys.active:
+            kvs = [kv for kv in kvs if request.keys.matches(kv.key, prefix)]
         await writer.list_start(
-            kind=resource.kind + "List", api_version="v1", metadata=_list_metadata(revision, stream.continue_token)
+            kind=resource.kind + "List",
+            api_version="v1",
+            metadata=_list_metadata(revision, stream.continue_token),
+            count=len(kvs),
         )
         for kv in kvs:
-            if request.keys.active and not request.keys.matches(kv.key, prefix):
-                continue
             await write_kv_item(writer, kv.value, int(kv.mod_revision), passthrough)
         await writer.list_end()
     return b"".join(chunks)
