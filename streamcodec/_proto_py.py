@@ -579,7 +579,10 @@ class ProtoDecoder:
 
     def decode(self, frame: BytesLike) -> Any:
         """Parse one object frame (``k8s\\x00`` + Unknown + Struct) into a dict."""
-        data = bytes(frame)
+        view = memoryview(frame)  # like the compiled decoder: any C-contiguous buffer, nothing else
+        if not view.c_contiguous:
+            raise BufferError("frame is not a C-contiguous buffer")
+        data = view.tobytes()
         if len(data) > self._max_frame_size:
             raise DecodeError(f"frame of {len(data)} bytes exceeds max_frame_size ({self._max_frame_size})", 0)
         try:
