@@ -863,3 +863,15 @@ def test_twin_error_on_unwritable_buffer_argument() -> None:
         buf.length = 65
         with pytest.raises(ValueError):
             module.ProtoEncoder().encode_into({}, buf)
+
+
+def test_decoder_accepts_every_bytes_like() -> None:
+    obj = FIXTURES["pod"]()
+    frame = ProtoEncoder().encode(obj)
+    event = ProtoEncoder().encode_event("BOOKMARK", obj)
+    for wrap in (bytes, bytearray, memoryview):
+        assert ProtoDecoder().decode(wrap(frame)) == obj
+        dec = ProtoDecoder()
+        dec.feed(wrap(event[:7]))
+        dec.feed(wrap(event[7:]))
+        assert list(dec) == [Event("BOOKMARK", obj)]
