@@ -1,0 +1,104 @@
+"""kubectl 1.32 (Debian's package, provisioned by scripts/provision-kubectl) against the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import httpx
+import pytest
+
+from tests.apiserver_harness import ServerThread
+
+ROOT = Path(__file__).resolve().parent.parent
+NS = "/api/v1/namespaces/default/secrets"
+
+
+@pytest.fixture(scope="session")
+def kubectl_bin() -> str:
+    proc = subprocess.run([str(ROOT / "scripts" / "provision-kubectl")], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"kubectl unavailable: {proc.stderr.strip()}", pytrace=False)
+    return proc.stdout.strip()
+
+
+@pytest.fixture
+def server(etcd: Any, prefix: bytes) -> Iterator[ServerThread]:
+    with ServerThread(etcd.endpoint, prefix) as srv:
+        c = httpx.Client(base_url=srv.url, timeout=10)
+        for name in ("alpha", "beta"):
+            r = c.post(NS, json={"metadata": {"name": name}, "type": "Opaque", "data": {"k": "dg=="}})
+            assert r.status_code == 201
+        yield srv
+
+
+@pytest.fixture
+def kubectl(kubectl_bin: str, server: ServerThread, tmp_path: Path) -> Any:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
+    base = [kubectl_bin, f"--server={server.url}", f"--cache-dir={tmp_path / 'cache'}", "--namespace=default"]
+
+    def run(*args: str, timeout: float = 60) -> str:
+        proc = subprocess.run(base + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    run.base = base  # type: ignore[attr-defined]
+    run.env = env  # type: ignore[attr-defined]
+    return run
+
+
+def test_kubectl_get_secrets_table(kubectl: Any) -> None:
+    out = kubectl("get", "secrets")
+    lines = out.strip().splitlines()
+    assert lines[0].split()[0] == "NAME"
+    assert [line.split()[0] for line in lines[1:]] == ["alpha", "beta"]
+
+
+def test_kubectl_get_secrets_json(kubectl: Any) -> None:
+    doc = json.loads(kubectl("get", "secrets", "-o", "json"))
+    assert [i["metadata"]["name"] for i in doc["items"]] == ["alpha", "beta"]
+    assert all(i["kind"] == "Secret" and i["metadata"]["resourceVersion"].isdigit() for i in doc["items"])
+    one = json.loads(kubectl("get", "secret", "beta", "-o", "json"))
+    assert one["metadata"]["name"] == "beta" and one["data"] == {"k": "dg=="}
+
+
+def test_kubectl_get_watch_sees_a_new_secret(kubectl: Any, server: ServerThread) -> None:
+    proc = subprocess.Popen(
+        kubectl.base + ["get", "secrets", "--watch", "-o", "name"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=kubectl.env,
+    )
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line.strip()) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    seen: List[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        created = False
+        while "secret/gamma" not in seen:
+            assert time.monotonic() < deadline, f"kubectl --watch printed only {seen}"
+            try:
+                seen.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                pass
+            if not created and {"secret/alpha", "secret/beta"} <= set(seen):
+                r = httpx.post(server.url + NS, json={"metadata": {"name": "gamma"}}, timeout=10)
+                assert r.status_code == 201
+                created = True
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert seen[:2] == ["secret/alpha", "secret/beta"] and seen[-1] == "secret/gamma"
+    assert server.wait_idle()["active_streams"] == 0
+
+
+def test_kubectl_get_raw_watch_list(kubectl: Any) -> None:
+    url = f"{NS}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=2"
+    out = kubectl("get", "--raw", url)
+    events: List[Dict[str, Any]] = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert [e["type"] for e in events[:3]] == ["ADDED", "ADDED", "BOOKMARK"]
+    assert events[2]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
