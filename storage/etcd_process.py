@@ -350,6 +350,11 @@ class EtcdProcess:
         return self._proc.pid
 
     @property
+    def returncode(self) -> Optional[int]:
+        """The exit status of the last run (negative: killed by that signal); None while running or never run."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
