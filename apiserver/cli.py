@@ -1,0 +1,139 @@
+"""The ``streamcodec`` command.
+
+``streamcodec serve``  runs the API server (this package's ASGI app) under uvicorn.
+``streamcodec demo``   runs the watch-list experiment (:mod:`apiserver.demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from streamcodec.limits import DEFAULT_BUFFER_SIZE, DEFAULT_POOL_BYTES
+
+__all__ = ["main", "build_parser"]
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G (binary) suffix: 64M = 64 MiB."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip()
+    try:
+        if text[-1:].upper() in units:
+            return int(float(text[:-1]) * units[text[-1].upper()])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 67108864, 64M, 1G)") from None
+
+
+def _listen(text: str) -> tuple:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"--listen wants HOST:PORT, not {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamcodec", description="Stream huge etcd collections through a Kubernetes-style API server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the API server",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run a Kubernetes-style core/v1 API server over etcd: /api/v1/namespaces/NS/RESOURCE[/NAME] and\n"
+            "/api/v1/RESOURCE with list (limit/continue/resourceVersion[Match]), watch, watch-list\n"
+            "(sendInitialEvents), create/replace/delete, in JSON, CBOR, Kubernetes protobuf and MessagePack.\n"
+            "Objects live under KEY_ROOT/RESOURCE/NAMESPACE/NAME.  Point kubectl at it with --server http://HOST:PORT."
+        ),
+        epilog=(
+            "memory: every list/watch stream writes through one buffer of --buffer-bytes taken from a shared pool of\n"
+            "--pool-bytes; when the pool (or --max-streams) is used up new streams get 429 with Retry-After."
+        ),
+    )
+    serve.add_argument("--etcd", required=True, metavar="URL[,URL...]",
+                       help="etcd client endpoints, comma-separated (http://host:port or host:port; https:// needs --etcd-cafile)")
+    serve.add_argument("--listen", default="127.0.0.1:8080", type=_listen, metavar="HOST:PORT",
+                       help="address to serve HTTP on (default 127.0.0.1:8080)")
+    serve.add_argument("--list-mode", choices=("streaming", "buffered"), default="streaming",
+                       help="streaming: list items leave as etcd delivers them, memory bounded by the pool; "
+                            "buffered: read the whole list and build the whole response before sending (the classic way). "
+                            "Default streaming")
+    serve.add_argument("--pool-bytes", type=_size, default=DEFAULT_POOL_BYTES, metavar="N",
+                       help=f"total bytes of the shared stream buffer pool (default {DEFAULT_POOL_BYTES}; K/M/G suffixes allowed)")
+    serve.add_argument("--buffer-bytes", type=_size, default=DEFAULT_BUFFER_SIZE, metavar="N",
+                       help=f"bytes of one stream's buffer, which must hold the largest encoded object (default {DEFAULT_BUFFER_SIZE})")
+    serve.add_argument("--max-streams", type=int, default=None, metavar="N",
+                       help="most concurrent list/watch streams (default: the number of buffers in the pool)")
+    serve.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="disconnect a client that reads nothing for this long while a stream waits on it (default 30)")
+    serve.add_argument("--key-root", default="/registry", metavar="PREFIX",
+                       help="etcd key prefix of all objects (default /registry)")
+    serve.add_argument("--etcd-cafile", default=None, metavar="FILE", help="CA bundle: talk TLS to etcd")
+    serve.add_argument("--etcd-certfile", default=None, metavar="FILE", help="client certificate for etcd (with --etcd-keyfile)")
+    serve.add_argument("--etcd-keyfile", default=None, metavar="FILE", help="client key for etcd (with --etcd-certfile)")
+    serve.add_argument("--etcd-username", default=None, metavar="USER",
+                       help="etcd user; the password is read from the environment variable STREAMCODEC_ETCD_PASSWORD")
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                       help="log level of the server and uvicorn (default info)")
+
+    demo = sub.add_parser("demo", help="run the watch-list experiment (see `streamcodec demo --help`)", add_help=False)
+    demo.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import App, ServerConfig
+
+    endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
+    if not endpoints:
+        raise SystemExit("streamcodec serve: --etcd names no endpoint")
+    store_options = {}
+    if args.etcd_cafile:
+        store_options.update(ca_file=args.etcd_cafile, cert_file=args.etcd_certfile, key_file=args.etcd_keyfile)
+    elif args.etcd_certfile or args.etcd_keyfile:
+        raise SystemExit("streamcodec serve: a client certificate needs --etcd-cafile (TLS)")
+    if args.etcd_username:
+        password = os.environ.get("STREAMCODEC_ETCD_PASSWORD")
+        if password is None:
+            raise SystemExit("streamcodec serve: --etcd-username needs STREAMCODEC_ETCD_PASSWORD in the environment")
+        store_options.update(username=args.etcd_username, password=password)
+    try:
+        config = ServerConfig(
+            list_mode=args.list_mode,
+            pool_bytes=args.pool_bytes,
+            buffer_bytes=min(args.buffer_bytes, args.pool_bytes),
+            max_streams=args.max_streams,
+            stall_timeout=args.stall_timeout,
+            key_root=args.key_root.rstrip("/") or "/registry",
+        )
+    except ValueError as exc:
+        raise SystemExit(f"streamcodec serve: {exc}") from None
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = App(etcd_endpoints=endpoints, store_options=store_options, config=config)
+    host, port = args.listen
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, lifespan="on", access_log=args.log_level == "debug")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``streamcodec`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from . import demo
+
+        return int(demo.main(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
