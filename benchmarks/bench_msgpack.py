@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 import msgspec
 import pytest
 

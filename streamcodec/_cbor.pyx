@@ -614,8 +614,6 @@ cdef class CBOREncoder:
     def encode_list_end_into(self, buf, count):
         """``ff``: closes the items array (and so the list body)."""
         data, length = target_buffer(buf)
-        if 1 > self.limit:
-            raise FrameTooLarge(f"frame of 1 bytes exceeds max_frame_size {self.limit}", self.limit)
         if PyByteArray_GET_SIZE(data) - length < 1:
             raise BufferFull("frame of 1 bytes does not fit the 0 bytes left in the buffer")
         PyByteArray_AS_STRING(data)[<Py_ssize_t>length] = <char>0xFF

@@ -229,7 +229,7 @@ def test_raw_must_carry_the_self_described_tag() -> None:
         lambda: enc.encode_raw_event_into("ADDED", untagged, buf),
         lambda: enc.encode_raw_list_item_into(untagged, buf, 0),
         lambda: enc.encode_raw_event("ADDED", TAG),  # tag without an item
-        lambda: enc.encode_raw_event("ADDED", "not bytes"),
+        lambda: enc.encode_raw_event("ADDED", "not bytes"),  # type: ignore[arg-type]
     ):
         with pytest.raises(EncodeError):
             call()

@@ -7,7 +7,7 @@ import enum
 import tracemalloc
 from typing import Any, List
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
