@@ -149,6 +149,8 @@ def _details(exc: grpc.aio.AioRpcError) -> str:
 def _is_retryable(exc: grpc.aio.AioRpcError) -> bool:
     if exc.code() in _RETRYABLE_CODES:
         return True
+    if exc.code() == grpc.StatusCode.INTERNAL and "from core" in _details(exc).lower():
+        return True  # grpc-core's own failure on a connection that just broke, not etcd's answer
     details = _details(exc).lower()
     return any(marker in details for marker in _RETRYABLE_DETAILS)
 
@@ -922,6 +924,11 @@ class WatchStream:
 
     async def _receive(self) -> None:
         """Read one response; queue its events or bookmark; reconnect on a broken stream."""
+        if self._call.done():
+            # a consumer's timeout cancelled our pending read, and grpc.aio then cancels the
+            # whole call: resume losslessly from what was received, on the same member
+            await self._reconnect(advance=False)
+            return
         try:
             raw = await self._call.read()
             if raw is grpc.aio.EOF:
@@ -984,15 +991,16 @@ class WatchStream:
         if last is not None and last.mod_revision > self.received_revision:
             self.received_revision = int(last.mod_revision)
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self, advance: bool = True) -> None:
         if self._call is not None:
             self._call.cancel()
         self._call = None
         self._fragments, self._fragment_bytes = [], 0  # the incomplete revision is re-sent whole
-        if self._member is not None:
-            self._store._advance(self._member)
         self.reconnects += 1
-        await self._store._sleep_backoff(0)
+        if advance:
+            if self._member is not None:
+                self._store._advance(self._member)
+            await self._store._sleep_backoff(0)
         await self._connect()
 
 

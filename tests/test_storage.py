@@ -439,3 +439,14 @@ async def test_interval_bookmarks_below_and_above_gate(etcd_version: str, prefix
             if etcd_version == "3.4":
                 assert stream.progress_requests_sent == 0
             await stream.aclose()
+
+
+async def test_watch_survives_a_consumer_timeout(store: EtcdStore, prefix: bytes) -> None:
+    """A timed-out __anext__ cancels grpc's call; the next one resumes with nothing lost or repeated."""
+    start = await store.current_revision() + 1
+    async with store.watch(prefix, start) as watch:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(watch.__anext__(), 0.3)
+        revisions = [await store.put(prefix + b"k%d" % i, b"v") for i in range(5)]
+        got = [(await next_event(watch)).revision for _ in revisions]
+        assert got == revisions and watch.reconnects == 1
