@@ -28,7 +28,7 @@ import logging
 import random
 import re
 import secrets
-from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, AsyncGenerator, AsyncIterator, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import grpc
 import grpc.aio
@@ -678,7 +678,7 @@ class ListStream:
         """Stop early and release the page held."""
         await self._gen.aclose()
 
-    async def _run(self) -> AsyncIterator[KeyValue]:
+    async def _run(self) -> AsyncGenerator[KeyValue, None]:
         store = self._store
         range_end = _wire().prefix_range_end(self.prefix)
         start = self._start
@@ -1066,7 +1066,7 @@ class WatchListStream:
         """Progress requests sent so far (always 0 below the gate)."""
         return self.watch.progress_requests_sent if self.watch is not None else 0
 
-    async def _run(self) -> AsyncIterator[WatchEvent]:
+    async def _run(self) -> AsyncGenerator[WatchEvent, None]:
         listing = self._list
         first: Optional[KeyValue]
         try:

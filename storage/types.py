@@ -77,7 +77,7 @@ class RangeResult(NamedTuple):
     header: ResponseHeader
     kvs: List[KeyValue]
     more: bool
-    count: int
+    count: int  # type: ignore[assignment]  # the proto field's name shadows tuple.count
 
 
 class PutResult(NamedTuple):
