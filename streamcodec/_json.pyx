@@ -888,31 +888,33 @@ cdef class JSONEncoder:
             room = view.len - start
             self._begin()
             try:
-                if room >= self._max_frame_size:
-                    # Any frame that may exist fits: write it in place.
-                    self._out = <char*>view.buf + start
-                    self._pos = 0
-                    self._alloc = self._limit = self._max_frame_size
-                    self._growable = False
-                    self._dst_lo = <char*>view.buf
-                    self._dst_hi = <char*>view.buf + view.len
-                    try:
-                        self._write(job, a, b, c, d)
-                    except _Overflow:
-                        raise self._too_large() from None
-                    n = self._pos
-                else:
-                    # The frame may not fit, and BufferFull must leave every
-                    # byte of the buffer as it was: build it aside, then copy.
+                # Write in place, bounded by the room left; bytes past
+                # buf.length are free space, so a failed attempt leaves the
+                # buffer as it was (length and the frames before it).
+                self._out = <char*>view.buf + start
+                self._pos = 0
+                self._alloc = self._limit = min(room, self._max_frame_size)
+                self._growable = False
+                self._dst_lo = <char*>view.buf
+                self._dst_hi = <char*>view.buf + view.len
+                overflow = False
+                try:
+                    self._write(job, a, b, c, d)
+                except _Overflow:
+                    overflow = True
+                n = self._pos
+                if overflow:
+                    if room >= self._max_frame_size:
+                        raise self._too_large()
+                    # Rare (a buffer's last frame): was it too large for any
+                    # buffer, or only for this one?  Size it aside to tell.
+                    self._pins = None
                     self._use_scratch()
                     try:
                         self._write(job, a, b, c, d)
                     except _Overflow:
                         raise self._too_large() from None
-                    n = self._pos
-                    if n > room:
-                        raise BufferFull(f"JSON frame of {n} bytes does not fit the {room} bytes left in the buffer")
-                    memcpy(<char*>view.buf + start, self._scratch, n)
+                    raise BufferFull(f"JSON frame of {self._pos} bytes does not fit the {room} bytes left in the buffer")
             finally:
                 self._trim_scratch()
                 self._dst_lo = self._dst_hi = NULL

@@ -23,7 +23,9 @@ raw
 ``*_into`` methods
     Append one frame to a :class:`~streamcodec.pool.PoolBuffer` at its
     ``length`` and return the frame's size.  On any error (``EncodeError``,
-    ``FrameTooLarge``, ``BufferFull``) the buffer is left exactly as it was.
+    ``FrameTooLarge``, ``BufferFull``) the buffer is left as it was: same
+    ``length``, same bytes before it (the space past ``length`` is free and
+    an encoder may have written into it before finding the frame too big).
 """
 
 from __future__ import annotations
