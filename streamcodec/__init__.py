@@ -7,7 +7,10 @@ which one is in use: ``"cython"`` only when every compiled module loaded.
 
 from __future__ import annotations
 
+import importlib as _importlib
 import os as _os
+from types import ModuleType as _ModuleType
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .errors import (
     BufferExported,
@@ -23,60 +26,30 @@ from .pool import BufferPool, PoolBuffer, PoolStats
 from .protocol import Event
 
 PURE_PYTHON: bool = _os.environ.get(_PURE_PYTHON_ENV, "") not in ("", "0")
-_compiled_missing = []
+_compiled_missing: list = []
 
-# DEVELOPMENT NOTE (lead): the try/except around each twin import is temporary
-# while the formats are being written in parallel; it becomes strict at integration.
-if PURE_PYTHON:
-    try:
-        from ._json_py import JSONDecoder, JSONEncoder
-    except ImportError:
-        pass
-    try:
-        from ._cbor_py import CBORDecoder, CBOREncoder
-    except ImportError:
-        pass
-    try:
-        from ._msgpack_py import MsgpackDecoder, MsgpackEncoder
-    except ImportError:
-        pass
-    try:
-        from ._proto_py import ProtoDecoder, ProtoEncoder
-    except ImportError:
-        pass
+
+def _load(name: str) -> _ModuleType:
+    """The compiled module, or its pure-Python twin when asked for (or not built)."""
+    if not PURE_PYTHON:
+        try:
+            return _importlib.import_module(f"streamcodec.{name}")
+        except ImportError:
+            _compiled_missing.append(name)
+    return _importlib.import_module(f"streamcodec.{name}_py")
+
+
+if _TYPE_CHECKING:  # the stubs of the compiled modules describe both twins
+    from ._cbor import CBORDecoder, CBOREncoder
+    from ._json import JSONDecoder, JSONEncoder
+    from ._msgpack import MsgpackDecoder, MsgpackEncoder
+    from ._proto import ProtoDecoder, ProtoEncoder
 else:
-    try:
-        from ._json import JSONDecoder, JSONEncoder
-    except ImportError:
-        _compiled_missing.append("_json")
-        try:
-            from ._json_py import JSONDecoder, JSONEncoder
-        except ImportError:
-            pass
-    try:
-        from ._cbor import CBORDecoder, CBOREncoder
-    except ImportError:
-        _compiled_missing.append("_cbor")
-        try:
-            from ._cbor_py import CBORDecoder, CBOREncoder
-        except ImportError:
-            pass
-    try:
-        from ._msgpack import MsgpackDecoder, MsgpackEncoder
-    except ImportError:
-        _compiled_missing.append("_msgpack")
-        try:
-            from ._msgpack_py import MsgpackDecoder, MsgpackEncoder
-        except ImportError:
-            pass
-    try:
-        from ._proto import ProtoDecoder, ProtoEncoder
-    except ImportError:
-        _compiled_missing.append("_proto")
-        try:
-            from ._proto_py import ProtoDecoder, ProtoEncoder
-        except ImportError:
-            pass
+    _json, _cbor, _msgpack, _proto = (_load(m) for m in ("_json", "_cbor", "_msgpack", "_proto"))
+    JSONEncoder, JSONDecoder = _json.JSONEncoder, _json.JSONDecoder  # type: ignore[misc]
+    CBOREncoder, CBORDecoder = _cbor.CBOREncoder, _cbor.CBORDecoder  # type: ignore[misc]
+    MsgpackEncoder, MsgpackDecoder = _msgpack.MsgpackEncoder, _msgpack.MsgpackDecoder  # type: ignore[misc]
+    ProtoEncoder, ProtoDecoder = _proto.ProtoEncoder, _proto.ProtoDecoder  # type: ignore[misc]
 
 IMPLEMENTATION: str = "python" if PURE_PYTHON or _compiled_missing else "cython"
 
