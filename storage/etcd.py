@@ -168,6 +168,22 @@ def _is_response_too_large(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in _details(exc).lower()
 
 
+#: What gRPC's details say when the TLS handshake failed (a missing or
+#: untrusted client certificate shows up only as a corrupted record).
+_TLS_FAILURE_DETAILS = ("tsi_data_corrupted", "unwrap failed", "handshake", "ssl")
+
+
+def _details_with_hint(exc: grpc.aio.AioRpcError) -> str:
+    """gRPC's details, plus what an operator should check when TLS failed."""
+    details = _details(exc)
+    if any(marker in details.lower() for marker in _TLS_FAILURE_DETAILS):
+        details += (
+            " (the TLS handshake failed: the server may require a client certificate"
+            " (cert_file/key_file) or may not trust the one given)"
+        )
+    return details
+
+
 def _map_error(exc: grpc.aio.AioRpcError, key: Optional[bytes] = None) -> StorageError:
     """The StorageError for a non-retryable gRPC failure."""
     details = _details(exc)
@@ -184,7 +200,7 @@ def _map_error(exc: grpc.aio.AioRpcError, key: Optional[bytes] = None) -> Storag
     ):
         return Unauthorized(f"etcd: {details}", key=key)
     if code in _RETRYABLE_CODES:
-        return Unavailable(f"etcd: {code.name}: {details}", key=key)
+        return Unavailable(f"etcd: {code.name}: {_details_with_hint(exc)}", key=key)
     return StorageError(f"etcd: {code.name}: {details}", key=key)
 
 
@@ -398,7 +414,7 @@ class EtcdStore:
                 if _is_retryable(exc) and (idempotent or _surely_not_applied(exc)):
                     if attempt >= self.retries:
                         raise Unavailable(
-                            f"etcd unavailable after {attempt + 1} attempts: {exc.code().name}: {_details(exc)}", key=key
+                            f"etcd unavailable after {attempt + 1} attempts: {exc.code().name}: {_details_with_hint(exc)}", key=key
                         ) from None
                     self._advance(member)
                     await self._sleep_backoff(attempt)
