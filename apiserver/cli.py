@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most concurrent list/watch streams (default: the number of buffers in the pool)")
     serve.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="disconnect a client that reads nothing for this long while a stream waits on it (default 30)")
+    serve.add_argument("--etcd-page-bytes", type=_size, default=None, metavar="N",
+                       help="byte budget of one etcd range page a list reads at a time (default: the storage layer's, 8 MiB); "
+                            "each concurrent list holds about one page")
+    serve.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="on SIGTERM/SIGINT, wait this long for open streams before closing them (default 5)")
     serve.add_argument("--key-root", default="/registry", metavar="PREFIX",
                        help="etcd key prefix of all objects (default /registry)")
     serve.add_argument("--etcd-cafile", default=None, metavar="FILE", help="CA bundle: talk TLS to etcd")
@@ -99,6 +104,8 @@ def serve(args: argparse.Namespace) -> int:
         store_options.update(ca_file=args.etcd_cafile, cert_file=args.etcd_certfile, key_file=args.etcd_keyfile)
     elif args.etcd_certfile or args.etcd_keyfile:
         raise SystemExit("streamcodec serve: a client certificate needs --etcd-cafile (TLS)")
+    if args.etcd_page_bytes:
+        store_options["page_bytes"] = args.etcd_page_bytes
     if args.etcd_username:
         password = os.environ.get("STREAMCODEC_ETCD_PASSWORD")
         if password is None:
@@ -118,7 +125,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = App(etcd_endpoints=endpoints, store_options=store_options, config=config)
     host, port = args.listen
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, lifespan="on", access_log=args.log_level == "debug")
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, lifespan="on", access_log=args.log_level == "debug",
+                timeout_graceful_shutdown=args.shutdown_timeout)
     return 0
 
 
