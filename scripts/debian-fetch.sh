@@ -1,7 +1,7 @@
 # Shared helper (sourced, not run): fetch Debian packages with `apt-get download` under a PRIVATE apt
 # configuration (own sources list, state, cache and status file, so the system's apt state is untouched),
-# from the same Debian mirror the system's own apt sources name.  The approach is scripts/provision-etcd's;
-# new provisioning scripts source this file instead of repeating it.
+# from the same Debian mirror the system's own apt sources name.  scripts/provision-etcd and
+# scripts/provision-kubectl source it.
 #
 #   source scripts/debian-fetch.sh
 #   debian_fetch SUITE WORKDIR PACKAGE...   # downloads the .debs into WORKDIR/debs, unpacks them into WORKDIR/root
@@ -53,7 +53,8 @@ debian_fetch() {
     mkdir -p "$work/state/lists/partial" "$work/cache/archives/partial" "$work/debs" "$work/root" "$work/conf.d"
     : >"$work/status"
     echo "deb [signed-by=$keyring] $mirror $suite main" >"$work/sources.list"
-    # The system's apt settings (proxy, validity checks) still apply, without its update/dpkg hooks.
+    # The system's apt settings (proxy, validity checks) still apply, but without its update/dpkg hooks,
+    # which would refresh system-wide caches (AppStream, PackageKit) from our private lists.
     for f in /etc/apt/apt.conf.d/*; do [[ -f "$f" ]] && cp "$f" "$work/conf.d/"; done
     [[ -f /etc/apt/apt.conf ]] && cp /etc/apt/apt.conf "$work/conf.d/zy-main.conf"
     cat >"$work/conf.d/zz-streamcodec-private" <<'CONF'
@@ -63,9 +64,14 @@ debian_fetch() {
 #clear DPkg::Pre-Invoke;
 #clear DPkg::Post-Invoke;
 CONF
+    # Which configuration parts apt reads is decided before command-line options apply: it has to be APT_CONFIG.
+    printf 'Dir::Etc::Parts "%s";\nDir::Etc::main "/dev/null";\n' "$work/conf.d" >"$work/apt.conf"
+    export APT_CONFIG="$work/apt.conf"
+    if apt-config dump | grep -i 'Post-Invoke::' >/dev/null; then
+        die "could not switch off apt's update hooks for the private configuration"
+    fi
     local apt_private=(
         -o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-        -o "Dir::Etc::Parts=$work/conf.d" -o "Dir::Etc::main=/dev/null"
         -o "Dir::Etc::Preferences=/dev/null" -o "Dir::Etc::PreferencesParts=/dev/null"
         -o "Dir::State=$work/state" -o "Dir::State::status=$work/status"
         -o "Dir::Cache=$work/cache" -o "APT::Sandbox::User=root" -q
