@@ -48,6 +48,7 @@ CBOR_PREFIX = b"\xd9\xd9\xf7"
 PROTO_PREFIX = b"k8s\x00"
 _JSON_LAYOUT_PREFIX = b'{"metadata":{'
 _RV_KEY = b'"resourceVersion"'
+_PREFIX_LEN = len(_JSON_LAYOUT_PREFIX)
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _RESOURCE_RE = re.compile(r"^[a-z][a-z0-9]{0,62}$")
@@ -142,14 +143,21 @@ def splice_resource_version(value: Any, mod_revision: int) -> Optional[bytes]:
     Only for this server's layout (see the module doc): the prefix proves the
     insertion point is the top-level metadata object, and the absence of the
     key anywhere proves no duplicate key can result.
+
+    ``value`` may be a memoryview (a slice of an etcd page): the result is
+    built with one copy of it, and the key search runs over that copy.
     """
-    data = bytes(value) if not isinstance(value, bytes) else value
-    if not data.startswith(_JSON_LAYOUT_PREFIX) or _RV_KEY in data:
+    head = bytes(value[: _PREFIX_LEN + 1])
+    if not head.startswith(_JSON_LAYOUT_PREFIX):
         return None
-    rv = b'"resourceVersion":"%d"' % mod_revision
-    rest = data[len(_JSON_LAYOUT_PREFIX):]
-    sep = b"" if rest[:1] == b"}" else b","
-    return _JSON_LAYOUT_PREFIX + rv + sep + rest
+    sep = b"" if head[_PREFIX_LEN:] == b"}" else b","
+    inserted = b'%s"resourceVersion":"%d"%s' % (_JSON_LAYOUT_PREFIX, mod_revision, sep)
+    spliced = b"".join((inserted, memoryview(value)[_PREFIX_LEN:]))
+    # The stored part starts right after ``inserted``; a "resourceVersion"
+    # there (or straddling, which the prefix's shape rules out) means no splice.
+    if spliced.find(_RV_KEY, len(inserted)) != -1:
+        return None
+    return spliced
 
 
 _decoders: Dict[str, Any] = {}

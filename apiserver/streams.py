@@ -47,6 +47,36 @@ log = logging.getLogger("apiserver")
 Producer = Callable[[FrameWriter], Awaitable[None]]
 
 
+#: Largest ASGI body message a stream sends.  A pool buffer's contents go out
+#: in pieces of at most this size, so the ASGI server's chunk-framing copy and
+#: the transport's write buffer each hold at most one piece of a stream, not a
+#: whole buffer, and freshly allocated copies stay small enough for the
+#: allocator to reuse instead of mapping (and page-faulting) new memory.
+SEND_PIECE_BYTES = 256 * 1024
+
+#: ``asyncio.timeout`` (3.11+) bounds a send without wrapping it in a Task.
+_timeout = getattr(asyncio, "timeout", None)
+
+
+def server_copies_body(send: Any) -> bool:
+    """Whether ``send`` copies a response body before it returns.
+
+    uvicorn's h11 protocol always does (h11 joins the framing and the data
+    into new bytes), and its httptools protocol does for a chunked body
+    (``b"".join`` of size line, data and CRLF).  Such a ``send`` may be
+    handed a memoryview of the pool buffer instead of a ``bytes`` copy: the
+    copy it makes is the only one.  Every other server gets ``bytes``, as the
+    ASGI spec asks.
+    """
+    cycle = getattr(send, "__self__", None)
+    module = type(cycle).__module__
+    if module == "uvicorn.protocols.http.h11_impl":
+        return True
+    if module == "uvicorn.protocols.http.httptools_impl":
+        return getattr(cycle, "chunked_encoding", None) is True
+    return False
+
+
 class ClientStalled(Exception):
     """A send did not complete within the stall timeout."""
 
@@ -134,7 +164,11 @@ class StreamResponse:
 
     async def _send_timed(self, send: Any, message: Dict[str, Any]) -> None:
         try:
-            await asyncio.wait_for(send(message), self.stall_timeout)
+            if _timeout is not None:
+                async with _timeout(self.stall_timeout):
+                    await send(message)
+            else:
+                await asyncio.wait_for(send(message), self.stall_timeout)
         except asyncio.TimeoutError:
             raise ClientStalled(f"client read nothing for {self.stall_timeout} s") from None
 
@@ -148,10 +182,19 @@ class StreamResponse:
                     disconnected.set()
                     return
 
+        copies_body: Optional[bool] = None
+
         async def send_chunk(view: memoryview) -> None:
+            nonlocal copies_body
             await self._start(send)
-            # ASGI bodies are bytes; the copy is what the transport buffers.
-            await self._send_timed(send, {"type": "http.response.body", "body": bytes(view), "more_body": True})
+            if copies_body is None:
+                copies_body = server_copies_body(send)  # known once the headers went out
+            for offset in range(0, len(view), SEND_PIECE_BYTES):
+                with view[offset : offset + SEND_PIECE_BYTES] as piece:
+                    # ASGI bodies are bytes; a server that copies anyway gets the view.
+                    body = piece if copies_body else bytes(piece)
+                    await self._send_timed(send, {"type": "http.response.body", "body": body, "more_body": True})
+                    del body
 
         writer = FrameWriter(self.encoder, self.pool, send_chunk, acquire_timeout=self.acquire_timeout)
 
