@@ -32,10 +32,10 @@ import contextlib
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple
 
-from streamcodec import BufferPool, EncodeError, FrameTooLarge
+from streamcodec import BufferFull, BufferPool, EncodeError, FrameTooLarge, PoolBuffer
 from streamcodec.writer import FrameWriter
 
-from .objects import decode_stored, splice_resource_version
+from .objects import _JSON_LAYOUT_PREFIX, _PREFIX_LEN, _RV_KEY, decode_stored, splice_resource_version
 from .status import APIError, from_storage_error, internal_error
 
 from storage import errors as storage_errors
@@ -43,6 +43,8 @@ from storage import errors as storage_errors
 __all__ = ["StreamResponse", "ClientStalled", "list_response", "watch_response", "write_kv_item", "write_kv_event"]
 
 log = logging.getLogger("apiserver")
+
+_CLOSE_BRACE = ord("}")
 
 Producer = Callable[[FrameWriter], Awaitable[None]]
 
@@ -305,12 +307,82 @@ async def write_kv_item(writer: FrameWriter, value: Any, mod_revision: int, pass
 
 
 async def write_kv_event(writer: FrameWriter, type: str, value: Any, revision: int, passthrough: bool) -> None:
-    if passthrough:
-        spliced = splice_resource_version(value, revision)
-        if spliced is not None:
-            await writer.raw_event(type, spliced)
-            return
+    """One watch event: spliced pass-through when possible, else decode + re-encode."""
+    if passthrough and bytes(value[:_PREFIX_LEN]) == _JSON_LAYOUT_PREFIX:
+        await writer.write(_SplicedEventInto(writer.encoder, type, value, revision))
+        return
     await writer.event(type, decode_stored(value, revision))
+
+
+#: A stored object in this server's layout with nothing in it: finds where an
+#: encoder puts the raw object inside its event frame.
+_PROBE_OBJECT = _JSON_LAYOUT_PREFIX + b"}}"
+_event_edges: Dict[Tuple[type, str], Tuple[bytes, bytes]] = {}
+
+
+def _raw_event_edges(encoder: Any, type: str) -> Tuple[bytes, bytes]:
+    """(bytes before, bytes after) the raw object in ``encoder``'s raw event frame."""
+    key = (encoder.__class__, type)
+    edges = _event_edges.get(key)
+    if edges is None:
+        frame = encoder.encode_raw_event(type, _PROBE_OBJECT)
+        at = frame.index(_PROBE_OBJECT)
+        edges = _event_edges[key] = (frame[:at], frame[at + len(_PROBE_OBJECT) :])
+    return edges
+
+
+class _SplicedEventInto:
+    """Writes a stored JSON object as a raw watch event with resourceVersion spliced in, in the pool buffer.
+
+    The encoder writes the stored bytes into the buffer as they are (its
+    ``encode_raw_event_into``: the one copy of the object); then the tail
+    after ``{"metadata":{`` moves right, in place, to make room for
+    ``"resourceVersion":"N",``.  No object-sized temporary is allocated.
+    The checks of :func:`splice_resource_version` run on the frame where it
+    lies: the object starts with this server's layout prefix and holds no
+    ``"resourceVersion"``.  When they fail the frame is undone and written the
+    slow way (decoded, patched, re-encoded).
+    """
+
+    __slots__ = ("encoder", "type", "value", "revision")
+
+    def __init__(self, encoder: Any, type: str, value: Any, revision: int) -> None:
+        self.encoder = encoder
+        self.type = type
+        self.value = value
+        self.revision = revision
+
+    def __call__(self, buf: PoolBuffer) -> int:
+        encoder = self.encoder
+        header, trailer = _raw_event_edges(encoder, self.type)
+        start = buf.length
+        n = encoder.encode_raw_event_into(self.type, self.value, buf)  # BufferFull leaves buf as it was
+        data = buf.data
+        at = start + len(header) + _PREFIX_LEN  # just inside the top-level metadata object
+        end = start + n - len(trailer)  # just past the object
+        if (
+            at >= end
+            or data[start : start + len(header)] != header
+            or data[end : start + n] != trailer
+            or data[at - _PREFIX_LEN : at] != _JSON_LAYOUT_PREFIX
+            or data.find(_RV_KEY, at, end) != -1
+        ):
+            buf.length = start
+            return encoder.encode_event_into(self.type, decode_stored(self.value, self.revision), buf)
+        insert = b'"resourceVersion":"%d"%s' % (self.revision, b"" if data[at] == _CLOSE_BRACE else b",")
+        size = n + len(insert)
+        if size > encoder.max_frame_size:
+            buf.length = start
+            raise FrameTooLarge(f"frame of {size} bytes exceeds max_frame_size {encoder.max_frame_size}", encoder.max_frame_size)
+        if start + size > len(data):
+            buf.length = start
+            raise BufferFull(f"frame of {size} bytes does not fit the {len(data) - start} bytes left in the buffer")
+        with memoryview(data) as mv:
+            # memoryview slice assignment copies overlapping ranges correctly (memmove).
+            mv[at + len(insert) : start + size] = mv[at : start + n]
+            mv[at : at + len(insert)] = insert
+        buf.length = start + size
+        return size
 
 
 def bookmark_object(kind: str, revision: int, initial_events_end: bool) -> Dict[str, Any]:

@@ -652,9 +652,9 @@ class ListStream:
     before the end.  ``pages`` counts Range requests made.
 
     Memory: values are memoryview slices of the current page's response,
-    except the last value of each page, which is copied to ``bytes`` so that
-    a consumer still holding it does not keep the whole page alive while the
-    next page arrives.  So at most one page plus one object is live, provided
+    except the last value of each page of several, which is copied to
+    ``bytes`` so that a consumer still holding it does not keep the whole page
+    alive while the next page arrives.  So at most one page plus one object is live, provided
     the consumer keeps only the current item.
     """
 
@@ -718,7 +718,9 @@ class ListStream:
             for i in range(count):
                 kv = kvs[i]
                 kvs[i] = None  # the consumer's reference is the only one left
-                if i == count - 1:
+                if i == count - 1 and count > 1:
+                    # A page of one key-value is little more than that value:
+                    # holding it costs what a copy would, so no copy is made.
                     kv = kv._replace(value=bytes(kv.value))
                 yielded += 1
                 yield kv

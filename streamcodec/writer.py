@@ -130,6 +130,16 @@ class FrameWriter:
             await self.flush()
         return n
 
+    async def write(self, write_into: Callable[[PoolBuffer], int]) -> int:
+        """Append one frame that ``write_into(buf)`` writes (flushing first if it does not fit).
+
+        ``write_into`` follows the encoders' ``*_into`` contract: append one
+        frame at ``buf.length`` and return its size, or raise
+        :class:`BufferFull` with ``buf.length`` as it was.  For frames built in
+        place, such as an encoder's output patched where it lies.
+        """
+        return await self._write(write_into)
+
     # watch events -----------------------------------------------------------
     async def event(self, type: str, obj: Any) -> int:
         return await self._write(self.encoder.encode_event_into, type, obj)
