@@ -13,7 +13,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Next
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from libc.math cimport isfinite
 from libc.string cimport memchr, memcpy, strlen
@@ -156,10 +156,59 @@ cdef extern from *:
         return n;
     }
 
+    /* Nonzero iff a byte of the ASCII word w needs escaping (< 0x20, '"' or '\\').
+       Exact for bytes < 0x80: x - 0x01 per byte borrows (sets bit 7) only
+       where x is zero, w - 0x20 only where w < 0x20. */
+    static inline uint64_t sc_escapes8(uint64_t w) {
+        const uint64_t ones = 0x0101010101010101ULL;
+        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\\\');
+        return ((q - ones) | (b - ones) | (w - ones * 0x20)) & 0x8080808080808080ULL;
+    }
+
+    static inline uint32_t sc_escapes4(uint32_t w) {
+        const uint32_t ones = 0x01010101u;
+        uint32_t q = w ^ (ones * '"'), b = w ^ (ones * '\\\\');
+        return ((q - ones) | (b - ones) | (w - ones * 0x20)) & 0x80808080u;
+    }
+
+    /* Copies ASCII s[0:n] to out a word at a time (overlapping last word) and
+       returns 1 if no byte needs escaping; else 0, out[0:n] left clobbered.
+       The caller reserved n bytes. */
+    static inline int sc_copy_ascii_clean(char *out, const unsigned char *s, Py_ssize_t n) {
+        if (n >= 8) {
+            uint64_t w, found = 0;
+            Py_ssize_t i = 0;
+            for (; i + 8 < n; i += 8) {
+                memcpy(&w, s + i, 8);
+                found |= sc_escapes8(w);
+                memcpy(out + i, &w, 8);
+            }
+            memcpy(&w, s + n - 8, 8);
+            found |= sc_escapes8(w);
+            memcpy(out + n - 8, &w, 8);
+            return found == 0;
+        }
+        if (n >= 4) {
+            uint32_t a, b;
+            memcpy(&a, s, 4);
+            memcpy(&b, s + n - 4, 4);
+            if (sc_escapes4(a) | sc_escapes4(b)) return 0;
+            memcpy(out, &a, 4);
+            memcpy(out + n - 4, &b, 4);
+            return 1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (sc_escaped[s[i]]) return 0;
+            out[i] = (char)s[i];
+        }
+        return 1;
+    }
+
     /* Short ASCII string, escapes included; the caller reserved 6 * n. */
     static inline Py_ssize_t sc_write_ascii_short(char *out, const unsigned char *s, Py_ssize_t n) {
         char *p = out;
         Py_ssize_t i;
+        if (sc_copy_ascii_clean(out, s, n)) return n;
         for (i = 0; i < n; i++) {
             unsigned char c = s[i];
             if (c >= 0x20 && c != '"' && c != '\\\\') *p++ = (char)c;
@@ -264,6 +313,66 @@ cdef extern from *:
         }
     }
 
+    /* Per-encoder cache of encoded dict keys ('"key":'), direct-mapped by
+       the str's hash.  Each entry holds a strong reference to a str with that
+       text, so the pointer stays valid (never a freed-and-reused address);
+       a different str object with equal text hits too (decoded objects each
+       have their own key strs).  SC_KEY_SLOTS * sizeof(sc_key_entry) = 32 KiB. */
+    #if PY_VERSION_HEX < 0x030C0000
+    #define SC_STR_READY(op) PyUnicode_IS_READY(op)
+    #else
+    #define SC_STR_READY(op) 1
+    #endif
+    #define SC_KEY_SLOTS 512
+    #define SC_KEY_BYTES 48
+    typedef struct {
+        PyObject *key;      /* strong reference, or NULL: an empty slot */
+        Py_ssize_t len;     /* bytes used in text */
+        char text[SC_KEY_BYTES];
+    } sc_key_entry;
+
+    /* The entry for exact-str key k (hash already computed: it is a dict key), or NULL. */
+    static inline sc_key_entry *sc_key_lookup(sc_key_entry *table, PyObject *k) {
+        Py_hash_t h = ((PyASCIIObject *)k)->hash;
+        sc_key_entry *e;
+        PyObject *c;
+        Py_ssize_t n;
+        int kind;
+        if (h == -1) return NULL;
+        e = &table[(size_t)h & (SC_KEY_SLOTS - 1)];
+        c = e->key;
+        if (c == k) return e;
+        if (c == NULL || ((PyASCIIObject *)c)->hash != h) return NULL;
+        /* Both compact and ready: cached keys were readied when first encoded,
+           and a not-ready k has a different (wchar) kind. */
+        if (!PyUnicode_IS_COMPACT(k) || !SC_STR_READY(k)) return NULL;
+        n = PyUnicode_GET_LENGTH(k);
+        kind = PyUnicode_KIND(k);
+        if (PyUnicode_GET_LENGTH(c) != n || PyUnicode_KIND(c) != kind) return NULL;
+        if (memcmp(PyUnicode_DATA(c), PyUnicode_DATA(k), (size_t)n * (size_t)kind) != 0) return NULL;
+        return e;
+    }
+
+    /* Remember text[0:len] as the encoding of exact-str key k (if it fits). */
+    static void sc_key_store(sc_key_entry *table, PyObject *k, const char *text, Py_ssize_t len) {
+        Py_hash_t h = ((PyASCIIObject *)k)->hash;
+        sc_key_entry *e;
+        PyObject *old;
+        if (h == -1 || len > SC_KEY_BYTES || !PyUnicode_IS_COMPACT(k) || !SC_STR_READY(k)) return;
+        e = &table[(size_t)h & (SC_KEY_SLOTS - 1)];
+        old = e->key;
+        Py_INCREF(k);
+        e->key = k;
+        memcpy(e->text, text, (size_t)len);
+        e->len = len;
+        Py_XDECREF(old);  /* an exact str: freeing it runs no Python code */
+    }
+
+    static void sc_key_clear(sc_key_entry *table) {
+        Py_ssize_t i;
+        for (i = 0; i < SC_KEY_SLOTS; i++) Py_CLEAR(table[i].key);
+    }
+
     /* Decoder pre-scan: offset of the first bracket nesting deeper than max_depth
        (*what = 1) or first N/I outside a string, i.e. NaN/Infinity (*what = 2); -1 if none.
        String skipping matches the twin's regex: a backslash escapes the next byte,
@@ -304,6 +413,15 @@ cdef extern from *:
     Py_ssize_t sc_base64_len(Py_ssize_t) nogil
     void sc_base64(char*, const unsigned char*, Py_ssize_t) nogil
     Py_ssize_t sc_prescan(const unsigned char*, Py_ssize_t, Py_ssize_t, int*) nogil
+    int sc_copy_ascii_clean(char*, const unsigned char*, Py_ssize_t) nogil
+    enum: SC_KEY_SLOTS
+    enum: SC_KEY_BYTES
+    ctypedef struct sc_key_entry:
+        Py_ssize_t len
+        char* text
+    sc_key_entry* sc_key_lookup(sc_key_entry*, PyObject*)
+    void sc_key_store(sc_key_entry*, PyObject*, const char*, Py_ssize_t)
+    void sc_key_clear(sc_key_entry*)
 
 
 cdef dict _EVENT_HEADERS = {t: ('{"type":"%s","object":' % t).encode() for t in EVENT_TYPES}
@@ -312,6 +430,10 @@ cdef tuple _BYTES_TYPES = (bytes, bytearray, memoryview)
 # Scratch memory kept between encode() calls; a larger one is freed after use
 # so an encoder holds at most this much while idle.
 cdef Py_ssize_t _SCRATCH_KEEP = 256 * 1024
+# ASCII strs shorter than this are written a word at a time (worst case
+# reserved: 6 bytes a character); longer ones by the vector escape scan.
+cdef enum:
+    _SHORT_ASCII = 64
 # Characters per reservation when writing non-ASCII strings.
 cdef Py_ssize_t _UCS_CHUNK = 4096
 
@@ -384,12 +506,15 @@ cdef class JSONEncoder:
     cdef bint _busy
     # Strong references taken before user code runs (dict subclass items()).
     cdef list _pins
+    # Encoded dict keys (see sc_key_lookup), allocated on first use.
+    cdef sc_key_entry* _keys
 
     def __cinit__(self):
         self._scratch = NULL
         self._stack_obj = NULL
         self._stack_key = NULL
         self._stack_idx = NULL
+        self._keys = NULL
 
     def __init__(self, *, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_depth=MAX_DEPTH):
         _check_limits(max_frame_size, max_depth)
@@ -407,6 +532,9 @@ cdef class JSONEncoder:
             raise MemoryError()
 
     def __dealloc__(self):
+        if self._keys != NULL:
+            sc_key_clear(self._keys)
+            PyMem_Free(self._keys)
         PyMem_Free(self._scratch)
         PyMem_Free(self._stack_obj)
         PyMem_Free(self._stack_key)
@@ -536,7 +664,7 @@ cdef class JSONEncoder:
         if not PyUnicode_IS_ASCII(s):
             return 0
         n = PyUnicode_GET_LENGTH(s)
-        if n >= 16 or not self._try_reserve(6 * n + 4):
+        if n >= _SHORT_ASCII or not self._try_reserve(6 * n + 4):
             return 0
         p = self._out + self._pos
         if prefix:
@@ -563,7 +691,7 @@ cdef class JSONEncoder:
         data = PyUnicode_DATA(s)
         if PyUnicode_IS_ASCII(s):
             a = <const unsigned char*>data
-            if n < 16 and self._try_reserve(6 * n + 2):
+            if n < _SHORT_ASCII and self._try_reserve(6 * n + 2):
                 self._out[self._pos] = b'"'
                 self._pos += 1 + sc_write_ascii_short(self._out + self._pos + 1, a, n)
                 self._out[self._pos] = b'"'
@@ -700,10 +828,13 @@ cdef class JSONEncoder:
             # (see _dict_subclass for the one place it can, and the pins).
             while PyDict_Next(obj, &pos, &k, &v):
                 self._stack_key[depth] = k
-                if not (type(<object>k) is str and self._short_str(<object>k, 0 if first else b',', b':')):
+                if type(<object>k) is str:
+                    self._str_key(k, first, depth)
+                else:
                     self._member_key(<object>k, first, depth)
                 first = False
-                self._value(<object>v, depth + 1)
+                if not (type(<object>v) is str and self._short_str(<object>v, 0, 0)):
+                    self._value(<object>v, depth + 1)
         else:
             for i in range(len(items)):
                 pair = items[i]
@@ -713,6 +844,34 @@ cdef class JSONEncoder:
                 first = False
                 self._value((<tuple>pair)[1], depth + 1)
         return self._put_byte(b'}')
+
+    cdef inline int _str_key(self, PyObject* key, bint first, Py_ssize_t depth) except -1:
+        """[","]"key": for an exact str key, from the key cache when it is there."""
+        cdef sc_key_entry* entry
+        cdef Py_ssize_t start
+        if self._keys == NULL:
+            self._keys = <sc_key_entry*>PyMem_Calloc(SC_KEY_SLOTS, sizeof(sc_key_entry))
+            if self._keys == NULL:
+                raise MemoryError()
+        entry = sc_key_lookup(self._keys, key)
+        if entry != NULL and self._try_reserve(SC_KEY_BYTES + 1):
+            if not first:
+                self._out[self._pos] = b','
+                self._pos += 1
+            # A fixed-size copy (a few vector moves); only len bytes count.
+            memcpy(self._out + self._pos, entry.text, SC_KEY_BYTES)
+            self._pos += entry.len
+            return 0
+        if not first:
+            self._put_byte(b',')
+        start = self._pos
+        if not self._short_str(<object>key, 0, b':'):
+            self._str(<object>key, depth + 1)
+            self._put_byte(b':')
+        # _pos only moves forward while writing one frame; _out may have been
+        # reallocated (scratch growth), so read it after writing.
+        sc_key_store(self._keys, key, self._out + start, self._pos - start)
+        return 0
 
     cdef int _member_key(self, object key, bint first, Py_ssize_t depth) except -1:
         if not first:
@@ -745,6 +904,7 @@ cdef class JSONEncoder:
 
     cdef int _list(self, object obj, Py_ssize_t depth) except -1:
         cdef Py_ssize_t i = 0
+        cdef PyObject* item
         self._enter(obj, depth)
         self._put_byte(b'[')
         self._stack_key[depth] = NULL
@@ -752,9 +912,13 @@ cdef class JSONEncoder:
         # user code (a dict subclass's items()) mutates it.
         while i < PyList_GET_SIZE(obj):
             self._stack_idx[depth] = i
+            item = PyList_GET_ITEM(obj, i)
+            if type(<object>item) is str and self._short_str(<object>item, b',' if i else 0, 0):
+                i += 1
+                continue
             if i:
                 self._put_byte(b',')
-            self._value(<object>PyList_GET_ITEM(obj, i), depth + 1)
+            self._value(<object>item, depth + 1)
             i += 1
         return self._put_byte(b']')
 
