@@ -231,6 +231,94 @@ def test_compiled_and_twin_agree_on_output_and_errors(obj: Any, bad: Any) -> Non
         assert outcomes[0] == outcomes[1]
 
 
+# -- one encoder reused: encoded dict keys are remembered between frames ---------------
+
+# One encoder for every example below: what it remembers from earlier objects
+# must never leak into later ones.
+_shared_encoder = JSONEncoder()
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_a_reused_encoder_stays_byte_identical_to_stdlib(obj: Any) -> None:
+    assert _shared_encoder.encode(obj) == stdlib(obj)
+    # Again, now with every key seen before (and keys in other str objects).
+    copy = json.loads(stdlib(obj))
+    assert _shared_encoder.encode(copy) == stdlib(copy)
+
+
+def _fresh(text: str) -> str:
+    """A new str object with this text (not interned, not shared with literals)."""
+    return "".join(list(text))
+
+
+def test_keys_with_equal_text_in_other_str_objects_and_recycled_addresses() -> None:
+    enc = JSONEncoder()
+    for i in range(3000):
+        # Each round frees the previous keys; their memory is reused for new
+        # strs of the same size but other text.
+        key, other = _fresh(f"k{i % 7}-{i}"), _fresh(f"k{i % 7}")
+        obj = {key: i, other: [{key: other}]}
+        assert enc.encode(obj) == stdlib(obj)
+        del key, other, obj
+
+
+def test_many_distinct_keys_evict_each_other_without_mixing_up() -> None:
+    # Far more keys than any cache holds, then the same texts in new objects.
+    keys = [f"key-{i}" for i in range(5000)] + ["é" * 3, "✓a", "𝄞", 'q"uote', "back\\slash", "tab\tnl\n", ""]
+    obj = {k: n for n, k in enumerate(keys)}
+    enc = JSONEncoder()
+    for _ in range(2):
+        assert enc.encode(obj) == stdlib(obj)
+        obj = json.loads(stdlib(obj))
+
+
+@pytest.mark.parametrize("length", [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 40, 43, 44, 45, 46, 47, 48, 63, 64, 65, 200])
+def test_keys_of_every_size_class_encode_the_same_each_time(length: int) -> None:
+    enc = JSONEncoder()
+    for key in ("k" * length, "é" * length, "a\"" * (length // 2), "𝄞" * (length // 4)):
+        obj = {key: 1, "x": {key: [key]}}
+        for _ in range(3):  # first sight, then remembered
+            assert enc.encode(obj) == stdlib(obj)
+            buf = PoolBuffer(len(stdlib(obj)))
+            assert enc.encode_into(obj, buf) == len(buf.data) and buf.getvalue() == stdlib(obj)
+
+
+def test_a_key_that_failed_is_reported_again() -> None:
+    enc = JSONEncoder()
+    for _ in range(2):
+        with pytest.raises(EncodeError, match="lone surrogate U\\+D800"):
+            enc.encode({"ok": 1, "\ud800": 2})
+        assert enc.encode({"ok": 1}) == b'{"ok":1}'
+
+
+@settings(max_examples=100)
+@given(json_values, st.integers(min_value=0, max_value=200))
+def test_a_warmed_encoder_at_every_room_fits_exactly_or_raises_buffer_full(obj: Any, room: int) -> None:
+    enc = JSONEncoder()
+    frame = enc.encode(obj)  # every key now remembered
+    buf = PoolBuffer(2 + room)
+    buf.data[0:2] = b"[]"
+    buf.length = 2
+    if len(frame) <= room:
+        assert enc.encode_into(obj, buf) == len(frame) and buf.getvalue() == b"[]" + frame
+    else:
+        with pytest.raises(BufferFull):
+            enc.encode_into(obj, buf)
+        assert buf.length == 2 and buf.getvalue() == b"[]"
+    assert frame == stdlib(obj)
+
+
+def test_short_ascii_strings_with_an_escape_at_every_position() -> None:
+    enc = JSONEncoder()
+    for n in range(1, 70):
+        for ch in ('"', "\\", "\x00", "\x1f", "\n", "\x7f", " ", "~"):
+            for pos in range(n):
+                s = "a" * pos + ch + "b" * (n - pos - 1)
+                obj = [s, {s: s}]
+                assert enc.encode(obj) == stdlib(obj), (n, ch, pos)
+
+
 # -- frames --------------------------------------------------------------------------
 
 
