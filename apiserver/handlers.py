@@ -224,37 +224,6 @@ async def list_producer(
     return produce, cleanup
 
 
-class ReadAhead:
-    """Takes the next item of an async iterator while the caller writes the current one.
-
-    Writing one item to the client and reading the next from etcd then
-    overlap (a storage stream fetches its next page when asked for the item
-    after a page's last one).  At most one item is read ahead, so memory
-    stays what the storage stream holds: its current page and one item.
-    Errors of the iterator surface from :meth:`next`, in order.
-    """
-
-    def __init__(self, iterator: Any) -> None:
-        self._iterator = iterator.__aiter__()
-        self._next: Optional["asyncio.Future[Any]"] = None
-
-    async def next(self) -> Any:
-        """The next item; raises StopAsyncIteration at the end."""
-        pending, self._next = self._next, None
-        if pending is None:
-            pending = asyncio.ensure_future(self._iterator.__anext__())
-        item = await pending
-        self._next = asyncio.ensure_future(self._iterator.__anext__())
-        return item
-
-    async def aclose(self) -> None:
-        """Stop the read in flight (the iterator itself is closed by its owner)."""
-        pending, self._next = self._next, None
-        if pending is not None:
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
-
-
 async def _drain(items: List[Any]) -> Any:
     """Yield and forget each held item (so memory shrinks as they go out)."""
     items.reverse()
@@ -394,20 +363,12 @@ async def watch_producer(
                 live = True
             if await emit(writer, event, live):
                 await writer.flush()
-        ahead = ReadAhead(stream)
-        try:
-            while True:
-                try:
-                    event = await ahead.next()
-                except StopAsyncIteration:
-                    return
-                if event.type == "BOOKMARK" and event.initial_events_end:
-                    live = True
-                if await emit(writer, event, live):
-                    await writer.flush()
-                del event
-        finally:
-            await ahead.aclose()
+        async for event in stream:
+            if event.type == "BOOKMARK" and event.initial_events_end:
+                live = True
+            if await emit(writer, event, live):
+                await writer.flush()
+            del event
 
     async def produce(writer: FrameWriter) -> None:
         if request.timeout is None:

@@ -1,5 +1,5 @@
 """The server's hot path, without etcd or HTTP: JSON pass-through spliced in the
-pool buffer, the read-ahead over storage streams, and how bodies reach ASGI.
+pool buffer, and how bodies reach ASGI.
 
 Every emitted line is checked with the stdlib json module."""
 
@@ -14,7 +14,6 @@ import pytest
 from streamcodec import BufferPool, FrameTooLarge, JSONEncoder
 from streamcodec.writer import FrameWriter
 
-from apiserver.handlers import ReadAhead
 from apiserver.objects import encode_for_storage, splice_resource_version
 from apiserver.streams import SEND_PIECE_BYTES, StreamResponse, write_kv_event
 
@@ -100,38 +99,6 @@ async def test_a_frame_too_large_only_with_the_version_is_refused_cleanly() -> N
     unspliced = len(JSONEncoder().encode_raw_event("ADDED", value))
     with pytest.raises(FrameTooLarge):
         await events_through_writer([value], 5, buffer_size=unspliced + 3)
-
-
-async def test_read_ahead_yields_in_order_then_the_iterators_error() -> None:
-    async def source() -> Any:
-        for i in range(3):
-            yield i
-        raise RuntimeError("etcd went away")
-
-    ahead = ReadAhead(source())
-    assert [await ahead.next() for _ in range(3)] == [0, 1, 2]
-    with pytest.raises(RuntimeError, match="etcd went away"):
-        await ahead.next()
-    await ahead.aclose()
-
-
-async def test_read_ahead_close_cancels_the_read_in_flight() -> None:
-    cancelled = asyncio.Event()
-
-    async def source() -> Any:
-        yield "first"
-        try:
-            await asyncio.sleep(3600)  # a watch with nothing to say
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        yield "never"
-
-    ahead = ReadAhead(source())
-    assert await ahead.next() == "first"
-    await asyncio.sleep(0)  # the read of the next item is under way
-    await asyncio.wait_for(ahead.aclose(), 5)
-    assert cancelled.is_set()
 
 
 async def test_other_asgi_servers_get_bytes_in_bounded_pieces() -> None:
