@@ -54,6 +54,7 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
+    #include <math.h>
     #if defined(__SSE2__)
     #include <emmintrin.h>
     #endif
@@ -282,14 +283,108 @@ cdef extern from *:
         return -1;
     }
 
+    static const char sc_digit_pairs[] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
+
+    /* Decimal digits of u, written to end at tmp_end; returns the first. */
+    static inline char *sc_format_u64(char *tmp_end, unsigned long long u) {
+        char *p = tmp_end;
+        while (u >= 100) {
+            unsigned r = (unsigned)(u % 100);
+            u /= 100;
+            p -= 2;
+            memcpy(p, sc_digit_pairs + 2 * r, 2);
+        }
+        if (u >= 10) {
+            p -= 2;
+            memcpy(p, sc_digit_pairs + 2 * u, 2);
+        } else {
+            *--p = (char)('0' + u);
+        }
+        return p;
+    }
+
     static inline Py_ssize_t sc_format_ll(char *out, long long v) {
         char tmp[24];
-        int p = 24;
         unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-        do { tmp[--p] = (char)('0' + (int)(u % 10)); u /= 10; } while (u);
-        if (v < 0) tmp[--p] = '-';
-        memcpy(out, tmp + p, (size_t)(24 - p));
-        return 24 - p;
+        char *p = sc_format_u64(tmp + 24, u);
+        if (v < 0) *--p = '-';
+        memcpy(out, p, (size_t)(tmp + 24 - p));
+        return tmp + 24 - p;
+    }
+
+    /* An exact int's value when it fits one internal digit (|v| < 2**30),
+       read without a call; *ok = 0 otherwise. */
+    static inline long sc_small_int(PyObject *op, int *ok) {
+    #if PY_VERSION_HEX >= 0x030C0000
+        if (PyUnstable_Long_IsCompact((PyLongObject *)op)) {
+            *ok = 1;
+            return (long)PyUnstable_Long_CompactValue((PyLongObject *)op);
+        }
+    #else
+        Py_ssize_t size = Py_SIZE(op);
+        if (size >= -1 && size <= 1) {
+            *ok = 1;
+            return (long)size * (long)((PyLongObject *)op)->ob_digit[0];
+        }
+    #endif
+        *ok = 0;
+        return 0;
+    }
+
+    static const double sc_pow10[16] = {
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+
+    /* float.__repr__(v) for the common floats, without dtoa: when some
+       m / 10**k (m < 10**15, so at most 15 significant digits) rounds to v.
+       No other decimal of at most 15 digits rounds to the same double (the
+       DBL_DIG guarantee), so that is the shortest round-trip form repr
+       prints; 1e-4 <= |v| < 1e15 keeps repr in fixed notation.  Returns the
+       length written (at most 24), or 0: use PyOS_double_to_string. */
+    static Py_ssize_t sc_format_double_short(char *out, double v) {
+        double a = v < 0 ? -v : v, t;
+        unsigned long long m = 0;
+        int k, found = 0, digits;
+        char tmp[24], *p, *o = out;
+        if (v == 0.0) {
+            if (signbit(v)) { memcpy(out, "-0.0", 4); return 4; }
+            memcpy(out, "0.0", 3);
+            return 3;
+        }
+        if (!(a >= 1e-4 && a < 1e15)) return 0;
+        for (k = 0; k < 16; k++) {
+            t = a * sc_pow10[k];
+            if (t >= 1e15) return 0;
+            m = (unsigned long long)t;
+            if ((double)m == t && (double)m / sc_pow10[k] == a) { found = 1; break; }
+        }
+        if (!found) return 0;
+        while (k > 0 && m % 10 == 0) { m /= 10; k--; }
+        p = sc_format_u64(tmp + 24, m);
+        digits = (int)(tmp + 24 - p);
+        if (v < 0) *o++ = '-';
+        if (k == 0) {
+            memcpy(o, p, (size_t)digits);
+            o += digits;
+            memcpy(o, ".0", 2);
+            o += 2;
+        } else if (digits > k) {
+            memcpy(o, p, (size_t)(digits - k));
+            o += digits - k;
+            *o++ = '.';
+            memcpy(o, p + digits - k, (size_t)k);
+            o += k;
+        } else {
+            *o++ = '0';
+            *o++ = '.';
+            memset(o, '0', (size_t)(k - digits));
+            o += k - digits;
+            memcpy(o, p, (size_t)digits);
+            o += digits;
+        }
+        return o - out;
     }
 
     static inline Py_ssize_t sc_base64_len(Py_ssize_t n) { return (n + 2) / 3 * 4; }
@@ -410,6 +505,8 @@ cdef extern from *:
     Py_ssize_t sc_find_surrogate(const void*, int, Py_ssize_t) nogil
     Py_ssize_t sc_write_ucs_checked(char*, const void*, int, Py_ssize_t) nogil
     Py_ssize_t sc_format_ll(char*, long long) nogil
+    long sc_small_int(PyObject*, int*) nogil
+    Py_ssize_t sc_format_double_short(char*, double) nogil
     Py_ssize_t sc_base64_len(Py_ssize_t) nogil
     void sc_base64(char*, const unsigned char*, Py_ssize_t) nogil
     Py_ssize_t sc_prescan(const unsigned char*, Py_ssize_t, Py_ssize_t, int*) nogil
@@ -756,9 +853,16 @@ cdef class JSONEncoder:
 
     cdef int _int(self, object obj, Py_ssize_t depth) except -1:
         cdef int overflow = 0
-        cdef long long v = PyLong_AsLongLongAndOverflow(obj, &overflow)
+        cdef long long v
         cdef char tmp[24]
         cdef Py_ssize_t n
+        cdef int small = 0
+        if type(obj) is int:
+            v = sc_small_int(<PyObject*>obj, &small)
+            if small and self._try_reserve(12):
+                self._pos += sc_format_ll(self._out + self._pos, v)
+                return 0
+        v = PyLong_AsLongLongAndOverflow(obj, &overflow)
         if not overflow:
             n = sc_format_ll(tmp, v)
             return self._put(tmp, n)
@@ -772,9 +876,15 @@ cdef class JSONEncoder:
     cdef int _float(self, object obj, Py_ssize_t depth) except -1:
         cdef double v = PyFloat_AS_DOUBLE(obj)
         cdef char* text
+        cdef Py_ssize_t n
         if not isfinite(v):
             raise self._fail(f"cannot encode float {float.__repr__(obj)} (NaN and Infinity are not JSON)", depth)
         # float.__repr__ exactly: shortest repr, ".0" added to integral values.
+        if self._try_reserve(24):
+            n = sc_format_double_short(self._out + self._pos, v)
+            if n:
+                self._pos += n
+                return 0
         text = PyOS_double_to_string(v, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
         try:
             self._put(text, strlen(text))

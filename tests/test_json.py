@@ -319,6 +319,51 @@ def test_short_ascii_strings_with_an_escape_at_every_position() -> None:
                 assert enc.encode(obj) == stdlib(obj), (n, ch, pos)
 
 
+def _float_cases() -> List[float]:
+    """Floats around every switch of repr's form, and many decimal-looking ones."""
+    import math
+    import random
+    import struct
+
+    rng = random.Random(20261128)
+    cases = [0.0, -0.0, 1e-4, 1e15, 1e16, 9.999999999999999e14, 0.1 + 0.2, 1 / 3, 2.0**53, 2.0**53 + 2, 123456789012345.6]
+    for edge in (1e-4, 1e-3, 1.0, 1e14, 1e15, 1e16):
+        x = edge
+        for _ in range(20):  # the neighbouring doubles on both sides
+            cases += [x, -x]
+            x = math.nextafter(x, 0.0)
+        x = edge
+        for _ in range(20):
+            x = math.nextafter(x, math.inf)
+            cases += [x, -x]
+    for _ in range(20000):
+        digits = rng.randint(1, 17)
+        mantissa = rng.randrange(10 ** (digits - 1), 10**digits)
+        cases.append(float(f"{mantissa}e{rng.randint(-25, 20)}"))  # decimal-looking
+        cases.append(rng.choice([-1, 1]) * rng.randrange(10**16) / 10 ** rng.randint(0, 16))
+        bits = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+        if math.isfinite(bits):
+            cases.append(bits)
+    return cases
+
+
+def test_floats_are_written_as_float_repr() -> None:
+    cases = _float_cases()
+    enc = JSONEncoder()
+    got = enc.encode(cases)
+    assert got == stdlib(cases)  # json.dumps writes float.__repr__
+    for x in cases[:200]:
+        assert enc.encode(x) == repr(x).encode()
+
+
+def test_ints_of_every_width_are_written_as_int_repr() -> None:
+    values = [0, 1, -1, 9, 10, 99, 100, -100, 2**30 - 1, 2**30, -(2**30) + 1, -(2**30), 2**31, 2**62, 2**63 - 1]
+    values += [10**k + d for k in range(20) for d in (-1, 0, 1)] + [-(10**k) for k in range(20)]
+    enc = JSONEncoder()
+    assert enc.encode(values) == stdlib(values)
+    assert enc.encode({"n": values}) == stdlib({"n": values})
+
+
 # -- frames --------------------------------------------------------------------------
 
 
