@@ -218,23 +218,65 @@ cdef extern from *:
         return p - out;
     }
 
+    /* Block fast paths for ASCII runs inside non-ASCII strings: 8 latin-1
+       bytes or 4 UCS-2 units a word, copied when none needs escaping.
+       Unit order in a word is byte order: the UCS-2 one is little-endian only. */
+    #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    #define SC_UCS2_BLOCKS 1
+    #else
+    #define SC_UCS2_BLOCKS 0
+    #endif
+
+    /* 1 if the 8 latin-1 bytes at s are ASCII needing no escape (then copied to out). */
+    static inline int sc_ucs1_block(char *out, const Py_UCS1 *s) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        if ((w & 0x8080808080808080ULL) || sc_escapes8(w)) return 0;
+        memcpy(out, &w, 8);
+        return 1;
+    }
+
+    /* 1 if the 4 UCS-2 units at s are ASCII needing no escape (then narrowed to out). */
+    static inline int sc_ucs2_block(char *out, const Py_UCS2 *s) {
+        const uint64_t ones = 0x0001000100010001ULL;
+        uint64_t w, q, b;
+        uint32_t narrow;
+        memcpy(&w, s, 8);
+        if (w & 0xFF80FF80FF80FF80ULL) return 0;
+        /* Every unit < 0x80: as in sc_escapes8, per 16-bit unit. */
+        q = w ^ (ones * '"');
+        b = w ^ (ones * '\\\\');
+        if (((q - ones) | (b - ones) | (w - ones * 0x20)) & 0x8000800080008000ULL) return 0;
+        narrow = (uint32_t)((w & 0x7F) | ((w >> 8) & 0x7F00) | ((w >> 16) & 0x7F0000) | ((w >> 24) & 0x7F000000));
+        memcpy(out, &narrow, 4);
+        return 1;
+    }
+
     /* count code points from index start of a kind-k string; caller reserved 6 * count. */
     static Py_ssize_t sc_write_ucs(char *out, const void *data, int kind, Py_ssize_t start, Py_ssize_t count) {
         char *p = out;
         Py_ssize_t i, end = start + count;
         if (kind == 1) {
             const Py_UCS1 *s = (const Py_UCS1 *)data;
-            for (i = start; i < end; i++) {
-                Py_UCS1 c = s[i];
-                if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\\\') *p++ = (char)c;
-                else p += sc_write_char(p, c);
+            for (i = start; i < end; ) {
+                Py_ssize_t stop;
+                if (i + 8 <= end && sc_ucs1_block(p, s + i)) { p += 8; i += 8; continue; }
+                for (stop = i + 8 < end ? i + 8 : end; i < stop; i++) {
+                    Py_UCS1 c = s[i];
+                    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\\\') *p++ = (char)c;
+                    else p += sc_write_char(p, c);
+                }
             }
         } else if (kind == 2) {
             const Py_UCS2 *s = (const Py_UCS2 *)data;
-            for (i = start; i < end; i++) {
-                Py_UCS2 c = s[i];
-                if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\\\') *p++ = (char)c;
-                else p += sc_write_char(p, c);
+            for (i = start; i < end; ) {
+                Py_ssize_t stop;
+                if (SC_UCS2_BLOCKS && i + 4 <= end && sc_ucs2_block(p, s + i)) { p += 4; i += 4; continue; }
+                for (stop = i + 4 < end ? i + 4 : end; i < stop; i++) {
+                    Py_UCS2 c = s[i];
+                    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\\\') *p++ = (char)c;
+                    else p += sc_write_char(p, c);
+                }
             }
         } else {
             const Py_UCS4 *s = (const Py_UCS4 *)data;
@@ -252,11 +294,15 @@ cdef extern from *:
         if (kind == 1) return sc_write_ucs(out, data, 1, 0, n);
         if (kind == 2) {
             const Py_UCS2 *s = (const Py_UCS2 *)data;
-            for (i = 0; i < n; i++) {
-                Py_UCS2 c = s[i];
-                if (c < 0x80 && !sc_escaped[c]) *p++ = (char)c;
-                else if ((c & 0xF800) == 0xD800) return -(i + 1);
-                else p += sc_write_char(p, c);
+            for (i = 0; i < n; ) {
+                Py_ssize_t stop;
+                if (SC_UCS2_BLOCKS && i + 4 <= n && sc_ucs2_block(p, s + i)) { p += 4; i += 4; continue; }
+                for (stop = i + 4 < n ? i + 4 : n; i < stop; i++) {
+                    Py_UCS2 c = s[i];
+                    if (c < 0x80 && !sc_escaped[c]) *p++ = (char)c;
+                    else if ((c & 0xF800) == 0xD800) return -(i + 1);
+                    else p += sc_write_char(p, c);
+                }
             }
         } else {
             const Py_UCS4 *s = (const Py_UCS4 *)data;
@@ -422,7 +468,8 @@ cdef extern from *:
     #define SC_KEY_BYTES 48
     typedef struct {
         PyObject *key;      /* strong reference, or NULL: an empty slot */
-        Py_ssize_t len;     /* bytes used in text */
+        int32_t len;        /* bytes used in text */
+        int32_t used;       /* 1 if hit (or stored) since the last miss on this slot */
         char text[SC_KEY_BYTES];
     } sc_key_entry;
 
@@ -436,7 +483,7 @@ cdef extern from *:
         if (h == -1) return NULL;
         e = &table[(size_t)h & (SC_KEY_SLOTS - 1)];
         c = e->key;
-        if (c == k) return e;
+        if (c == k) { e->used = 1; return e; }
         if (c == NULL || ((PyASCIIObject *)c)->hash != h) return NULL;
         /* Both compact and ready: cached keys were readied when first encoded,
            and a not-ready k has a different (wchar) kind. */
@@ -445,21 +492,31 @@ cdef extern from *:
         kind = PyUnicode_KIND(k);
         if (PyUnicode_GET_LENGTH(c) != n || PyUnicode_KIND(c) != kind) return NULL;
         if (memcmp(PyUnicode_DATA(c), PyUnicode_DATA(k), (size_t)n * (size_t)kind) != 0) return NULL;
+        e->used = 1;
         return e;
     }
 
-    /* Remember text[0:len] as the encoding of exact-str key k (if it fits). */
+    /* Remember text[0:len] as the encoding of exact-str key k (if it fits),
+       after a miss.  An entry hit since the previous miss on its slot stays
+       (it only loses its mark): keys colliding in a slot, say two of the
+       thousand keys of one ConfigMap, would otherwise evict each other on
+       every object and never hit. */
     static void sc_key_store(sc_key_entry *table, PyObject *k, const char *text, Py_ssize_t len) {
         Py_hash_t h = ((PyASCIIObject *)k)->hash;
         sc_key_entry *e;
         PyObject *old;
         if (h == -1 || len > SC_KEY_BYTES || !PyUnicode_IS_COMPACT(k) || !SC_STR_READY(k)) return;
         e = &table[(size_t)h & (SC_KEY_SLOTS - 1)];
+        if (e->used) {
+            e->used = 0;
+            return;
+        }
         old = e->key;
         Py_INCREF(k);
         e->key = k;
         memcpy(e->text, text, (size_t)len);
-        e->len = len;
+        e->len = (int32_t)len;
+        e->used = 1;
         Py_XDECREF(old);  /* an exact str: freeing it runs no Python code */
     }
 
@@ -514,7 +571,7 @@ cdef extern from *:
     enum: SC_KEY_SLOTS
     enum: SC_KEY_BYTES
     ctypedef struct sc_key_entry:
-        Py_ssize_t len
+        int len
         char* text
     sc_key_entry* sc_key_lookup(sc_key_entry*, PyObject*)
     void sc_key_store(sc_key_entry*, PyObject*, const char*, Py_ssize_t)
@@ -943,7 +1000,10 @@ cdef class JSONEncoder:
                 else:
                     self._member_key(<object>k, first, depth)
                 first = False
-                if not (type(<object>v) is str and self._short_str(<object>v, 0, 0)):
+                if type(<object>v) is str:
+                    if not self._short_str(<object>v, 0, 0):
+                        self._str(<object>v, depth + 1)
+                else:
                     self._value(<object>v, depth + 1)
         else:
             for i in range(len(items)):
@@ -958,20 +1018,25 @@ cdef class JSONEncoder:
     cdef inline int _str_key(self, PyObject* key, bint first, Py_ssize_t depth) except -1:
         """[","]"key": for an exact str key, from the key cache when it is there."""
         cdef sc_key_entry* entry
+        if self._keys != NULL and SC_KEY_BYTES + 1 <= self._alloc - self._pos:
+            entry = sc_key_lookup(self._keys, key)
+            if entry != NULL:
+                if not first:
+                    self._out[self._pos] = b','
+                    self._pos += 1
+                # A fixed-size copy (a few vector moves); only len bytes count.
+                memcpy(self._out + self._pos, entry.text, SC_KEY_BYTES)
+                self._pos += entry.len
+                return 0
+        return self._str_key_miss(key, first, depth)
+
+    cdef int _str_key_miss(self, PyObject* key, bint first, Py_ssize_t depth) except -1:
+        """_str_key when the cache cannot answer: encode the key, then remember it."""
         cdef Py_ssize_t start
         if self._keys == NULL:
             self._keys = <sc_key_entry*>PyMem_Calloc(SC_KEY_SLOTS, sizeof(sc_key_entry))
             if self._keys == NULL:
                 raise MemoryError()
-        entry = sc_key_lookup(self._keys, key)
-        if entry != NULL and self._try_reserve(SC_KEY_BYTES + 1):
-            if not first:
-                self._out[self._pos] = b','
-                self._pos += 1
-            # A fixed-size copy (a few vector moves); only len bytes count.
-            memcpy(self._out + self._pos, entry.text, SC_KEY_BYTES)
-            self._pos += entry.len
-            return 0
         if not first:
             self._put_byte(b',')
         start = self._pos

@@ -319,6 +319,23 @@ def test_short_ascii_strings_with_an_escape_at_every_position() -> None:
                 assert enc.encode(obj) == stdlib(obj), (n, ch, pos)
 
 
+@pytest.mark.parametrize("wide", ["é", "ÿ", "✓", "\u2028", "\uffff", "𝄞"], ids=["latin1", "latin1-ff", "ucs2", "u2028", "ucs2-ffff", "ucs4"])
+def test_ascii_runs_inside_non_ascii_strings(wide: str) -> None:
+    # The ASCII runs of a non-ASCII str are copied a word at a time: every
+    # run length and alignment, with an escape or another wide char anywhere.
+    enc = JSONEncoder()
+    for n in range(0, 40):
+        for ch in ('"', "\\", "\x00", "\x1f", "\x7f", wide, "z"):
+            for pos in range(n + 1):
+                s = wide + "a" * pos + ch + "b" * (n - pos) + wide
+                obj = [s, {s: s}]
+                assert enc.encode(obj) == stdlib(obj), (n, ch, pos)
+    for run in range(4080, 4105):  # across the 4096-character chunks of long strs
+        for ch in ('"', wide):
+            s = wide + "a" * run + ch + "b" * 9 + wide
+            assert enc.encode([s]) == stdlib([s]), (run, ch)
+
+
 def _float_cases() -> List[float]:
     """Floats around every switch of repr's form, and many decimal-looking ones."""
     import math
