@@ -331,6 +331,33 @@ def _raw_event_edges(encoder: Any, type: str) -> Tuple[bytes, bytes]:
     return edges
 
 
+#: Below this many bytes a plain search is already cheap.
+_QUOTE_WALK_MIN_BYTES = 64 * 1024
+#: Quotes the walk tries before it hands the rest to the plain search.
+_QUOTE_WALK_LIMIT = 64
+
+
+def _find_key(data: bytearray, start: int, end: int) -> int:
+    """Where ``"resourceVersion"`` first occurs in ``data[start:end]``, or -1.
+
+    ``bytearray.find`` with a 17-byte needle runs at ~6 GB/s (two-way), which
+    made this check the costliest step of a large object's event.  Large
+    stored objects are mostly one long string (a Secret's base64): walking
+    its few quotes with the memchr-based one-byte search is ~10 x faster.  A
+    quote-dense value stops the walk after a few quotes and is searched
+    plainly from there, so no input gets much slower.
+    """
+    if end - start < _QUOTE_WALK_MIN_BYTES:
+        return data.find(_RV_KEY, start, end)
+    pos = start
+    for _ in range(_QUOTE_WALK_LIMIT):
+        quote = data.find(b'"', pos, end)
+        if quote == -1 or data.startswith(_RV_KEY, quote, end):
+            return quote
+        pos = quote + 1
+    return data.find(_RV_KEY, pos, end)
+
+
 class _SplicedEventInto:
     """Writes a stored JSON object as a raw watch event with resourceVersion spliced in, in the pool buffer.
 
@@ -365,7 +392,7 @@ class _SplicedEventInto:
             or data[start : start + len(header)] != header
             or data[end : start + n] != trailer
             or data[at - _PREFIX_LEN : at] != _JSON_LAYOUT_PREFIX
-            or data.find(_RV_KEY, at, end) != -1
+            or _find_key(data, at, end) != -1
         ):
             buf.length = start
             return encoder.encode_event_into(self.type, decode_stored(self.value, self.revision), buf)

@@ -15,7 +15,7 @@ from streamcodec import BufferPool, FrameTooLarge, JSONEncoder
 from streamcodec.writer import FrameWriter
 
 from apiserver.objects import encode_for_storage, splice_resource_version
-from apiserver.streams import SEND_PIECE_BYTES, StreamResponse, write_kv_event
+from apiserver.streams import SEND_PIECE_BYTES, StreamResponse, _find_key, write_kv_event
 
 
 def stored(obj: Dict[str, Any]) -> bytes:
@@ -134,3 +134,18 @@ async def test_other_asgi_servers_get_bytes_in_bounded_pieces() -> None:
     assert len(bodies) == pieces and bodies[-1] == b""
     assert [json.loads(line)["object"]["v"] for line in b"".join(bodies).split(b"\n")[:-1]] == [text] * 2
     assert pool.stats().in_use == 0
+
+
+@pytest.mark.parametrize("quotes_before", [0, 3, 200])
+@pytest.mark.parametrize("key_at", [None, 70_000, 150_000 - 17, 150_000 - 10])
+def test_key_search_over_large_values_agrees_with_find(quotes_before: int, key_at: Any) -> None:
+    """The quote walk for large objects finds exactly what a plain search finds."""
+    data = bytearray(b"A" * 150_000)
+    for i in range(quotes_before):
+        data[1000 + i * 300] = ord('"')
+    if key_at is not None:
+        data[key_at : key_at + 17] = b'"resourceVersion"'
+    end = 150_000 - 5  # a key running past ``end`` does not count
+    expected = data.find(b'"resourceVersion"', 10, end)
+    assert _find_key(data, 10, end) == expected
+    assert (expected != -1) == (key_at is not None and key_at + 17 <= end)
