@@ -18,9 +18,9 @@ __all__ = ["main", "build_parser", "DEFAULT_ETCD_PAGE_BYTES"]
 
 #: etcd page budget of the server (the storage layer's own default is 8 MiB).
 #: Every concurrent stream holds about one page, so the server takes pages of
-#: about one ~1 MB object: with 8 MiB pages a watch-list of 1 MB Secrets grew
-#: the server by 9 MB per stream against 6.2 MB with 2 MiB, for ~10 % more
-#: throughput (benchmarks/bench_server.py).
+#: about one ~1 MB object: with 8 MiB pages (three objects) a watch-list of
+#: 1 MB Secrets grew the server by ~9 MB per stream against a median ~5.7 MB
+#: with 2 MiB, for ~15 % more throughput (benchmarks/bench_server.py).
 DEFAULT_ETCD_PAGE_BYTES = 2 * 1024 * 1024
 
 
