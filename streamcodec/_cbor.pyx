@@ -739,6 +739,10 @@ cdef class CBORDecoder:
             if at_key and ib != 0xFF and (major != 3 or indefinite or st.tag >= 0):
                 raise DecodeError("map key is not a definite-length text string", base + pos)
             if st.tag >= 0:
+                if ib == 0xFF:
+                    # A break cannot be a tag's content: letting it through
+                    # would close a container the builder never opened.
+                    raise DecodeError("tag without an item", base + pos)
                 if st.tag != <int64_t>TAG_SELF_DESCRIBE:
                     if major != 2 or indefinite:
                         raise DecodeError("bignum tag must be followed by a definite byte string", base + pos)

@@ -383,6 +383,10 @@ class CBORDecoder(StreamDecoderBase):
             if at_key and ib != 0xFF and (major != 3 or arg < 0 or state.tag >= 0):
                 raise DecodeError("map key is not a definite-length text string", base + pos)
             if state.tag >= 0:
+                if ib == 0xFF:
+                    # A break cannot be a tag's content: letting it through
+                    # would close a container the builder never opened.
+                    raise DecodeError("tag without an item", base + pos)
                 # Tag chains stay bounded: 55799 may wrap a bignum, nothing else nests.
                 if state.tag != _TAG_SELF_DESCRIBE:
                     if major != 2 or arg < 0:
