@@ -10,6 +10,7 @@ DecodeError, or it returns what cbor2 / msgpack return for the same bytes.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import cbor2
@@ -56,9 +57,10 @@ def _cbor2_value(data: bytes) -> Any:
     def strip(x: Any) -> Any:
         if isinstance(x, cbor2.CBORTag) and x.tag == 55799:
             return strip(x.value)
-        if isinstance(x, list):
+        # cbor2 hands back immutable containers (frozendict, tuple) inside tags
+        if isinstance(x, (list, tuple)):
             return [strip(v) for v in x]
-        if isinstance(x, dict):
+        if isinstance(x, Mapping):
             return {k: strip(v) for k, v in x.items()}
         return x
 
