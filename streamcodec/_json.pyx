@@ -45,6 +45,7 @@ cdef extern from "Python.h":
     Py_ssize_t PyList_GET_SIZE(object)
     PyObject* PyList_GET_ITEM(object, Py_ssize_t)
     Py_ssize_t PyTuple_GET_SIZE(object)
+    Py_ssize_t PyDict_GET_SIZE(object)
     PyObject* PyTuple_GET_ITEM(object, Py_ssize_t)
 
 cdef extern from *:
@@ -206,15 +207,47 @@ cdef extern from *:
     }
 
     /* Short ASCII string, escapes included; the caller reserved 6 * n. */
-    static inline Py_ssize_t sc_write_ascii_short(char *out, const unsigned char *s, Py_ssize_t n) {
+    #if defined(__GNUC__)
+    #define SC_ALWAYS_INLINE static inline __attribute__((always_inline))
+    #define SC_NOINLINE static __attribute__((noinline))
+    #else
+    #define SC_ALWAYS_INLINE static inline
+    #define SC_NOINLINE static
+    #endif
+
+    /* ASCII s[0:n] one byte at a time, escapes included; the caller reserved 6 * n. */
+    SC_NOINLINE Py_ssize_t sc_write_ascii_escaped(char *out, const unsigned char *s, Py_ssize_t n) {
         char *p = out;
         Py_ssize_t i;
-        if (sc_copy_ascii_clean(out, s, n)) return n;
         for (i = 0; i < n; i++) {
             unsigned char c = s[i];
             if (c >= 0x20 && c != '"' && c != '\\\\') *p++ = (char)c;
             else p += sc_write_escape(p, c);
         }
+        return p - out;
+    }
+
+    SC_ALWAYS_INLINE Py_ssize_t sc_write_ascii_short(char *out, const unsigned char *s, Py_ssize_t n) {
+        if (sc_copy_ascii_clean(out, s, n)) return n;
+        return sc_write_ascii_escaped(out, s, n);
+    }
+
+    /* [prefix]"s"[suffix] for an ASCII str s shorter than short_max when
+       6 * len + 4 bytes of room are there: the bytes written; else 0 and
+       nothing written.  A zero prefix/suffix is left out.  Always inlined:
+       it is most of the work for most values and keys. */
+    SC_ALWAYS_INLINE Py_ssize_t sc_short_ascii(char *out, Py_ssize_t room, PyObject *s,
+                                               Py_ssize_t short_max, char prefix, char suffix) {
+        char *p = out;
+        Py_ssize_t n;
+        if (!PyUnicode_IS_ASCII(s)) return 0;
+        n = PyUnicode_GET_LENGTH(s);
+        if (n >= short_max || 6 * n + 4 > room) return 0;
+        if (prefix) *p++ = prefix;
+        *p++ = '"';
+        p += sc_write_ascii_short(p, (const unsigned char *)PyUnicode_DATA(s), n);
+        *p++ = '"';
+        if (suffix) *p++ = suffix;
         return p - out;
     }
 
@@ -465,9 +498,10 @@ cdef extern from *:
     #define SC_STR_READY(op) 1
     #endif
     #define SC_KEY_SLOTS 512
-    #define SC_KEY_BYTES 48
+    #define SC_KEY_BYTES 40
     typedef struct {
         PyObject *key;      /* strong reference, or NULL: an empty slot */
+        Py_hash_t hash;     /* key's hash: a mismatch is told without touching key */
         int32_t len;        /* bytes used in text */
         int32_t used;       /* 1 if hit (or stored) since the last miss on this slot */
         char text[SC_KEY_BYTES];
@@ -484,7 +518,7 @@ cdef extern from *:
         e = &table[(size_t)h & (SC_KEY_SLOTS - 1)];
         c = e->key;
         if (c == k) { e->used = 1; return e; }
-        if (c == NULL || ((PyASCIIObject *)c)->hash != h) return NULL;
+        if (c == NULL || e->hash != h) return NULL;
         /* Both compact and ready: cached keys were readied when first encoded,
            and a not-ready k has a different (wchar) kind. */
         if (!PyUnicode_IS_COMPACT(k) || !SC_STR_READY(k)) return NULL;
@@ -515,6 +549,7 @@ cdef extern from *:
         Py_INCREF(k);
         e->key = k;
         memcpy(e->text, text, (size_t)len);
+        e->hash = h;
         e->len = (int32_t)len;
         e->used = 1;
         Py_XDECREF(old);  /* an exact str: freeing it runs no Python code */
@@ -568,6 +603,7 @@ cdef extern from *:
     void sc_base64(char*, const unsigned char*, Py_ssize_t) nogil
     Py_ssize_t sc_prescan(const unsigned char*, Py_ssize_t, Py_ssize_t, int*) nogil
     int sc_copy_ascii_clean(char*, const unsigned char*, Py_ssize_t) nogil
+    Py_ssize_t sc_short_ascii(char*, Py_ssize_t, PyObject*, Py_ssize_t, char, char)
     enum: SC_KEY_SLOTS
     enum: SC_KEY_BYTES
     ctypedef struct sc_key_entry:
@@ -588,6 +624,10 @@ cdef Py_ssize_t _SCRATCH_KEEP = 256 * 1024
 # reserved: 6 bytes a character); longer ones by the vector escape scan.
 cdef enum:
     _SHORT_ASCII = 64
+# Dicts with more keys than this are maps of data, not objects of a schema:
+# their keys bypass the encoder's key cache.
+cdef enum:
+    _KEY_CACHE_MAX_DICT = 64
 # Characters per reservation when writing non-ASCII strings.
 cdef Py_ssize_t _UCS_CHUNK = 4096
 
@@ -632,7 +672,7 @@ cdef class JSONEncoder:
     ``max_frame_size`` caps every frame (:class:`FrameTooLarge`);
     ``max_depth`` caps container nesting (:class:`EncodeError`).  An encoder
     keeps no per-stream state but is not reentrant: use one per thread.
-    It remembers the encoded form of up to 512 dict keys (32 KiB, plus a
+    It remembers the encoded form of up to 512 dict keys (of dicts up to 64 keys) (32 KiB, plus a
     reference to one str of each key's text) because Kubernetes objects
     repeat their keys; output never depends on what it remembers.
     """
@@ -813,29 +853,15 @@ cdef class JSONEncoder:
             return self._bytes(obj, depth)
         raise self._fail(f"cannot encode object of type {type(obj).__name__}", depth)
 
-    cdef inline int _short_str(self, object s, char prefix, char suffix) except -1:
+    cdef inline bint _short_str(self, object s, char prefix, char suffix) noexcept:
         """Write [prefix]"s"[suffix] if s is a short ASCII str and the room
         allows (1), else write nothing (0).  A zero prefix/suffix is left out."""
-        cdef Py_ssize_t n
-        cdef char* p
-        if not PyUnicode_IS_ASCII(s):
-            return 0
-        n = PyUnicode_GET_LENGTH(s)
-        if n >= _SHORT_ASCII or not self._try_reserve(6 * n + 4):
-            return 0
-        p = self._out + self._pos
-        if prefix:
-            p[0] = prefix
-            p += 1
-        p[0] = b'"'
-        p += 1 + sc_write_ascii_short(p + 1, <const unsigned char*>PyUnicode_DATA(s), n)
-        p[0] = b'"'
-        p += 1
-        if suffix:
-            p[0] = suffix
-            p += 1
-        self._pos = p - self._out
-        return 1
+        cdef Py_ssize_t n = sc_short_ascii(self._out + self._pos, self._alloc - self._pos, <PyObject*>s,
+                                           _SHORT_ASCII, prefix, suffix)
+        # Out of room (or not short ASCII): the caller's general path grows
+        # the scratch area or raises.
+        self._pos += n
+        return n != 0
 
     cdef int _str(self, object s, Py_ssize_t depth) except -1:
         cdef Py_ssize_t n, i, j, chunk, k
@@ -991,15 +1017,23 @@ cdef class JSONEncoder:
         cdef PyObject* k
         cdef PyObject* v
         cdef bint first = True
+        cdef bint cache_keys
         self._enter(obj, depth)
         self._put_byte(b'{')
         if items is None:
+            # Schema keys repeat across objects; the keys of a big map
+            # (ConfigMap data, labels) mostly do not, and looking them up
+            # would only evict the others and mispredict.
+            cache_keys = PyDict_GET_SIZE(obj) <= _KEY_CACHE_MAX_DICT
             # Borrowed references: no user code runs while we hold them
             # (see _dict_subclass for the one place it can, and the pins).
             while PyDict_Next(obj, &pos, &k, &v):
                 self._stack_key[depth] = k
                 if type(<object>k) is str:
-                    self._str_key(k, first, depth)
+                    if cache_keys:
+                        self._str_key(k, first, depth)
+                    elif not self._short_str(<object>k, 0 if first else b',', b':'):
+                        self._member_key(<object>k, first, depth)
                 else:
                     self._member_key(<object>k, first, depth)
                 first = False

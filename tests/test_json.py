@@ -273,6 +273,18 @@ def test_many_distinct_keys_evict_each_other_without_mixing_up() -> None:
         obj = json.loads(stdlib(obj))
 
 
+@pytest.mark.parametrize("size", [63, 64, 65, 300])
+def test_small_and_big_dicts_share_keys_correctly(size: int) -> None:
+    # Keys of big maps are not remembered, those of small dicts are: the same
+    # texts alternate between both kinds of dict.
+    enc = JSONEncoder()
+    keys = [f"k{i}" if i % 3 else f'"é{i}\\' for i in range(size)]
+    for _ in range(2):
+        obj = {"big": {k: i for i, k in enumerate(keys)}, "small": [{k: k} for k in keys[:70]]}
+        assert enc.encode(obj) == stdlib(obj)
+        keys = [_fresh(k) for k in keys]
+
+
 @pytest.mark.parametrize("length", [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 40, 43, 44, 45, 46, 47, 48, 63, 64, 65, 200])
 def test_keys_of_every_size_class_encode_the_same_each_time(length: int) -> None:
     enc = JSONEncoder()
