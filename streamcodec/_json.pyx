@@ -672,9 +672,9 @@ cdef class JSONEncoder:
     ``max_frame_size`` caps every frame (:class:`FrameTooLarge`);
     ``max_depth`` caps container nesting (:class:`EncodeError`).  An encoder
     keeps no per-stream state but is not reentrant: use one per thread.
-    It remembers the encoded form of up to 512 dict keys (of dicts up to 64 keys) (32 KiB, plus a
-    reference to one str of each key's text) because Kubernetes objects
-    repeat their keys; output never depends on what it remembers.
+    It remembers the encoded form of up to 512 keys of small dicts (32 KiB,
+    plus a reference to one str of each key's text) because Kubernetes
+    objects repeat their keys; output never depends on what it remembers.
     """
 
     content_type = "application/json"
