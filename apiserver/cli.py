@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from streamcodec.limits import DEFAULT_BUFFER_SIZE, DEFAULT_POOL_BYTES
 
@@ -106,7 +106,7 @@ def serve(args: argparse.Namespace) -> int:
     endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
     if not endpoints:
         raise SystemExit("streamcodec serve: --etcd names no endpoint")
-    store_options = {}
+    store_options: Dict[str, Any] = {}
     if args.etcd_cafile:
         store_options.update(ca_file=args.etcd_cafile, cert_file=args.etcd_certfile, key_file=args.etcd_keyfile)
     elif args.etcd_certfile or args.etcd_keyfile:
