@@ -413,6 +413,16 @@ cdef extern from *:
         return 0;
     }
 
+    /* An exact int of one internal digit, in decimal, if 12 bytes of room
+       are there: bytes written, else 0 (nothing written). */
+    SC_ALWAYS_INLINE Py_ssize_t sc_write_small_int(char *out, Py_ssize_t room, PyObject *op) {
+        int small;
+        long v;
+        if (room < 12) return 0;
+        v = sc_small_int(op, &small);
+        return small ? sc_format_ll(out, v) : 0;
+    }
+
     static const double sc_pow10[16] = {
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
 
@@ -599,6 +609,7 @@ cdef extern from *:
     Py_ssize_t sc_format_ll(char*, long long) nogil
     long sc_small_int(PyObject*, int*) nogil
     Py_ssize_t sc_format_double_short(char*, double) nogil
+    Py_ssize_t sc_write_small_int(char*, Py_ssize_t, PyObject*)
     Py_ssize_t sc_base64_len(Py_ssize_t) nogil
     void sc_base64(char*, const unsigned char*, Py_ssize_t) nogil
     Py_ssize_t sc_prescan(const unsigned char*, Py_ssize_t, Py_ssize_t, int*) nogil
@@ -816,6 +827,7 @@ cdef class JSONEncoder:
     # -- values ---------------------------------------------------------------
 
     cdef int _value(self, object obj, Py_ssize_t depth) except -1:
+        cdef Py_ssize_t n
         if type(obj) is str:
             if self._short_str(obj, 0, 0):
                 return 0
@@ -825,6 +837,10 @@ cdef class JSONEncoder:
         if type(obj) is list:
             return self._list(obj, depth)
         if type(obj) is int:
+            n = sc_write_small_int(self._out + self._pos, self._alloc - self._pos, <PyObject*>obj)
+            if n:
+                self._pos += n
+                return 0
             return self._int(obj, depth)
         if obj is True:
             return self._put(b"true", 4)
