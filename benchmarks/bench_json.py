@@ -97,3 +97,39 @@ def test_raw_pass_through(benchmark: Any, size: str, contender: str) -> None:
 
         benchmark(run)
         assert bytes(data[:n]) == raw
+
+
+DISTINCT_PODS = 200
+
+
+@pytest.mark.parametrize("contender", ["streamcodec"] + list(PEERS))
+def test_encode_distinct_decoded_pods(benchmark: Any, contender: str) -> None:
+    """200 Pods decoded separately (each with its own key strs, as objects
+    read from storage are), one frame each per round: the encoder cannot
+    recognise a key by its str object, only by its text."""
+    objs = [json.loads(_stdlib(FIXTURES["pod"]())) for _ in range(DISTINCT_PODS)]
+    reference = JSONEncoder().encode(objs[0])
+    benchmark.group = f"json-pod-x{DISTINCT_PODS}-decoded"
+    benchmark.extra_info["frame_bytes"] = len(reference) * DISTINCT_PODS
+    if contender == "streamcodec":
+        enc = JSONEncoder()
+        buf = PoolBuffer(BUFFER_SIZE)
+
+        def run() -> None:
+            for obj in objs:
+                buf.length = 0
+                enc.encode_into(obj, buf)
+
+        benchmark(run)
+        assert buf.getvalue() == reference
+    else:
+        dumps: Callable[[Any], bytes] = PEERS[contender]
+        data = bytearray(BUFFER_SIZE)
+
+        def run() -> None:
+            for obj in objs:
+                out = dumps(obj)
+                data[0 : len(out)] = out
+
+        benchmark(run)
+        assert bytes(data[: len(reference)]) == reference
