@@ -869,7 +869,7 @@ class WatchStream:
             try:
                 self._gate = await store.supports_watch_progress()
             except Unavailable:
-                self._gate = False  # decided again on the next request_progress
+                self._gate = None  # unknown: decided again on the next request_progress
         attempt = 0
         while True:
             member = store._members[store._current]

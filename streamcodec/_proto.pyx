@@ -22,7 +22,7 @@ from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.exc cimport PyErr_Clear
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcmp, memcpy, memmove
 from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
@@ -614,7 +614,7 @@ cdef class ProtoEncoder:
             elif op == 3 or op == 4:
                 p = write_u32be(p, <uint64_t>obj_size)
             if have_raw:
-                memcpy(p, raw.buf, obj_size)
+                memmove(p, raw.buf, obj_size)  # raw may be a view of this very buffer
                 p += obj_size
             else:
                 p = self._write_object(p, a if op != 1 else b)

@@ -29,7 +29,7 @@ class PoolBuffer:
     a pool) is fine for ``encode_into``; it is then simply garbage collected.
     """
 
-    __slots__ = ("data", "length", "_pool", "__weakref__")
+    __slots__ = ("data", "length", "_pool", "_acquired", "__weakref__")
 
     def __init__(self, capacity: int, _pool: Optional["BufferPool"] = None) -> None:
         if capacity <= 0:
@@ -37,6 +37,7 @@ class PoolBuffer:
         self.data = bytearray(capacity)
         self.length = 0
         self._pool = _pool
+        self._acquired = False  # handed out by its pool and not yet released
 
     @property
     def capacity(self) -> int:
@@ -102,6 +103,7 @@ class PoolStats:
     allocated: int  #: bytes of buffers created so far (≤ budget)
     waits: int  #: how many acquire_async calls had to wait
     waiting: int  #: acquire_async calls waiting right now
+    retired: int  #: bytes given back while still exported (counted in ``in_use``)
 
 
 class BufferPool:
@@ -127,6 +129,9 @@ class BufferPool:
         self.buffer_size = buffer_size
         self.max_buffers = budget_bytes // buffer_size
         self._free: List[PoolBuffer] = []
+        # Retired: given back while a memoryview of them was still alive.
+        # They stay counted as in use until that view is gone.
+        self._retired: List[PoolBuffer] = []
         self._allocated = 0
         self._in_use = 0
         self._high_water = 0
@@ -138,6 +143,8 @@ class BufferPool:
         return self.max_buffers * self.buffer_size
 
     def _take(self) -> Optional[PoolBuffer]:
+        if not self._free and self._retired:
+            self._reclaim()
         if self._free:
             buf = self._free.pop()
         elif self._allocated < self.max_buffers:
@@ -145,6 +152,7 @@ class BufferPool:
             self._allocated += 1
         else:
             return None
+        buf._acquired = True
         self._in_use += 1
         if self._in_use > self._high_water:
             self._high_water = self._in_use
@@ -188,10 +196,43 @@ class BufferPool:
         """Return ``buf``; refused with :class:`BufferExported` while a view of it lives."""
         if buf._pool is not self:
             raise ValueError("buffer does not belong to this pool")
+        if not buf._acquired:
+            # A second release would put it on the free list twice: two
+            # streams would then write into the same memory.
+            raise ValueError("buffer released twice")
         if buf.is_exported():
             raise BufferExported("buffer released while a memoryview of it is alive")
         buf.length = 0
         self._give_back(buf)
+
+    def retire(self, buf: PoolBuffer) -> None:
+        """Give ``buf`` back even if a memoryview of it is still alive.
+
+        A buffer that is not exported is released at once.  An exported one
+        stays counted as in use and is reclaimed, by a later acquire or
+        release, once nothing references its memory any more: the budget is
+        never exceeded and the memory is never recycled under a reader.
+        """
+        if buf._pool is not self:
+            raise ValueError("buffer does not belong to this pool")
+        if not buf._acquired or buf in self._retired:
+            raise ValueError("buffer released twice")
+        if buf.is_exported():
+            self._retired.append(buf)
+        else:
+            self.release(buf)
+
+    def _reclaim(self) -> None:
+        still = []
+        for buf in self._retired:
+            if buf.is_exported():
+                still.append(buf)
+            else:
+                buf.length = 0
+                buf._acquired = False
+                self._in_use -= 1
+                self._free.append(buf)
+        self._retired = still
 
     def _give_back(self, buf: PoolBuffer) -> None:
         while self._waiters:
@@ -199,6 +240,7 @@ class BufferPool:
             if not fut.done():
                 fut.set_result(buf)  # stays in use: handed straight over
                 return
+        buf._acquired = False
         self._in_use -= 1
         self._free.append(buf)
 
@@ -211,6 +253,7 @@ class BufferPool:
             allocated=self._allocated * self.buffer_size,
             waits=self._waits,
             waiting=sum(1 for f in self._waiters if not f.done()),
+            retired=len(self._retired) * self.buffer_size,
         )
 
     def __repr__(self) -> str:

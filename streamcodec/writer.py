@@ -11,7 +11,7 @@ high/low-watermark flow control, as uvicorn's does).
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, List, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from .errors import BufferExported, BufferFull, FrameTooLarge
 from .pool import BufferPool, PoolBuffer
@@ -47,10 +47,6 @@ class FrameWriter:
         self.flush_bytes = pool.buffer_size // 2 if flush_bytes is None else flush_bytes
         self.acquire_timeout = acquire_timeout
         self._buf: Optional[PoolBuffer] = None
-        # Buffers whose memory the send side still references (a transport
-        # that kept a view).  They stay counted against the budget until the
-        # reference is gone and they can be released.
-        self._retired: List[PoolBuffer] = []
         self._list_index: Optional[int] = None
         self._list_count: Optional[int] = None
         self.bytes_sent = 0
@@ -76,18 +72,9 @@ class FrameWriter:
         """Return every buffer to the pool; unsent bytes are dropped."""
         buf, self._buf = self._buf, None
         if buf is not None:
-            buf.length = 0
-            self._retired.append(buf)
-        self._release_retired()
-
-    def _release_retired(self) -> None:
-        still = []
-        for buf in self._retired:
-            try:
-                self.pool.release(buf)
-            except BufferExported:
-                still.append(buf)
-        self._retired = still
+            # A send side that kept a view of it (a transport holding on to
+            # the bytes) gets it reclaimed by the pool once that view is gone.
+            self.pool.retire(buf)
 
     async def flush(self) -> None:
         """Send what the current buffer holds, then reuse (or replace) it."""
@@ -105,11 +92,11 @@ class FrameWriter:
         try:
             buf.clear()
         except BufferExported:
+            # The send side still references these bytes: never overwrite
+            # them; the pool reclaims the buffer once the reference is gone.
             self._buf = None
-            self._retired.append(buf)
-            self._release_retired()
+            self.pool.retire(buf)
             self._buf = await self.pool.acquire_async(self.acquire_timeout)
-        self._release_retired()
 
     async def _write(self, method: Callable[..., int], *args: Any) -> int:
         buf = self._buf

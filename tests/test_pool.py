@@ -143,3 +143,27 @@ async def test_many_concurrent_users_never_exceed_budget() -> None:
     s = pool.stats()
     assert peak <= s.budget and s.high_water == s.budget and s.in_use == 0
     assert s.allocated == s.budget and s.waits > 0
+
+
+def test_double_release_is_refused_and_never_hands_one_buffer_out_twice() -> None:
+    pool = BufferPool(8192, 4096)
+    a = pool.acquire()
+    a.release()
+    with pytest.raises(ValueError):
+        a.release()
+    x, y = pool.acquire(), pool.acquire()
+    assert x is not y
+    assert pool.stats().in_use == 8192
+
+
+async def test_buffer_handed_to_a_waiter_stays_acquired() -> None:
+    pool = BufferPool(4096, 4096)
+    a = pool.acquire()
+    waiter = asyncio.ensure_future(pool.acquire_async())
+    await asyncio.sleep(0)
+    a.release()
+    b = await asyncio.wait_for(waiter, 1)
+    assert b is a
+    b.release()  # one release for each acquire: accepted
+    with pytest.raises(ValueError):
+        b.release()
