@@ -495,6 +495,6 @@ def _bool_param(query: Dict[str, str], name: str) -> bool:
 
 
 def _revision(value: str, what: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise bad_request(f"{what}: invalid resource version {value!r}")
     return int(value)

@@ -38,7 +38,7 @@ def _size(text: str) -> int:
 
 def _listen(text: str) -> tuple:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"--listen wants HOST:PORT, not {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

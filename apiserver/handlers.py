@@ -30,7 +30,7 @@ Cleanup = Callable[[], Awaitable[None]]
 
 
 def _rv(value: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise bad_request(f"resourceVersion: invalid value {value!r}: must be a non-negative integer")
     return int(value)
 
@@ -97,7 +97,7 @@ class ListRequest:
     def parse(cls, query: Dict[str, str]) -> "ListRequest":
         limit: Optional[int] = None
         if query.get("limit", "") != "":
-            if not query["limit"].isdigit():
+            if not (query["limit"].isascii() and query["limit"].isdigit()):
                 raise bad_request(f"limit: invalid value {query['limit']!r}: must be a non-negative integer")
             limit = int(query["limit"]) or None
         token = query.get("continue") or None
@@ -302,7 +302,7 @@ class WatchRequest:
             raise bad_request("resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")
         timeout: Optional[float] = None
         if query.get("timeoutSeconds", "") != "":
-            if not query["timeoutSeconds"].isdigit():
+            if not (query["timeoutSeconds"].isascii() and query["timeoutSeconds"].isdigit()):
                 raise bad_request("timeoutSeconds: must be a non-negative integer")
             timeout = float(min(int(query["timeoutSeconds"]), max_timeout))
         # Legacy semantics: no sendInitialEvents and resourceVersion unset or "0" = current state first.

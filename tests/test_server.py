@@ -113,6 +113,10 @@ def test_crud_sets_resource_version_and_maps_errors_to_status(server: ServerThre
         (f"{NS}?watch=1&sendInitialEvents=true", "NotOlderThan"),
         (f"{NS}?watch=1&resourceVersionMatch=NotOlderThan&resourceVersion=1", "resourceVersionMatch"),
         (f"{NS}?labelSelector=a%3Db", "labelSelector"),
+        # "²" and "٣" pass str.isdigit() but int() refuses them: still a 400
+        (f"{NS}?limit=%C2%B2", "limit"),
+        (f"{NS}?resourceVersion=%C2%B3", "resourceVersion"),
+        (f"{NS}?watch=1&timeoutSeconds=%D9%A3", "timeoutSeconds"),
     ],
 )
 def test_bad_parameters_are_400_status(server: ServerThread, url: str, fragment: str) -> None:
