@@ -373,12 +373,23 @@ def run_once(etcd_url: str, mode: str, informers: int, manifest_path: str, args:
             for _ in range(informers)
         ]
         results: List[InformerResult] = []
-        for p in procs:
-            out, err = p.communicate(timeout=args.run_timeout)
-            try:
-                results.append(InformerResult(**json.loads(out)))
-            except (ValueError, TypeError):
-                results.append(InformerResult(ok=False, error=f"informer crashed: {err.decode()[-500:]}"))
+        deadline = time.monotonic() + args.run_timeout
+        try:
+            for p in procs:
+                try:
+                    out, err = p.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    results.append(InformerResult(ok=False, error=f"informer not synced within {args.run_timeout} s"))
+                    continue
+                try:
+                    results.append(InformerResult(**json.loads(out)))
+                except (ValueError, TypeError):
+                    results.append(InformerResult(ok=False, error=f"informer crashed: {err.decode()[-500:]}"))
+        finally:
+            for p in procs:  # a run never leaves informers behind
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
         server.stop_sampling()
         died = server.died()
         synced = [r.synced for r in results if r.ok]
@@ -541,7 +552,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if etcd is not None:
-            etcd.stop()
+            etcd.close()
 
 
 def _informer_main(argv: List[str]) -> int:
