@@ -1,7 +1,9 @@
 """Reading a big key prefix out of real etcd 3.5: EtcdStore.list_stream against its peers.
 
 400 values x 1 MB are loaded once per session into a fresh etcd 3.5, then each reader drains the
-whole prefix (every value touched) per round, all measured in the same run:
+whole prefix per round, all measured in the same run.  The Python readers take each value's length
+(they hold the bytes, as a server about to send them does); etcdctl formats and writes all 400 MB,
+so part of its time is output work a server-side reader does not do:
 
 * ``list_stream``  -- ``storage.EtcdStore.list_stream`` (the code under test)
 * ``bare_paged``   -- the reference: a bare-bones paged Range reader in pure Python over grpc.aio,
