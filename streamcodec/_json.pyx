@@ -18,12 +18,11 @@ from cpython.object cimport PyObject
 from libc.math cimport isfinite
 from libc.string cimport memchr, memcpy, strlen
 
-import base64 as _base64  # noqa: F401  (kept for parity with the twin's imports)
+from . import _json_py
 import json as _json
 
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
 from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
-from .protocol import Event
 
 __all__ = ["JSONEncoder", "JSONDecoder", "MAX_DEPTH_LIMIT"]
 
@@ -1390,105 +1389,17 @@ cdef object _parse_frame(bytes data, Py_ssize_t base, Py_ssize_t max_depth):
         raise DecodeError(f"invalid JSON: {exc}", base) from None
 
 
-class JSONDecoder:
+def _parse_frame_compiled(data, base, max_depth):
+    return _parse_frame(data, base, max_depth)
+
+
+class JSONDecoder(_json_py.JSONDecoder):
     """Decodes object frames, and watch streams fed in arbitrary pieces.
 
     ``feed`` bytes, then iterate to get one :class:`Event` per complete line.
     Offsets in errors count from the first byte ever fed.  After an error the
-    decoder raises that error again on every call.
+    decoder raises that error again on every call.  The framing is the
+    pure-Python twin's; the pre-scan of each frame is compiled.
     """
 
-    def __init__(self, *, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_depth=MAX_DEPTH):
-        _check_limits(max_frame_size, max_depth)
-        self._max_frame_size = max_frame_size
-        self._max_depth = max_depth
-        self._buf = bytearray()
-        self._base = 0  # stream offset of self._buf[0]; lines are consumed whole
-        self._tail = 0  # index in self._buf just after its last newline
-        self._pending = None  # found by feed, raised after the lines before it
-        self._error = None  # raised already: raised again forever
-
-    @property
-    def max_frame_size(self):
-        """Longest line (newline included) or frame accepted, in bytes."""
-        return self._max_frame_size
-
-    def decode(self, frame):
-        """Decode one object frame (a complete JSON text)."""
-        if not isinstance(frame, _BYTES_TYPES):
-            raise TypeError(f"frame must be bytes, bytearray or memoryview, not {type(frame).__name__}")
-        data = bytes(frame)
-        if len(data) > self._max_frame_size:
-            raise DecodeError(f"frame of {len(data)} bytes exceeds max_frame_size={self._max_frame_size}", self._max_frame_size)
-        return _parse_frame(data, 0, self._max_depth)
-
-    def feed(self, data):
-        """Add stream bytes; complete lines become available to iteration."""
-        if self._error is not None:
-            raise self._error
-        if not isinstance(data, _BYTES_TYPES):
-            raise TypeError(f"data must be bytes, bytearray or memoryview, not {type(data).__name__}")
-        if self._pending is not None:
-            return  # the stream is already broken before this point: drop
-        buf = self._buf
-        old_len = len(buf)
-        buf += data
-        nl = buf.rfind(b"\n", old_len)
-        if nl >= 0:
-            self._tail = nl + 1
-        # Bound the unterminated tail: a line may not outgrow max_frame_size.
-        if len(buf) - self._tail >= self._max_frame_size:
-            offset = self._base + self._tail + self._max_frame_size
-            self._pending = DecodeError(f"line longer than max_frame_size={self._max_frame_size} bytes", offset)
-            del buf[self._tail :]
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._error is not None:
-            raise self._error
-        buf = self._buf
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                if self._pending is not None:
-                    self._error, self._pending = self._pending, None
-                    raise self._error
-                raise StopIteration
-            line = bytes(buf[:nl])
-            base = self._base
-            del buf[: nl + 1]
-            self._base += nl + 1
-            self._tail -= nl + 1
-            if not line.strip(b" \t\r"):
-                continue
-            try:
-                return self._event(line, base)
-            except DecodeError as exc:
-                self._error = exc
-                raise
-
-    def _event(self, bytes line, Py_ssize_t base):
-        if len(line) + 1 > self._max_frame_size:  # fed as one chunk: the tail check did not see it
-            raise DecodeError(f"line longer than max_frame_size={self._max_frame_size} bytes", base + self._max_frame_size)
-        # The event envelope is one level of nesting above the object.
-        msg = _parse_frame(line, base, self._max_depth + 1)
-        if type(msg) is not dict or msg.keys() != {"type", "object"}:
-            raise DecodeError('watch event line is not an object with exactly the keys "type" and "object"', base)
-        etype = msg["type"]
-        if type(etype) is not str or etype not in EVENT_TYPES:
-            raise DecodeError(f"invalid watch event type {etype!r}", base)
-        return Event(etype, msg["object"])
-
-    def close(self):
-        """End of stream: raises DecodeError if a partial line is left over."""
-        if self._error is not None:
-            raise self._error
-        if self._pending is not None:
-            self._error, self._pending = self._pending, None
-            raise self._error
-        tail = self._buf[self._tail :]
-        if tail.strip(b" \t\r"):
-            self._error = DecodeError(f"stream ends inside a line of {len(tail)} bytes", self._base + len(self._buf))
-            raise self._error
+    _parse_frame = staticmethod(_parse_frame_compiled)

@@ -436,6 +436,9 @@ class JSONDecoder:
     decoder raises that error again on every call.
     """
 
+    # The compiled module subclasses this decoder and swaps in its own parser.
+    _parse_frame = staticmethod(_parse_frame)
+
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
         _check_limits(max_frame_size, max_depth)
         self._max_frame_size = max_frame_size
@@ -458,7 +461,7 @@ class JSONDecoder:
         data = bytes(frame)
         if len(data) > self._max_frame_size:
             raise DecodeError(f"frame of {len(data)} bytes exceeds max_frame_size={self._max_frame_size}", self._max_frame_size)
-        return _parse_frame(data, 0, self._max_depth)
+        return self._parse_frame(data, 0, self._max_depth)
 
     def feed(self, data: BytesLike) -> None:
         """Add stream bytes; complete lines become available to iteration."""
@@ -511,7 +514,7 @@ class JSONDecoder:
         if len(line) + 1 > self._max_frame_size:  # fed as one chunk: the tail check did not see it
             raise DecodeError(f"line longer than max_frame_size={self._max_frame_size} bytes", base + self._max_frame_size)
         # The event envelope is one level of nesting above the object.
-        msg = _parse_frame(line, base, self._max_depth + 1)
+        msg = self._parse_frame(line, base, self._max_depth + 1)
         if type(msg) is not dict or msg.keys() != {"type", "object"}:
             raise DecodeError('watch event line is not an object with exactly the keys "type" and "object"', base)
         etype = msg["type"]
