@@ -25,6 +25,12 @@ DEFAULT_POOL_BYTES = 16 * 1024 * 1024
 #: must hold the largest frame; 4 MiB matches DEFAULT_MAX_FRAME_SIZE.
 DEFAULT_BUFFER_SIZE = DEFAULT_MAX_FRAME_SIZE
 
+#: FrameWriter sends its buffer once it holds this many bytes.  Batching
+#: small frames up to here keeps the number of sends low; flushing no later
+#: than this keeps the part of a pool buffer a stream ever writes (and so
+#: makes resident) at about this plus its largest frame, not the whole buffer.
+DEFAULT_FLUSH_BYTES = 256 * 1024
+
 #: Watch event types (Kubernetes watch.EventType).
 EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 

@@ -4,7 +4,9 @@ The pool owns a fixed byte budget split into equal buffers.  Encoders write
 whole frames into a :class:`PoolBuffer`; the bytes go to the socket straight
 from it, and the buffer goes back to the pool.  When every buffer is in use,
 :meth:`BufferPool.acquire` raises :class:`PoolExhausted` and
-:meth:`BufferPool.acquire_async` waits (backpressure): the pool never grows.
+:meth:`BufferPool.acquire_async` waits (backpressure): the pool never grows.  The budget bounds memory; what a
+process actually holds is less: a buffer's pages are mapped only where
+frames were written, and an idle buffer's pages go back to the OS (Linux).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 from typing import Deque, List, Optional
 
 from .errors import BufferExported, PoolExhausted
+from ._pages import drop_pages, zeroed_bytearray
 from .limits import DEFAULT_BUFFER_SIZE, DEFAULT_POOL_BYTES
 
 __all__ = ["BufferPool", "PoolBuffer", "PoolStats"]
@@ -34,7 +37,7 @@ class PoolBuffer:
     def __init__(self, capacity: int, _pool: Optional["BufferPool"] = None) -> None:
         if capacity <= 0:
             raise ValueError("capacity must be positive")
-        self.data = bytearray(capacity)
+        self.data = zeroed_bytearray(capacity)  # pages become resident only where written
         self.length = 0
         self._pool = _pool
         self._acquired = False  # handed out by its pool and not yet released
@@ -229,9 +232,7 @@ class BufferPool:
                 still.append(buf)
             else:
                 buf.length = 0
-                buf._acquired = False
-                self._in_use -= 1
-                self._free.append(buf)
+                self._shelve(buf)
         self._retired = still
 
     def _give_back(self, buf: PoolBuffer) -> None:
@@ -240,6 +241,11 @@ class BufferPool:
             if not fut.done():
                 fut.set_result(buf)  # stays in use: handed straight over
                 return
+        self._shelve(buf)
+
+    def _shelve(self, buf: PoolBuffer) -> None:
+        # An idle buffer keeps its place in the budget but not its memory.
+        drop_pages(buf.data)
         buf._acquired = False
         self._in_use -= 1
         self._free.append(buf)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Optional
 
 from .errors import BufferExported, BufferFull, FrameTooLarge
+from .limits import DEFAULT_FLUSH_BYTES
 from .pool import BufferPool, PoolBuffer
 from .protocol import BytesLike, Encoder
 
@@ -26,8 +27,9 @@ class FrameWriter:
     """Writes frames of one stream through ``encoder`` into buffers of ``pool``.
 
     ``flush_bytes``: once the current buffer holds at least this many bytes
-    it is sent (default: half a buffer), so large frames leave promptly while
-    small ones are batched.  Call :meth:`flush` to send at once (after each
+    it is sent (default: ``limits.DEFAULT_FLUSH_BYTES`` or half a buffer,
+    whichever is less), so large frames leave promptly, small ones are
+    batched, and only the start of the buffer is ever written.  Call :meth:`flush` to send at once (after each
     live watch event, say).  Use as ``async with FrameWriter(...) as w:``;
     leaving the block flushes (on success) and always returns the buffer.
     """
@@ -44,7 +46,7 @@ class FrameWriter:
         self.encoder = encoder
         self.pool = pool
         self._send = send
-        self.flush_bytes = pool.buffer_size // 2 if flush_bytes is None else flush_bytes
+        self.flush_bytes = min(DEFAULT_FLUSH_BYTES, pool.buffer_size // 2) if flush_bytes is None else flush_bytes
         self.acquire_timeout = acquire_timeout
         self._buf: Optional[PoolBuffer] = None
         self._list_index: Optional[int] = None

@@ -4,6 +4,9 @@ exported buffers are never recycled."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -167,3 +170,49 @@ async def test_buffer_handed_to_a_waiter_stays_acquired() -> None:
     b.release()  # one release for each acquire: accepted
     with pytest.raises(ValueError):
         b.release()
+
+
+# -- resident memory: only written pages count (Linux) ------------------------------------------------------------
+
+_RSS_SCRIPT = r"""
+import json, sys
+from streamcodec import BufferPool
+from streamcodec._pages import PAGES_DROPPABLE
+
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmRSS:"))
+
+MiB = 1 << 20
+pool = BufferPool(budget_bytes=64 * 4 * MiB, buffer_size=4 * MiB)
+before = rss()
+bufs = [pool.acquire() for _ in range(64)]
+fresh = rss() - before
+for buf in bufs:
+    buf.data[: MiB] = b"x" * MiB  # a stream of 1 MiB frames flushed promptly writes about this much
+    buf.length = MiB
+written = rss() - before
+zero_after = all(b.data[MiB:].count(0) == 3 * MiB for b in bufs[:4])
+for buf in bufs:
+    buf.release()
+released = rss() - before
+print(json.dumps({"droppable": PAGES_DROPPABLE, "fresh": fresh, "written": written, "released": released,
+                  "zero_after": zero_after}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmRSS and madvise are Linux's")
+def test_pool_buffers_are_resident_only_where_written_and_idle_ones_give_memory_back() -> None:
+    # A fresh process: this one's allocator state would blur a few MiB.
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT], capture_output=True, text=True, timeout=120, check=True)
+    r = json.loads(out.stdout)
+    MiB = 1 << 20
+    assert r["droppable"], "Linux + CPython must leave unwritten buffer pages unmapped"
+    # 64 buffers of 4 MiB = 256 MiB of budget: untouched, they cost almost nothing ...
+    assert r["fresh"] < 16 * MiB, r
+    # ... written for 1 MiB each they cost about that (bytearray(n) would make all 256 MiB resident) ...
+    assert 48 * MiB < r["written"] < 96 * MiB, r
+    # ... and back in the pool they give it back.
+    assert r["released"] < 16 * MiB, r
+    assert r["zero_after"], "a new buffer's unwritten bytes must read as zeros, as bytearray(n)'s do"
+
