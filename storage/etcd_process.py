@@ -20,6 +20,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,7 +33,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
     "EtcdNotAvailable",
@@ -125,17 +126,34 @@ def etcd_bin_dir(version: str) -> Path:
         return path
 
 
+def _version_key(version: str) -> Tuple[int, ...]:
+    """``"3.4.23"`` -> ``(3, 4, 23)``, for ordering exact versions."""
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
 def installed_version(version: str) -> str:
     """The exact version ("3.5.16") of the etcd that :func:`etcd_bin_dir` provides for ``version``."""
     return _server_version(etcd_bin_dir(version))
 
 
-def _free_port() -> int:
-    # Bind-to-0 picks a port the kernel considers free now; a racing process could
-    # still take it before etcd binds, which start() handles by retrying on new ports.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> List[int]:
+    """``count`` distinct ports the kernel considers free now.
+
+    All sockets stay bound until every port is picked: closing one before binding
+    the next lets the kernel hand out the same port twice (a cluster then fails
+    with "has duplicate url").  A racing process could still take a port before
+    etcd binds it, which the start methods handle by retrying on new ports.
+    """
+    sockets: List[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 # -- TLS ---------------------------------------------------------------------------------------------------------
@@ -318,8 +336,9 @@ class EtcdProcess:
         self.log_level = log_level
         self.cluster_token = cluster_token
         self._fixed_ports = client_port is not None or peer_port is not None or initial_cluster is not None
-        self.client_port = client_port if client_port is not None else _free_port()
-        self.peer_port = peer_port if peer_port is not None else _free_port()
+        spare_client, spare_peer = _free_ports(2)
+        self.client_port = client_port if client_port is not None else spare_client
+        self.peer_port = peer_port if peer_port is not None else spare_peer
         self.initial_cluster = initial_cluster
         self._tmp = Path(tempfile.mkdtemp(prefix=f"streamcodec-etcd{version}-"))
         self.data_dir = Path(data_dir) if data_dir is not None else self._tmp / "data"
@@ -426,7 +445,7 @@ class EtcdProcess:
                 self.kill()
                 # A port picked by bind-to-0 can be taken by someone else before etcd binds it.
                 if attempt + 1 < attempts and "address already in use" in str(exc):
-                    self.client_port, self.peer_port = _free_port(), _free_port()
+                    self.client_port, self.peer_port = _free_ports(2)
                     shutil.rmtree(self.data_dir, ignore_errors=True)
                     continue
                 raise
@@ -558,22 +577,43 @@ class EtcdCluster:
     ``kill(i)`` crashes member ``i`` (SIGKILL); ``restart(i)`` starts it again on
     the same ports and data, where it rejoins.  Keyword arguments go to every
     :class:`EtcdProcess` (``tls``, ``extra_args``, ``quota_bytes`` ...).
+
+    ``versions`` gives each member its own etcd version, for the mixed clusters
+    of a rolling upgrade: ``EtcdCluster(versions=["3.4", "3.5", "3.5"])`` is a
+    3-member cluster whose member 0 runs 3.4 (``version`` is then ignored, and
+    ``size``, if given, must equal ``len(versions)``).
     """
 
-    def __init__(self, version: str = "3.5", size: int = 3, **kw: Any) -> None:
-        if size < 1:
+    def __init__(
+        self,
+        version: str = "3.5",
+        size: Optional[int] = None,
+        *,
+        versions: Optional[Sequence[str]] = None,
+        **kw: Any,
+    ) -> None:
+        if versions is not None:
+            versions = list(versions)
+            if size is not None and size != len(versions):
+                raise ValueError(f"size={size} but {len(versions)} versions were given")
+        else:
+            versions = [version] * (3 if size is None else size)
+        if not versions:
             raise ValueError("a cluster needs at least one member")
-        names = [f"member{i}" for i in range(size)]
-        peer_ports = [_free_port() for _ in names]
-        client_ports = [_free_port() for _ in names]
-        initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, peer_ports))
+        names = [f"member{i}" for i in range(len(versions))]
+        self.members: List[EtcdProcess] = [EtcdProcess(v, name=n, **kw) for v, n in zip(versions, names)]
+        self._assign_ports()
+
+    def _assign_ports(self) -> None:
+        """Give every member fresh distinct ports and the initial-cluster list naming them all."""
+        ports = _free_ports(2 * len(self.members))
+        peer_ports, client_ports = ports[: len(self.members)], ports[len(self.members) :]
+        initial = ",".join(f"{m.name}=http://127.0.0.1:{p}" for m, p in zip(self.members, peer_ports))
         token = f"streamcodec-{os.getpid()}-{peer_ports[0]}"
-        self.members: List[EtcdProcess] = [
-            EtcdProcess(
-                version, name=n, client_port=c, peer_port=p, initial_cluster=initial, cluster_token=token, **kw
-            )
-            for n, c, p in zip(names, client_ports, peer_ports)
-        ]
+        for member, client_port, peer_port in zip(self.members, client_ports, peer_ports):
+            member.client_port, member.peer_port = client_port, peer_port
+            member.initial_cluster, member.cluster_token = initial, token
+            member._fixed_ports = True  # a member alone must not move: the others know its peer URL
 
     @property
     def endpoints(self) -> List[str]:
@@ -582,19 +622,42 @@ class EtcdCluster:
 
     @property
     def version(self) -> str:
-        return self.members[0].version
+        """The exact version of a uniform cluster; of a mixed one, the lowest (the version the cluster runs at)."""
+        return min(self.versions, key=_version_key)
 
-    def start(self, timeout: float = 60.0) -> "EtcdCluster":
-        """Start every member, then wait until each serves (they need each other for a quorum)."""
-        try:
-            for member in self.members:
-                member.spawn()
-            for member in self.members:
-                member.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    @property
+    def versions(self) -> List[str]:
+        """The exact server version of every member, in member order (e.g. ``["3.4.23", "3.5.16", "3.5.16"]``)."""
+        return [m.version for m in self.members]
+
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> "EtcdCluster":
+        """Start every member, then wait until each serves (they need each other for a quorum).
+
+        A port taken by another process between picking and binding makes a
+        member exit with "address already in use": the whole cluster then starts
+        afresh on new ports (up to ``attempts`` times in all).
+        """
+        for attempt in range(attempts):
+            try:
+                for member in self.members:
+                    member.spawn()
+                for member in self.members:
+                    member.wait_ready(timeout)
+                return self
+            except EtcdStartError as exc:
+                if attempt + 1 < attempts and "address already in use" in str(exc):
+                    for member in self.members:
+                        member.kill()
+                        if member.data_dir.parent == member._tmp:  # our own temporary data, never a given dir
+                            shutil.rmtree(member.data_dir, ignore_errors=True)
+                    self._assign_ports()
+                    continue
+                self.stop()
+                raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Stop and clean up every member."""
@@ -640,4 +703,4 @@ class EtcdCluster:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<EtcdCluster etcd {self.version} {self.endpoints}>"
+        return f"<EtcdCluster etcd {'/'.join(self.versions)} {self.endpoints}>"

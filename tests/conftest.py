@@ -47,14 +47,15 @@ def etcd(etcd_version: str) -> Iterator[EtcdProcess]:
         server.close()
 
 
-@pytest.fixture
-def etcd_cluster() -> Iterator[EtcdCluster]:
-    """A fresh 3-member etcd 3.5 cluster (per test: failover tests kill members)."""
+@pytest.fixture(params=["3.5", "3.4"], ids=["etcd3.5", "etcd3.4"])
+def etcd_cluster(request: pytest.FixtureRequest) -> Iterator[EtcdCluster]:
+    """A fresh 3-member etcd cluster of each version, 3.5 and 3.4 (per test: failover tests kill members)."""
+    version = str(request.param)
     try:
-        cluster = EtcdCluster("3.5", size=3)
+        cluster = EtcdCluster(version, size=3)
         cluster.start()
     except (EtcdNotAvailable, EtcdStartError) as exc:
-        pytest.fail(f"etcd 3.5 cluster unavailable: {exc}", pytrace=False)
+        pytest.fail(f"etcd {version} cluster unavailable: {exc}", pytrace=False)
     try:
         yield cluster
     finally:
