@@ -56,6 +56,12 @@ Producer = Callable[[FrameWriter], Awaitable[None]]
 #: allocator to reuse instead of mapping (and page-faulting) new memory.
 SEND_PIECE_BYTES = 256 * 1024
 
+#: How long a cancelled producer gets to end before its storage stream is
+#: closed underneath it (and again after that).  Cancelling an etcd read
+#: ends it at once; this only bounds the wait should something swallow the
+#: cancellation.
+CANCEL_GRACE_SECONDS = 5.0
+
 #: ``asyncio.timeout`` (3.11+) bounds a send without wrapping it in a Task.
 _timeout = getattr(asyncio, "timeout", None)
 
@@ -228,13 +234,32 @@ class StreamResponse:
 
         producer_task = asyncio.ensure_future(run())
         watcher_task = asyncio.ensure_future(watch_disconnect())
+        cleaned_up = False
+
+        async def stop_producer() -> None:
+            # Cancelling the producer ends its storage stream.  Should it not
+            # end (cancellation swallowed somewhere below), closing the
+            # storage stream underneath it makes its next read end it; either
+            # way this never waits without bound.
+            nonlocal cleaned_up
+            producer_task.cancel()
+            await asyncio.wait({producer_task}, timeout=CANCEL_GRACE_SECONDS)
+            if not producer_task.done() and self.cleanup is not None:
+                log.warning("a stream's producer outlived its cancellation; closing its storage stream")
+                cleaned_up = True
+                await self.cleanup()
+                producer_task.cancel()
+                await asyncio.wait({producer_task}, timeout=CANCEL_GRACE_SECONDS)
+            if not producer_task.done():
+                log.error("a stream's producer ignored cancellation and a closed storage stream: leaving it")
+
         try:
             await asyncio.wait({producer_task, watcher_task}, return_when=asyncio.FIRST_COMPLETED)
             if not producer_task.done():
                 self.outcome = "disconnected"
-                producer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer_task
+                await stop_producer()
+            elif not producer_task.cancelled():
+                producer_task.result()  # the producer's own error, handled below
         except APIError as exc:
             if self.started:
                 raise
@@ -250,12 +275,15 @@ class StreamResponse:
             if not _abort_transport(send):
                 raise
         finally:
+            watcher_task.cancel()
+            if not producer_task.done():  # this task itself was cancelled (server shutdown)
+                await stop_producer()
+            await asyncio.wait({watcher_task}, timeout=CANCEL_GRACE_SECONDS)
             for task in (producer_task, watcher_task):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(producer_task, watcher_task, return_exceptions=True)
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: never "exception was never retrieved" noise
             writer.close()
-            if self.cleanup is not None:
+            if self.cleanup is not None and not cleaned_up:
                 await self.cleanup()
             if self.on_close is not None:
                 self.on_close()

@@ -15,6 +15,7 @@ from streamcodec import BufferPool, FrameTooLarge, JSONEncoder
 from streamcodec.writer import FrameWriter
 
 from apiserver.objects import encode_for_storage, splice_resource_version
+from apiserver import streams
 from apiserver.streams import SEND_PIECE_BYTES, StreamResponse, _find_key, write_kv_event
 
 
@@ -149,3 +150,43 @@ def test_key_search_over_large_values_agrees_with_find(quotes_before: int, key_a
     expected = data.find(b'"resourceVersion"', 10, end)
     assert _find_key(data, 10, end) == expected
     assert (expected != -1) == (key_at is not None and key_at + 17 <= end)
+
+
+async def test_a_producer_that_swallows_cancellation_is_ended_by_closing_its_storage_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A disconnect must end the response in bounded time even if cancellation is lost below the producer."""
+    monkeypatch.setattr(streams, "CANCEL_GRACE_SECONDS", 0.2)
+    storage_closed = asyncio.Event()
+    sent_first = asyncio.Event()
+    calls: List[str] = []
+
+    async def producer(writer: FrameWriter) -> None:
+        await writer.raw_event("ADDED", b'{"v":1}')
+        await writer.flush()
+        sent_first.set()
+        while not storage_closed.is_set():  # like a storage read that turns cancellation into a retry
+            try:
+                await storage_closed.wait()
+            except asyncio.CancelledError:
+                calls.append("cancel swallowed")
+
+    async def cleanup() -> None:
+        calls.append("cleanup")
+        storage_closed.set()
+
+    async def send(message: Dict[str, Any]) -> None:
+        pass
+
+    async def receive() -> Dict[str, Any]:
+        await sent_first.wait()
+        return {"type": "http.disconnect"}
+
+    pool = BufferPool(2 * 65536, 65536)
+    response = StreamResponse(producer, encoder=JSONEncoder(), pool=pool, content_type="application/json",
+                              cleanup=cleanup, on_close=lambda: calls.append("closed"))
+    await asyncio.wait_for(response({"type": "http"}, receive, send), 5)
+    assert response.outcome == "disconnected"
+    assert calls[0] == "cancel swallowed" and calls[-1] == "closed"
+    assert calls.count("cleanup") == 1  # closed underneath the producer once, not again at the end
+    assert pool.stats().in_use == 0
