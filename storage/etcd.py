@@ -249,6 +249,9 @@ class EtcdStore:
     plus headroom (never unlimited): a page that would exceed it is re-asked
     with half the keys.  ``continue_secret`` signs continue tokens; give all
     replicas of an API server the same one (default: random per store).
+    ``gate_recheck_interval``: while some member does not answer Status, the
+    watch-progress gate stays undecided (answered False) and is asked again
+    at most this often, in seconds (see :meth:`supports_watch_progress`).
     """
 
     def __init__(
@@ -267,6 +270,7 @@ class EtcdStore:
         max_backoff: float = 2.0,
         request_timeout: float = 30.0,
         continue_secret: Optional[bytes] = None,
+        gate_recheck_interval: float = 5.0,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
@@ -278,8 +282,8 @@ class EtcdStore:
             raise ValueError("username and password go together")
         if (cert_file is None) != (key_file is None):
             raise ValueError("cert_file and key_file go together")
-        if retries < 0 or backoff < 0 or max_backoff < 0:
-            raise ValueError("retries and backoffs must not be negative")
+        if retries < 0 or backoff < 0 or max_backoff < 0 or gate_recheck_interval < 0:
+            raise ValueError("retries, backoffs and gate_recheck_interval must not be negative")
         self._members = [_Member(_strip_scheme(e)) for e in endpoints]
         self._current = 0
         self._credentials: Optional[grpc.ChannelCredentials] = None
@@ -309,7 +313,13 @@ class EtcdStore:
         self.max_backoff = max_backoff
         self.request_timeout = request_timeout
         self._continue_secret = continue_secret if continue_secret is not None else secrets.token_bytes(32)
+        #: the watch-progress gate, once decided with every member answering
         self._progress_gate: Optional[bool] = None
+        #: the Status round deciding the gate now, shared by concurrent askers
+        self._gate_check: Optional["asyncio.Future[bool]"] = None
+        #: loop time before which an undecided gate is answered False without asking again
+        self._gate_recheck_at = 0.0
+        self.gate_recheck_interval = gate_recheck_interval
         self._closed = False
 
     # -------------------------------------------------------------- lifecycle
@@ -330,6 +340,11 @@ class EtcdStore:
     def endpoints(self) -> List[str]:
         """The configured endpoints, ``host:port``."""
         return [m.endpoint for m in self._members]
+
+    @property
+    def watch_progress_gate(self) -> Optional[bool]:
+        """The decided watch-progress gate, or None while undecided (not asked yet, or a member was silent)."""
+        return self._progress_gate
 
     @property
     def current_endpoint(self) -> str:
@@ -425,36 +440,83 @@ class EtcdStore:
     # -------------------------------------------------------------- server info
 
     async def _member_status(self, member: _Member) -> Any:
-        metadata = await self._metadata(member)
-        raw = await self._method(member, "status")(b"", timeout=min(5.0, self.request_timeout), metadata=metadata)
-        return _wire().parse_status_response(raw)
+        for reauthenticated in (False, True):
+            metadata = await self._metadata(member)
+            try:
+                raw = await self._method(member, "status")(b"", timeout=min(5.0, self.request_timeout), metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                if _is_bad_token(exc) and not reauthenticated:
+                    member.token = None  # a restarted member forgot our simple token: log in again
+                    continue
+                raise
+            return _wire().parse_status_response(raw)
+        raise AssertionError("unreachable")
+
+    async def _version_of(self, member: _Member) -> Optional[str]:
+        try:
+            return str((await self._member_status(member)).version)
+        except grpc.aio.AioRpcError as exc:
+            if not _is_retryable(exc):
+                raise _map_error(exc) from None
+            log.info("etcd member %s did not answer Status: %s", member.endpoint, exc.code().name)
+            return None
+
+    async def member_versions(self) -> Dict[str, Optional[str]]:
+        """Every configured endpoint's etcd server version, ``None`` for a member that did not answer.
+
+        All members are asked at once (Status, at most 5 s each).
+        """
+        versions = await asyncio.gather(*(self._version_of(member) for member in self._members))
+        return {member.endpoint: version for member, version in zip(self._members, versions)}
 
     async def server_version(self) -> str:
         """The lowest etcd server version among the members that answer (e.g. ``"3.5.16"``).
 
+        A member that does not answer is left out, so with one down this may be
+        higher than the cluster's true lowest version (see :meth:`member_versions`).
         Raises :class:`~storage.errors.Unavailable` when none answers.
         """
-        versions: List[str] = []
-        failures: List[str] = []
-        for member in self._members:
-            try:
-                versions.append((await self._member_status(member)).version)
-            except grpc.aio.AioRpcError as exc:
-                if not _is_retryable(exc):
-                    raise _map_error(exc) from None
-                failures.append(f"{member.endpoint}: {exc.code().name}")
-        if not versions:
-            raise Unavailable("no etcd member answered Status: " + "; ".join(failures))
-        return min(versions, key=_version_key)
+        versions = await self.member_versions()
+        answered = [v for v in versions.values() if v is not None]
+        if not answered:
+            raise Unavailable("no etcd member answered Status: " + ", ".join(versions))
+        return min(answered, key=_version_key)
 
     async def supports_watch_progress(self) -> bool:
         """The watch-progress gate: whether RequestProgress is safe on this cluster.
 
-        True when the lowest reachable member is 3.4.31+, 3.5.13+ or 3.6+.
-        Decided once per store (members are assumed not to be downgraded).
+        True when every configured member is 3.4.31+, 3.5.13+ or 3.6+.  The
+        decision is kept for the store's life (members are assumed not to be
+        downgraded) only when every member answered Status: a member that is
+        down may be below the gate and serve watches once it is back, so while
+        any is silent the answer is False, sending nothing, and the question is
+        asked again on a later call (at most every ``gate_recheck_interval``
+        seconds).  Raises :class:`~storage.errors.Unavailable` when no member answers.
         """
-        if self._progress_gate is None:
-            self._progress_gate = supports_watch_progress(await self.server_version())
+        if self._progress_gate is not None:
+            return self._progress_gate
+        loop = asyncio.get_running_loop()
+        check = self._gate_check
+        if check is None or check.done():
+            if loop.time() < self._gate_recheck_at:
+                return False  # undecided, and asked too recently to ask again
+            check = self._gate_check = asyncio.ensure_future(self._decide_progress_gate())
+            # its failure is retrieved here too, in case every asker was cancelled meanwhile
+            check.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # shielded: one caller's cancellation must not cancel the round the others wait for
+        return await asyncio.shield(check)
+
+    async def _decide_progress_gate(self) -> bool:
+        versions = await self.member_versions()
+        answered = [v for v in versions.values() if v is not None]
+        if not answered:
+            raise Unavailable("no etcd member answered Status: " + ", ".join(versions))
+        if len(answered) < len(versions):
+            silent = [endpoint for endpoint, version in versions.items() if version is None]
+            log.info("watch-progress gate undecided (no Status from %s): no progress requests for now", silent)
+            self._gate_recheck_at = asyncio.get_running_loop().time() + self.gate_recheck_interval
+            return False
+        self._progress_gate = supports_watch_progress(min(answered, key=_version_key))
         return self._progress_gate
 
     # -------------------------------------------------------------- lists
@@ -802,7 +864,6 @@ class WatchStream:
         self._call: Any = None
         self._member: Optional[_Member] = None
         self._watch_id: Optional[int] = None
-        self._gate: Optional[bool] = None
         self._closed = False
         #: how many watch-progress requests were sent (0 below the gate, always)
         self.progress_requests_sent = 0
@@ -838,11 +899,16 @@ class WatchStream:
     async def request_progress(self) -> bool:
         """Ask etcd for a progress notification (a BOOKMARK soon follows).
 
-        Returns False, sending nothing, below the watch-progress gate.
+        Returns False, sending nothing, below the watch-progress gate or while
+        it is undecided (a member not answering, none answering).  The gate is
+        asked each time, never copied into the watch: the store keeps only a
+        decision made with every member answering.
         """
-        if self._gate is None:
-            self._gate = await self._store.supports_watch_progress()
-        if not self._gate:
+        try:
+            allowed = await self._store.supports_watch_progress()
+        except Unavailable:
+            allowed = False  # nobody answers Status: the gate is unknown, so nothing is sent
+        if not allowed:
             return False
         await self.start()
         try:
@@ -865,11 +931,6 @@ class WatchStream:
         """(Re)create the watch from received_revision + 1, failing over between members."""
         store = self._store
         wire = _wire()
-        if self._gate is None:
-            try:
-                self._gate = await store.supports_watch_progress()
-            except Unavailable:
-                self._gate = None  # unknown: decided again on the next request_progress
         attempt = 0
         while True:
             member = store._members[store._current]
