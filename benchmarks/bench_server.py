@@ -34,6 +34,7 @@ import pytest
 from apiserver.objects import encode_for_storage
 from storage import EtcdStore
 from storage.etcd_process import EtcdProcess
+from tests.apiserver_harness import free_port, wait_until_serving
 
 OBJECTS = 400
 OBJECT_BYTES = 1_000_000
@@ -47,14 +48,6 @@ CONCURRENT = 4
 WATCH_LIST = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
 
 _results: Dict[str, float] = {}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +82,7 @@ def dataset(etcd: EtcdProcess) -> Dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(etcd: EtcdProcess, dataset: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}",
          "--list-mode", "streaming", "--pool-bytes", str(POOL_BYTES), "--buffer-bytes", str(BUFFER_BYTES),
@@ -97,18 +90,7 @@ def server(etcd: EtcdProcess, dataset: Dict[str, Any]) -> Iterator[Dict[str, Any
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/version")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.1)
+        wait_until_serving(port, proc)
         yield {"port": port, "pid": proc.pid}
     finally:
         proc.terminate()

@@ -5,7 +5,9 @@ client) and async ones can both talk to it.  Not a test module."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import socket
+import subprocess
 import threading
 import time
 from typing import Any, Coroutine, Optional
@@ -19,6 +21,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_serving(port: int, process: "subprocess.Popen[Any]", timeout: float = 30.0) -> None:
+    """Wait until a server process answers ``GET /version`` on ``port``; raise if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/version")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode} before serving")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not serve within {timeout} s")
+        time.sleep(0.1)
 
 
 class ServerThread:
