@@ -31,20 +31,10 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any, List, Optional
+from typing import Any, Callable, Optional
 
-from ._framing_py import (
-    StreamDecoderBase,
-    check_event_type,
-    check_limits,
-    put_frame,
-    raw_bytes,
-    target_buffer,
-)
-from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
-from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
-from .pool import PoolBuffer
-from .protocol import BytesLike
+from ._framing_py import EncodingBase, FrameEncoderBase, ScanState, StreamDecoderBase, event_prefixes
+from .errors import DecodeError, EncodeError
 
 __all__ = ["CBOREncoder", "CBORDecoder"]
 
@@ -101,84 +91,30 @@ def _float_bytes(v: float) -> bytes:
 
 
 # Precomputed envelope prefixes: d9d9f7 a2 "type" <type> "object".
-_EVENT_PREFIX = {t: SELF_DESCRIBE + b"\xa2" + _text("type") + _text(t) + _text("object") for t in EVENT_TYPES}
+EVENT_PREFIXES = event_prefixes(SELF_DESCRIBE + b"\xa2", _text)
 
 
-class _Encoding:
-    """One encode call: a growing bytearray, a depth limit and the container path."""
+def _major_head(major: int) -> Callable[[int], bytes]:
+    def head(n: int) -> bytes:
+        return _head(major, n)
 
-    __slots__ = ("out", "max_depth", "limit", "path")
+    return head
 
-    def __init__(self, max_depth: int, limit: int) -> None:
-        self.out = bytearray()
-        self.max_depth = max_depth
-        self.limit = limit
-        self.path: List[Any] = []
 
-    def too_large(self) -> FrameTooLarge:
-        return FrameTooLarge(f"frame exceeds max_frame_size {self.limit}", self.limit)
+class _Encoding(EncodingBase):
+    """One encode call writing CBOR."""
 
-    def enter(self, container: Any) -> None:
-        path = self.path
-        if len(path) >= self.max_depth:
-            ids = {id(c) for c in path}
-            if id(container) in ids or len(ids) != len(path):
-                raise EncodeError("cycle: a container contains itself")
-            raise EncodeError(f"nesting deeper than max_depth {self.max_depth}")
-        path.append(container)
+    __slots__ = ()
 
-    def item(self, obj: Any) -> None:
-        out = self.out
-        t = type(obj)
-        if t is str or (t is not bool and isinstance(obj, str)):
-            self.text(obj)
-        elif obj is None:
-            out += b"\xf6"
-        elif obj is True:
-            out += b"\xf5"
-        elif obj is False:
-            out += b"\xf4"
-        elif isinstance(obj, int):
-            self.integer(int.__index__(obj))
-        elif isinstance(obj, float):
-            out += _float_bytes(float.__float__(obj))
-        elif isinstance(obj, dict):
-            self.enter(obj)
-            out += _head(5, dict.__len__(obj))
-            for key, value in dict.items(obj):
-                if not isinstance(key, str):
-                    raise EncodeError(f"dict keys must be str, got {type(key).__name__}")
-                self.text(key)
-                self.item(value)
-            self.path.pop()
-        elif isinstance(obj, (list, tuple)):
-            self.enter(obj)
-            items = list.__iter__(obj) if isinstance(obj, list) else tuple.__iter__(obj)
-            out += _head(4, list.__len__(obj) if isinstance(obj, list) else tuple.__len__(obj))
-            for value in items:
-                self.item(value)
-            self.path.pop()
-        elif isinstance(obj, (bytes, bytearray, memoryview)):
-            if isinstance(obj, memoryview) and not obj.c_contiguous:
-                raise EncodeError("memoryview is not C-contiguous")
-            data = obj.tobytes() if isinstance(obj, memoryview) else obj
-            out += _head(2, len(data))
-            out += data
-            if len(out) > self.limit:
-                raise self.too_large()
-        else:
-            raise EncodeError(f"cannot encode objects of type {t.__name__} in CBOR")
-
-    def text(self, s: str) -> None:
-        try:
-            data = str.encode(s, "utf-8")
-        except UnicodeEncodeError:
-            raise EncodeError("str contains a lone surrogate (not valid UTF-8)") from None
-        out = self.out
-        out += _head(3, len(data))
-        out += data
-        if len(out) > self.limit:
-            raise self.too_large()
+    FORMAT = "CBOR"
+    NULL = b"\xf6"
+    TRUE = b"\xf5"
+    FALSE = b"\xf4"
+    bytes_head = staticmethod(_major_head(2))
+    text_head = staticmethod(_major_head(3))
+    array_head = staticmethod(_major_head(4))
+    map_head = staticmethod(_major_head(5))
+    real = staticmethod(_float_bytes)
 
     def integer(self, v: int) -> None:
         if 0 <= v < _TWO_64:
@@ -193,132 +129,49 @@ class _Encoding:
                 raise self.too_large()
 
 
-class CBOREncoder:
-    """Encodes objects, watch events and list bodies as CBOR (see the module docstring)."""
+class CBOREncoder(FrameEncoderBase):
+    """Encodes objects, watch events and list bodies as CBOR (see the module docstring).
+
+    Object frames are ``d9 d9 f7`` + the item; event frames ``d9 d9 f7``
+    {"type": type, "object": object frame}; a list body's items array is
+    indefinite-length, closed by ``ff`` at the end.
+    """
 
     content_type = "application/cbor"
     stream_content_type = "application/cbor-seq"
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
-        check_limits(max_frame_size, max_depth)
-        self._max_frame_size = max_frame_size
-        self._max_depth = max_depth
+    _Encoding = _Encoding
+    _OBJECT_TAG = SELF_DESCRIBE
+    _EVENT_PREFIXES = EVENT_PREFIXES
+    _LIST_HEAD = SELF_DESCRIBE + b"\xa4"
+    _LIST_END = b"\xff"
 
-    @property
-    def max_frame_size(self) -> int:
-        return self._max_frame_size
-
-    @property
-    def max_depth(self) -> int:
-        return self._max_depth
-
-    def _frame(self, prefix: bytes, obj: Any) -> bytes:
-        enc = _Encoding(self._max_depth, self._max_frame_size)
-        enc.out += prefix
-        enc.out += SELF_DESCRIBE
-        enc.item(obj)
-        if len(enc.out) > self._max_frame_size:
-            raise enc.too_large()
-        return bytes(enc.out)
-
-    def _raw_frame(self, prefix: bytes, raw: Any) -> bytes:
-        data = raw_bytes(raw)
+    def _check_raw(self, data: bytes) -> None:
         if len(data) < 4 or data[:3] != SELF_DESCRIBE:
             raise EncodeError("raw CBOR frame must start with the self-described tag d9 d9 f7 and hold an item")
-        n = len(prefix) + len(data)
-        if n > self._max_frame_size:
-            raise FrameTooLarge(f"frame of {n} bytes exceeds max_frame_size {self._max_frame_size}", self._max_frame_size)
-        return prefix + data
 
-    # objects -------------------------------------------------------------
-    def encode(self, obj: Any) -> bytes:
-        """One object frame: ``d9 d9 f7`` + the item."""
-        return self._frame(b"", obj)
-
-    def encode_into(self, obj: Any, buf: PoolBuffer) -> int:
-        """Append one object frame to ``buf``; returns its size."""
-        target_buffer(buf)
-        return put_frame(self._frame(b"", obj), buf, self._max_frame_size)
-
-    # watch events --------------------------------------------------------
-    def encode_event(self, type: str, obj: Any) -> bytes:
-        """One event frame: ``d9 d9 f7`` {"type": type, "object": object frame}."""
-        return self._frame(_EVENT_PREFIX[check_event_type(type)], obj)
-
-    def encode_event_into(self, type: str, obj: Any, buf: PoolBuffer) -> int:
-        prefix = _EVENT_PREFIX[check_event_type(type)]
-        target_buffer(buf)
-        return put_frame(self._frame(prefix, obj), buf, self._max_frame_size)
-
-    def encode_raw_event(self, type: str, raw: BytesLike) -> bytes:
-        """The event frame of an object frame ``raw`` encoded earlier, embedded verbatim."""
-        return self._raw_frame(_EVENT_PREFIX[check_event_type(type)], raw)
-
-    def encode_raw_event_into(self, type: str, raw: BytesLike, buf: PoolBuffer) -> int:
-        prefix = _EVENT_PREFIX[check_event_type(type)]
-        target_buffer(buf)
-        return put_frame(self._raw_frame(prefix, raw), buf, self._max_frame_size)
-
-    # list bodies ---------------------------------------------------------
-    def encode_list_start_into(
-        self,
-        buf: PoolBuffer,
-        *,
-        kind: str,
-        api_version: str,
-        metadata: dict,
-        count: Optional[int] = None,
-    ) -> int:
-        """``d9 d9 f7`` map(4) {kind, apiVersion, metadata, "items": ``9f``}."""
+    def _check_count(self, count: Optional[int]) -> None:
         if count is not None and (type(count) is not int or count < 0):
             raise ValueError(f"count must be a non-negative int or None, got {count!r}")
-        if type(kind) is not str or type(api_version) is not str:
-            raise EncodeError("kind and api_version must be str")
-        if not isinstance(metadata, dict):
-            raise EncodeError(f"metadata must be a dict, not {type(metadata).__name__}")
-        enc = _Encoding(self._max_depth, self._max_frame_size)
-        enc.out += SELF_DESCRIBE + b"\xa4"
-        enc.text("kind")
-        enc.text(kind)
-        enc.text("apiVersion")
-        enc.text(api_version)
-        enc.text("metadata")
-        enc.item(metadata)
-        enc.text("items")
-        enc.out += b"\x9f"
-        target_buffer(buf)
-        return put_frame(bytes(enc.out), buf, self._max_frame_size)
 
-    def encode_list_item_into(self, obj: Any, buf: PoolBuffer, index: int) -> int:
-        """One item: an object frame (tagged), exactly as ``encode`` writes it."""
-        return self.encode_into(obj, buf)
-
-    def encode_raw_list_item_into(self, raw: BytesLike, buf: PoolBuffer, index: int) -> int:
-        """One item from an object frame encoded earlier, copied verbatim."""
-        target_buffer(buf)
-        return put_frame(self._raw_frame(b"", raw), buf, self._max_frame_size)
-
-    def encode_list_end_into(self, buf: PoolBuffer, count: int) -> int:
-        """``ff``: closes the items array (and so the list body)."""
-        return put_frame(b"\xff", buf, self._max_frame_size)
+    def _items_head(self, count: Optional[int]) -> bytes:
+        return b"\x9f"  # indefinite length: the end marker is ff whatever the count
 
 
 # ---------------------------------------------------------------------------
 # Decoding
 
 
-class _ScanState:
-    """Progress through one frame: the next head's index, the open containers
-    (``(remaining items << 1) | is_map``, or INDEF_ARRAY / INDEF_MAP_KEY /
-    INDEF_MAP_VALUE) and a tag waiting for its item (-1: none)."""
+class _ScanState(ScanState):
+    """The open containers are ``(remaining items << 1) | is_map`` or
+    INDEF_ARRAY / INDEF_MAP_KEY / INDEF_MAP_VALUE; ``tag`` is a tag waiting
+    for its item (-1: none)."""
 
-    __slots__ = ("pos", "stack", "tag", "complete")
+    __slots__ = ("tag",)
 
     def __init__(self, pos: int) -> None:
-        self.pos = pos
-        self.stack: List[int] = []
+        super().__init__(pos)
         self.tag = -1
-        self.complete = False  # structure done; waiting for the last string's bytes
 
 
 INDEF_ARRAY = -1
@@ -338,15 +191,8 @@ class CBORDecoder(StreamDecoderBase):
     tag, undefined and other simple values, and indefinite-length strings.
     """
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
-        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
-
     def _new_scan_state(self, pos: int) -> _ScanState:
         return _ScanState(pos)
-
-    @staticmethod
-    def _rebase(state: _ScanState, cut: int) -> None:
-        state.pos -= cut
 
     def _scan(self, data: Any, end: int, state: _ScanState, frame_start: int, depth_limit: int, base: int) -> Optional[int]:
         pos = state.pos

@@ -1,33 +1,46 @@
-"""Helpers shared by the pure-Python CBOR and MessagePack twins.
+"""Plumbing shared by the CBOR and MessagePack codecs.
 
 * argument checks common to every encoder/decoder constructor;
 * :func:`put_frame`: the one place a finished frame is copied into a
   :class:`~streamcodec.pool.PoolBuffer` (with the FrameTooLarge / BufferFull
   distinction the contract asks for);
+* :class:`EncodingBase` and :class:`FrameEncoderBase`: the pure-Python
+  twins' walk over the data model and their Encoder protocol methods
+  (frames, events, raw pass-through, list bodies); a format supplies only
+  its heads, numbers and envelope bytes;
 * :class:`StreamDecoderBase`: the sans-IO framing state machine (buffering,
   frame boundaries, sticky errors, offsets) around a format's resumable
-  *scanner* and its *builder*.
+  *scanner* and its *builder*.  The twins' decoders and the compiled ones
+  alike are built on it: a compiled module supplies a compiled scanner and
+  builder, so the stream logic exists once.
 
-The compiled modules carry their own copies of this logic in C; the tests
-check that both give identical results.
+The compiled encoders keep their plumbing in C (``_binary_codec.pxi``)
+because it runs once per encoded object; the tests check that both give
+identical results.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Any, Deque, Iterator, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optional, Tuple, Type
 
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
-from .limits import EVENT_TYPES
+from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
 from .pool import PoolBuffer
-from .protocol import Event
+from .protocol import BytesLike, Event
 
 __all__ = [
     "HARD_MAX_DEPTH",
     "check_limits",
     "check_event_type",
+    "check_list_header",
+    "event_prefixes",
     "put_frame",
+    "raw_bytes",
     "target_buffer",
+    "EncodingBase",
+    "FrameEncoderBase",
+    "ScanState",
     "StreamDecoderBase",
 ]
 
@@ -49,6 +62,20 @@ def check_event_type(type_: Any) -> str:
     if type(type_) is not str or type_ not in EVENT_TYPES:
         raise EncodeError(f"event type must be one of {', '.join(EVENT_TYPES)}; got {type_!r}")
     return type_
+
+
+def check_list_header(kind: Any, api_version: Any, metadata: Any) -> None:
+    """EncodeError unless a list body's header fields have the types the contract asks for."""
+    if type(kind) is not str or type(api_version) is not str:
+        raise EncodeError("kind and api_version must be str")
+    if not isinstance(metadata, dict):
+        raise EncodeError(f"metadata must be a dict, not {type(metadata).__name__}")
+
+
+def event_prefixes(envelope_head: bytes, text: Callable[[str], bytes]) -> Dict[str, bytes]:
+    """Per event type, the bytes of an event frame before its object:
+    ``envelope_head`` (a two-entry map head) "type" <type> "object"."""
+    return {t: envelope_head + text("type") + text(t) + text("object") for t in EVENT_TYPES}
 
 
 def raw_bytes(raw: Any) -> bytes:
@@ -86,8 +113,283 @@ def put_frame(frame: bytes, buf: PoolBuffer, max_frame_size: int) -> int:
     return n
 
 
+class EncodingBase:
+    """One encode call of a twin: a growing bytearray, a depth limit and the
+    container path, and the walk over the data model.
+
+    A format's subclass supplies the bytes of None/True/False, the heads of
+    its sized types (each raising EncodeError for a size the format cannot
+    carry) and how it writes ints and floats.  Subclasses of the data
+    model's types are encoded as their base type, through the base type's
+    methods, so no method of the subclass runs.
+    """
+
+    __slots__ = ("out", "max_depth", "limit", "path")
+
+    FORMAT: ClassVar[str]  # name in "cannot encode" errors
+    NULL: ClassVar[bytes]
+    TRUE: ClassVar[bytes]
+    FALSE: ClassVar[bytes]
+
+    def __init__(self, max_depth: int, limit: int) -> None:
+        self.out = bytearray()
+        self.max_depth = max_depth
+        self.limit = limit
+        self.path: List[Any] = []
+
+    # -- format hooks ------------------------------------------------------
+    @staticmethod
+    def text_head(n: int, /) -> bytes:  # pragma: no cover - abstract
+        """Head of a text string of ``n`` UTF-8 bytes."""
+        raise NotImplementedError
+
+    @staticmethod
+    def bytes_head(n: int, /) -> bytes:  # pragma: no cover - abstract
+        """Head of a byte string of ``n`` bytes."""
+        raise NotImplementedError
+
+    @staticmethod
+    def array_head(n: int, /) -> bytes:  # pragma: no cover - abstract
+        """Head of an array of ``n`` items."""
+        raise NotImplementedError
+
+    @staticmethod
+    def map_head(n: int, /) -> bytes:  # pragma: no cover - abstract
+        """Head of a map of ``n`` entries."""
+        raise NotImplementedError
+
+    @staticmethod
+    def real(v: float, /) -> bytes:  # pragma: no cover - abstract
+        """The bytes of the float ``v``."""
+        raise NotImplementedError
+
+    def integer(self, v: int) -> None:  # pragma: no cover - abstract
+        """Append the int ``v``."""
+        raise NotImplementedError
+
+    # -- the walk ----------------------------------------------------------
+
+    def too_large(self) -> FrameTooLarge:
+        return FrameTooLarge(f"frame exceeds max_frame_size {self.limit}", self.limit)
+
+    def enter(self, container: Any) -> None:
+        path = self.path
+        if len(path) >= self.max_depth:
+            ids = {id(c) for c in path}
+            if id(container) in ids or len(ids) != len(path):
+                raise EncodeError("cycle: a container contains itself")
+            raise EncodeError(f"nesting deeper than max_depth {self.max_depth}")
+        path.append(container)
+
+    def item(self, obj: Any) -> None:
+        out = self.out
+        t = type(obj)
+        if t is str or (t is not bool and isinstance(obj, str)):
+            self.text(obj)
+        elif obj is None:
+            out += self.NULL
+        elif obj is True:
+            out += self.TRUE
+        elif obj is False:
+            out += self.FALSE
+        elif isinstance(obj, int):
+            self.integer(int.__index__(obj))
+        elif isinstance(obj, float):
+            out += self.real(float.__float__(obj))
+        elif isinstance(obj, dict):
+            self.enter(obj)
+            out += self.map_head(dict.__len__(obj))
+            for key, value in dict.items(obj):
+                if not isinstance(key, str):
+                    raise EncodeError(f"dict keys must be str, got {type(key).__name__}")
+                self.text(key)
+                self.item(value)
+            self.path.pop()
+        elif isinstance(obj, (list, tuple)):
+            self.enter(obj)
+            items = list.__iter__(obj) if isinstance(obj, list) else tuple.__iter__(obj)
+            out += self.array_head(list.__len__(obj) if isinstance(obj, list) else tuple.__len__(obj))
+            for value in items:
+                self.item(value)
+            self.path.pop()
+        elif isinstance(obj, (bytes, bytearray, memoryview)):
+            if isinstance(obj, memoryview) and not obj.c_contiguous:
+                raise EncodeError("memoryview is not C-contiguous")
+            data = obj.tobytes() if isinstance(obj, memoryview) else obj
+            out += self.bytes_head(len(data))
+            out += data
+            if len(out) > self.limit:
+                raise self.too_large()
+        else:
+            raise EncodeError(f"cannot encode objects of type {t.__name__} in {self.FORMAT}")
+
+    def text(self, s: str) -> None:
+        try:
+            data = str.encode(s, "utf-8")
+        except UnicodeEncodeError:
+            raise EncodeError("str contains a lone surrogate (not valid UTF-8)") from None
+        out = self.out
+        out += self.text_head(len(data))
+        out += data
+        if len(out) > self.limit:
+            raise self.too_large()
+
+
+class FrameEncoderBase:
+    """The Encoder protocol (:mod:`streamcodec.protocol`) of a twin.
+
+    A format's subclass sets the content types and these class attributes:
+    ``_Encoding`` (its :class:`EncodingBase`), ``_OBJECT_TAG`` (bytes before
+    every object's item), ``_EVENT_PREFIXES`` (see :func:`event_prefixes`),
+    ``_LIST_HEAD`` (a list body up to its "kind" key), ``_LIST_END``; and
+    implements ``_check_raw``, ``_check_count`` and ``_items_head``.
+    """
+
+    content_type: ClassVar[str]
+    stream_content_type: ClassVar[str]
+    _Encoding: ClassVar[Type[EncodingBase]]
+    _OBJECT_TAG: ClassVar[bytes] = b""
+    _EVENT_PREFIXES: ClassVar[Dict[str, bytes]]
+    _LIST_HEAD: ClassVar[bytes]
+    _LIST_END: ClassVar[bytes]
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
+        check_limits(max_frame_size, max_depth)
+        self._max_frame_size = max_frame_size
+        self._max_depth = max_depth
+
+    @property
+    def max_frame_size(self) -> int:
+        """Largest frame written, in bytes (FrameTooLarge beyond)."""
+        return self._max_frame_size
+
+    @property
+    def max_depth(self) -> int:
+        """Deepest container nesting written (EncodeError beyond)."""
+        return self._max_depth
+
+    # -- format hooks ------------------------------------------------------
+    def _check_raw(self, data: bytes) -> None:  # pragma: no cover - abstract
+        """EncodeError unless ``data`` can be an object frame of the format."""
+        raise NotImplementedError
+
+    def _check_count(self, count: Optional[int]) -> None:  # pragma: no cover - abstract
+        """ValueError unless ``count`` is a list body's item count the format accepts."""
+        raise NotImplementedError
+
+    def _items_head(self, count: Optional[int]) -> bytes:  # pragma: no cover - abstract
+        """The head of a list body's items array."""
+        raise NotImplementedError
+
+    # -- frames ------------------------------------------------------------
+    def _frame(self, prefix: bytes, obj: Any) -> bytes:
+        enc = self._Encoding(self._max_depth, self._max_frame_size)
+        enc.out += prefix
+        enc.out += self._OBJECT_TAG
+        enc.item(obj)
+        if len(enc.out) > self._max_frame_size:
+            raise enc.too_large()
+        return bytes(enc.out)
+
+    def _raw_frame(self, prefix: bytes, raw: Any) -> bytes:
+        data = raw_bytes(raw)
+        self._check_raw(data)
+        n = len(prefix) + len(data)
+        if n > self._max_frame_size:
+            raise FrameTooLarge(f"frame of {n} bytes exceeds max_frame_size {self._max_frame_size}", self._max_frame_size)
+        return prefix + data
+
+    def _event_prefix(self, type_: Any) -> bytes:
+        return self._EVENT_PREFIXES[check_event_type(type_)]
+
+    # -- objects -----------------------------------------------------------
+    def encode(self, obj: Any) -> bytes:
+        """One object frame."""
+        return self._frame(b"", obj)
+
+    def encode_into(self, obj: Any, buf: PoolBuffer) -> int:
+        """Append one object frame to ``buf``; returns its size."""
+        target_buffer(buf)
+        return put_frame(self._frame(b"", obj), buf, self._max_frame_size)
+
+    # -- watch events ------------------------------------------------------
+    def encode_event(self, type: str, obj: Any) -> bytes:
+        """One event frame: {"type": type, "object": the object frame of ``obj``}."""
+        return self._frame(self._event_prefix(type), obj)
+
+    def encode_event_into(self, type: str, obj: Any, buf: PoolBuffer) -> int:
+        """Append one event frame to ``buf``; returns its size."""
+        prefix = self._event_prefix(type)
+        target_buffer(buf)
+        return put_frame(self._frame(prefix, obj), buf, self._max_frame_size)
+
+    def encode_raw_event(self, type: str, raw: BytesLike) -> bytes:
+        """The event frame of an object frame ``raw`` encoded earlier, embedded verbatim."""
+        return self._raw_frame(self._event_prefix(type), raw)
+
+    def encode_raw_event_into(self, type: str, raw: BytesLike, buf: PoolBuffer) -> int:
+        """Append the event frame of ``raw`` (embedded verbatim) to ``buf``; returns its size."""
+        prefix = self._event_prefix(type)
+        target_buffer(buf)
+        return put_frame(self._raw_frame(prefix, raw), buf, self._max_frame_size)
+
+    # -- list bodies -------------------------------------------------------
+    def encode_list_start_into(
+        self,
+        buf: PoolBuffer,
+        *,
+        kind: str,
+        api_version: str,
+        metadata: dict,
+        count: Optional[int] = None,
+    ) -> int:
+        """map(4) {kind, apiVersion, metadata, "items": the items array's head}."""
+        self._check_count(count)
+        check_list_header(kind, api_version, metadata)
+        enc = self._Encoding(self._max_depth, self._max_frame_size)
+        enc.out += self._LIST_HEAD
+        enc.text("kind")
+        enc.text(kind)
+        enc.text("apiVersion")
+        enc.text(api_version)
+        enc.text("metadata")
+        enc.item(metadata)
+        enc.text("items")
+        enc.out += self._items_head(count)
+        target_buffer(buf)
+        return put_frame(bytes(enc.out), buf, self._max_frame_size)
+
+    def encode_list_item_into(self, obj: Any, buf: PoolBuffer, index: int) -> int:
+        """One item: the object frame, exactly as ``encode`` writes it."""
+        return self.encode_into(obj, buf)
+
+    def encode_raw_list_item_into(self, raw: BytesLike, buf: PoolBuffer, index: int) -> int:
+        """One item from an object frame encoded earlier, copied verbatim."""
+        target_buffer(buf)
+        return put_frame(self._raw_frame(b"", raw), buf, self._max_frame_size)
+
+    def encode_list_end_into(self, buf: PoolBuffer, count: int) -> int:
+        """What closes the items array (and so the list body), if anything."""
+        return put_frame(self._LIST_END, buf, self._max_frame_size)
+
+
+class ScanState:
+    """A twin scanner's progress through one frame: the next head's index,
+    the open containers as ``(remaining items << 1) | is_map`` (a format may
+    add codes of its own) and whether the structure is done while the last
+    string's bytes are still missing."""
+
+    __slots__ = ("pos", "stack", "complete")
+
+    def __init__(self, pos: int) -> None:
+        self.pos = pos
+        self.stack: List[int] = []
+        self.complete = False
+
+
 class StreamDecoderBase:
-    """Sans-IO framing shared by the twins' decoders.
+    """Sans-IO framing shared by every CBOR and MessagePack decoder, the
+    twins' and the compiled ones.
 
     A format supplies ``_scan`` (resumable: finds where the frame that starts
     at ``self._frame_start`` ends, keeping its progress in a state object, and
@@ -100,7 +402,7 @@ class StreamDecoderBase:
     ``feed``, iteration and ``close`` raises it again.
     """
 
-    def __init__(self, *, max_frame_size: int, max_depth: int) -> None:
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
         check_limits(max_frame_size, max_depth)
         self._max_frame_size = max_frame_size
         self._max_depth = max_depth
@@ -114,16 +416,18 @@ class StreamDecoderBase:
 
     @property
     def max_frame_size(self) -> int:
+        """Largest frame accepted, in bytes (DecodeError beyond)."""
         return self._max_frame_size
 
     @property
     def max_depth(self) -> int:
+        """Deepest container nesting of an object accepted (DecodeError beyond)."""
         return self._max_depth
 
     # -- format hooks ------------------------------------------------------
-    def _new_scan_state(self, pos: int) -> Any:  # pragma: no cover - abstract
+    def _new_scan_state(self, pos: int) -> Any:
         """Scanner state for a frame starting at ``pos``."""
-        raise NotImplementedError
+        return ScanState(pos)
 
     def _scan(self, data: Any, end: int, state: Any, frame_start: int, depth_limit: int, base: int) -> Optional[int]:  # pragma: no cover - abstract
         """Advance ``state`` over ``data[:end]``; the frame's end index once complete, else None.
@@ -139,8 +443,9 @@ class StreamDecoderBase:
         raise NotImplementedError
 
     @staticmethod
-    def _rebase(state: Any, cut: int) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _rebase(state: Any, cut: int) -> None:
+        """``cut`` bytes were dropped from the front of the buffer: shift ``state``."""
+        state.pos -= cut
 
     # -- one frame ---------------------------------------------------------
     def decode(self, frame: Any) -> Any:

@@ -24,20 +24,10 @@ Content type (objects and streams alike): ``application/vnd.msgpack``.
 from __future__ import annotations
 
 import struct
-from typing import Any, List, Optional
+from typing import Any, List, Optional, cast
 
-from ._framing_py import (
-    StreamDecoderBase,
-    check_event_type,
-    check_limits,
-    put_frame,
-    raw_bytes,
-    target_buffer,
-)
-from .errors import DecodeError, EncodeError, FrameTooLarge
-from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
-from .pool import PoolBuffer
-from .protocol import BytesLike
+from ._framing_py import EncodingBase, FrameEncoderBase, ScanState, StreamDecoderBase, event_prefixes
+from .errors import DecodeError, EncodeError
 
 __all__ = ["MsgpackEncoder", "MsgpackDecoder"]
 
@@ -111,210 +101,65 @@ def _str(s: str) -> bytes:
 
 
 # Precomputed envelope prefixes: {"type": <type>, "object": ...
-_EVENT_PREFIX = {t: b"\x82" + _str("type") + _str(t) + _str("object") for t in EVENT_TYPES}
+EVENT_PREFIXES = event_prefixes(b"\x82", _str)
 
 
-class _Encoding:
-    """One encode call: a growing bytearray, a depth limit and the container path."""
-
-    __slots__ = ("out", "max_depth", "limit", "path")
-
-    def __init__(self, max_depth: int, limit: int) -> None:
-        self.out = bytearray()
-        self.max_depth = max_depth
-        self.limit = limit
-        self.path: List[Any] = []
-
-    def too_large(self) -> FrameTooLarge:
-        return FrameTooLarge(f"frame exceeds max_frame_size {self.limit}", self.limit)
-
-    def enter(self, container: Any) -> None:
-        path = self.path
-        if len(path) >= self.max_depth:
-            ids = {id(c) for c in path}
-            if id(container) in ids or len(ids) != len(path):
-                raise EncodeError("cycle: a container contains itself")
-            raise EncodeError(f"nesting deeper than max_depth {self.max_depth}")
-        path.append(container)
-
-    def item(self, obj: Any) -> None:
-        out = self.out
-        t = type(obj)
-        if t is str or (t is not bool and isinstance(obj, str)):
-            self.text(obj)
-        elif obj is None:
-            out += b"\xc0"
-        elif obj is True:
-            out += b"\xc3"
-        elif obj is False:
-            out += b"\xc2"
-        elif isinstance(obj, int):
-            out += _int_bytes(int.__index__(obj))
-        elif isinstance(obj, float):
-            out += b"\xcb" + _pack_double(float.__float__(obj))
-        elif isinstance(obj, dict):
-            self.enter(obj)
-            out += _map_head(dict.__len__(obj))
-            for key, value in dict.items(obj):
-                if not isinstance(key, str):
-                    raise EncodeError(f"dict keys must be str, got {type(key).__name__}")
-                self.text(key)
-                self.item(value)
-            self.path.pop()
-        elif isinstance(obj, (list, tuple)):
-            self.enter(obj)
-            items = list.__iter__(obj) if isinstance(obj, list) else tuple.__iter__(obj)
-            out += _array_head(list.__len__(obj) if isinstance(obj, list) else tuple.__len__(obj))
-            for value in items:
-                self.item(value)
-            self.path.pop()
-        elif isinstance(obj, (bytes, bytearray, memoryview)):
-            if isinstance(obj, memoryview) and not obj.c_contiguous:
-                raise EncodeError("memoryview is not C-contiguous")
-            data = obj.tobytes() if isinstance(obj, memoryview) else obj
-            out += _bin_head(len(data))
-            out += data
-            if len(out) > self.limit:
-                raise self.too_large()
-        else:
-            raise EncodeError(f"cannot encode objects of type {t.__name__} in MessagePack")
-
-    def text(self, s: str) -> None:
-        try:
-            data = str.encode(s, "utf-8")
-        except UnicodeEncodeError:
-            raise EncodeError("str contains a lone surrogate (not valid UTF-8)") from None
-        out = self.out
-        out += _str_head(len(data))
-        out += data
-        if len(out) > self.limit:
-            raise self.too_large()
+def _float_bytes(v: float) -> bytes:
+    return b"\xcb" + _pack_double(v)
 
 
-class MsgpackEncoder:
+class _Encoding(EncodingBase):
+    """One encode call writing MessagePack."""
+
+    __slots__ = ()
+
+    FORMAT = "MessagePack"
+    NULL = b"\xc0"
+    TRUE = b"\xc3"
+    FALSE = b"\xc2"
+    text_head = staticmethod(_str_head)
+    bytes_head = staticmethod(_bin_head)
+    array_head = staticmethod(_array_head)
+    map_head = staticmethod(_map_head)
+    real = staticmethod(_float_bytes)  # always float 64, as msgpack and msgspec write them
+
+    def integer(self, v: int) -> None:
+        self.out += _int_bytes(v)
+
+
+class MsgpackEncoder(FrameEncoderBase):
     """Encodes objects, watch events and list bodies as MessagePack
-    (``application/vnd.msgpack``; see the module docstring)."""
+    (``application/vnd.msgpack``; see the module docstring).
+
+    An object frame is the object alone; an event frame the map {"type":
+    type, "object": obj}; a list body needs its ``count`` up front (the
+    items array has a definite length) and writes nothing at the end.
+    """
 
     content_type = "application/vnd.msgpack"
     stream_content_type = "application/vnd.msgpack"
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
-        check_limits(max_frame_size, max_depth)
-        self._max_frame_size = max_frame_size
-        self._max_depth = max_depth
+    _Encoding = _Encoding
+    _EVENT_PREFIXES = EVENT_PREFIXES
+    _LIST_HEAD = b"\x84"
+    _LIST_END = b""
 
-    @property
-    def max_frame_size(self) -> int:
-        return self._max_frame_size
-
-    @property
-    def max_depth(self) -> int:
-        return self._max_depth
-
-    def _frame(self, prefix: bytes, obj: Any) -> bytes:
-        enc = _Encoding(self._max_depth, self._max_frame_size)
-        enc.out += prefix
-        enc.item(obj)
-        if len(enc.out) > self._max_frame_size:
-            raise enc.too_large()
-        return bytes(enc.out)
-
-    def _raw_frame(self, prefix: bytes, raw: Any) -> bytes:
-        data = raw_bytes(raw)
+    def _check_raw(self, data: bytes) -> None:
         if not data:
             raise EncodeError("raw MessagePack frame is empty")
-        n = len(prefix) + len(data)
-        if n > self._max_frame_size:
-            raise FrameTooLarge(f"frame of {n} bytes exceeds max_frame_size {self._max_frame_size}", self._max_frame_size)
-        return prefix + data
 
-    def encode(self, obj: Any) -> bytes:
-        """One object frame: the MessagePack object."""
-        return self._frame(b"", obj)
-
-    def encode_into(self, obj: Any, buf: PoolBuffer) -> int:
-        """Append one object frame to ``buf``; returns its size."""
-        target_buffer(buf)
-        return put_frame(self._frame(b"", obj), buf, self._max_frame_size)
-
-    def encode_event(self, type: str, obj: Any) -> bytes:
-        """One event frame: {"type": type, "object": obj}."""
-        return self._frame(_EVENT_PREFIX[check_event_type(type)], obj)
-
-    def encode_event_into(self, type: str, obj: Any, buf: PoolBuffer) -> int:
-        prefix = _EVENT_PREFIX[check_event_type(type)]
-        target_buffer(buf)
-        return put_frame(self._frame(prefix, obj), buf, self._max_frame_size)
-
-    def encode_raw_event(self, type: str, raw: BytesLike) -> bytes:
-        """The event frame of an object frame ``raw`` encoded earlier, embedded verbatim."""
-        return self._raw_frame(_EVENT_PREFIX[check_event_type(type)], raw)
-
-    def encode_raw_event_into(self, type: str, raw: BytesLike, buf: PoolBuffer) -> int:
-        prefix = _EVENT_PREFIX[check_event_type(type)]
-        target_buffer(buf)
-        return put_frame(self._raw_frame(prefix, raw), buf, self._max_frame_size)
-
-    def encode_list_start_into(
-        self,
-        buf: PoolBuffer,
-        *,
-        kind: str,
-        api_version: str,
-        metadata: dict,
-        count: Optional[int] = None,
-    ) -> int:
-        """map(4) {kind, apiVersion, metadata, "items": array head of ``count``}."""
+    def _check_count(self, count: Optional[int]) -> None:
         if count is None:
             raise ValueError("MessagePack has no indefinite-length array: a list body needs count")
         if type(count) is not int or count < 0:
             raise ValueError(f"count must be a non-negative int, got {count!r}")
-        if type(kind) is not str or type(api_version) is not str:
-            raise EncodeError("kind and api_version must be str")
-        if not isinstance(metadata, dict):
-            raise EncodeError(f"metadata must be a dict, not {type(metadata).__name__}")
-        enc = _Encoding(self._max_depth, self._max_frame_size)
-        enc.out += b"\x84"
-        enc.text("kind")
-        enc.text(kind)
-        enc.text("apiVersion")
-        enc.text(api_version)
-        enc.text("metadata")
-        enc.item(metadata)
-        enc.text("items")
-        enc.out += _array_head(count)
-        target_buffer(buf)
-        return put_frame(bytes(enc.out), buf, self._max_frame_size)
 
-    def encode_list_item_into(self, obj: Any, buf: PoolBuffer, index: int) -> int:
-        """One item: the object frame, exactly as ``encode`` writes it."""
-        return self.encode_into(obj, buf)
-
-    def encode_raw_list_item_into(self, raw: BytesLike, buf: PoolBuffer, index: int) -> int:
-        """One item from an object frame encoded earlier, copied verbatim."""
-        target_buffer(buf)
-        return put_frame(self._raw_frame(b"", raw), buf, self._max_frame_size)
-
-    def encode_list_end_into(self, buf: PoolBuffer, count: int) -> int:
-        """Nothing to write: the array's length was given at the start."""
-        return put_frame(b"", buf, self._max_frame_size)
+    def _items_head(self, count: Optional[int]) -> bytes:
+        return _array_head(cast(int, count))  # _check_count refused None
 
 
 # ---------------------------------------------------------------------------
 # Decoding
-
-
-class _ScanState:
-    """Progress through one frame: the next head's index, the open containers
-    as ``(remaining items << 1) | is_map``, and whether the structure is done
-    while the last str/bin bytes are still missing."""
-
-    __slots__ = ("pos", "stack", "complete")
-
-    def __init__(self, pos: int) -> None:
-        self.pos = pos
-        self.stack: List[int] = []
-        self.complete = False
 
 
 # For each first byte: (kind, argument) where kind says how to read the rest.
@@ -366,17 +211,7 @@ class MsgpackDecoder(StreamDecoderBase):
     and the unused byte 0xc1.
     """
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
-        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
-
-    def _new_scan_state(self, pos: int) -> _ScanState:
-        return _ScanState(pos)
-
-    @staticmethod
-    def _rebase(state: _ScanState, cut: int) -> None:
-        state.pos -= cut
-
-    def _scan(self, data: Any, end: int, state: _ScanState, frame_start: int, depth_limit: int, base: int) -> Optional[int]:
+    def _scan(self, data: Any, end: int, state: ScanState, frame_start: int, depth_limit: int, base: int) -> Optional[int]:
         pos = state.pos
         if state.complete:
             return pos if pos <= end else None
