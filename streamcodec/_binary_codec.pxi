@@ -546,6 +546,43 @@ cdef class ScanState:
         PyMem_Free(self.stack)
 
 
+# Scan-stack codes of open indefinite-length containers (CBOR's); an open
+# definite container is (remaining items << 1) | is_map, always > 0.
+cdef enum:
+    INDEF_ARRAY = -1
+    INDEF_MAP_KEY = -2
+    INDEF_MAP_VALUE = -3
+
+
+cdef inline bint close_item(ScanState st) noexcept:
+    """An item ended: count it against the open containers it completes.
+    True when no container is left open (the item was the frame's own)."""
+    cdef int64_t top
+    while st.sp:
+        top = st.stack[st.sp - 1]
+        if top > 0:
+            if (top >> 1) == 1:
+                st.sp -= 1
+                continue
+            st.stack[st.sp - 1] = top - 2
+        elif top == INDEF_MAP_KEY:
+            st.stack[st.sp - 1] = INDEF_MAP_VALUE
+        elif top == INDEF_MAP_VALUE:
+            st.stack[st.sp - 1] = INDEF_MAP_KEY
+        return False
+    return True
+
+
+cdef inline Py_ssize_t frame_end(ScanState st, Py_ssize_t pos, Py_ssize_t end) noexcept:
+    """The frame's structure ends at ``pos``: that index, or -1 while the
+    bytes of its last string (up to ``pos``) are not all here yet."""
+    st.pos = pos
+    if pos > end:
+        st.complete = True
+        return -1
+    return pos
+
+
 class _CompiledStreamDecoder(StreamDecoderBase):
     """StreamDecoderBase with this module's compiled scanner and builder."""
 

@@ -220,13 +220,6 @@ cdef class CBOREncoder(_ScratchEncoder):
 # ---------------------------------------------------------------------------
 # Decoding
 
-# Open containers on the scan stack: (remaining << 1) | is_map, or one of these.
-cdef enum:
-    INDEF_ARRAY = -1
-    INDEF_MAP_KEY = -2
-    INDEF_MAP_VALUE = -3
-
-
 cdef Py_ssize_t scan_frame(ScanState st, const uint8_t* data, Py_ssize_t end, Py_ssize_t frame_start,
                            int depth_limit, Py_ssize_t base, Py_ssize_t max_frame_size) except -2:
     """Mirror of the twin's ``_scan``: the frame's end index, or -1 while incomplete."""
@@ -324,27 +317,8 @@ cdef Py_ssize_t scan_frame(ScanState st, const uint8_t* data, Py_ssize_t end, Py
         pos = head_end
         if pos > limit:
             raise DecodeError(f"frame exceeds max_frame_size {max_frame_size}", base + limit)
-        if not done:
-            continue
-        while st.sp:
-            top = st.stack[st.sp - 1]
-            if top > 0:
-                if (top >> 1) == 1:
-                    st.sp -= 1
-                    continue
-                st.stack[st.sp - 1] = top - 2
-            elif top == INDEF_MAP_KEY:
-                st.stack[st.sp - 1] = INDEF_MAP_VALUE
-            elif top == INDEF_MAP_VALUE:
-                st.stack[st.sp - 1] = INDEF_MAP_KEY
-            break
-        else:
-            st.pos = pos
-            if pos > end:
-                st.complete = True
-                return -1
-            return pos
-
+        if done and close_item(st):
+            return frame_end(st, pos, end)
 
 
 cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base):

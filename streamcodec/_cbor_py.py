@@ -33,7 +33,16 @@ import math
 import struct
 from typing import Any, Callable, Optional
 
-from ._framing_py import EncodingBase, FrameEncoderBase, ScanState, StreamDecoderBase, event_prefixes
+from ._framing_py import (
+    INDEF_ARRAY,
+    INDEF_MAP_KEY,
+    EncodingBase,
+    FrameEncoderBase,
+    ScanState,
+    StreamDecoderBase,
+    close_item,
+    event_prefixes,
+)
 from .errors import DecodeError, EncodeError
 
 __all__ = ["CBOREncoder", "CBORDecoder"]
@@ -174,11 +183,6 @@ class _ScanState(ScanState):
         self.tag = -1
 
 
-INDEF_ARRAY = -1
-INDEF_MAP_KEY = -2
-INDEF_MAP_VALUE = -3
-
-
 class CBORDecoder(StreamDecoderBase):
     """Incremental, sans-IO CBOR decoder.
 
@@ -285,27 +289,8 @@ class CBORDecoder(StreamDecoderBase):
             pos = head_end
             if pos > limit:
                 raise DecodeError(f"frame exceeds max_frame_size {self._max_frame_size}", base + limit)
-            if not done:
-                continue
-            # An item finished: count it against the containers it closes.
-            while stack:
-                top = stack[-1]
-                if top > 0:
-                    if top >> 1 == 1:
-                        stack.pop()
-                        continue
-                    stack[-1] = top - 2
-                elif top == INDEF_MAP_KEY:
-                    stack[-1] = INDEF_MAP_VALUE
-                elif top == INDEF_MAP_VALUE:
-                    stack[-1] = INDEF_MAP_KEY
-                break
-            else:
-                state.pos = pos
-                if pos > end:  # the last string's bytes are not all here yet
-                    state.complete = True
-                    return None
-                return pos
+            if done and close_item(stack):
+                return state.frame_end(pos, end)
 
     def _build(self, data: Any, start: int, end: int, base: int) -> Any:
         value, pos = self._item(data, start, base)

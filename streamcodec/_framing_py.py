@@ -42,6 +42,7 @@ __all__ = [
     "FrameEncoderBase",
     "ScanState",
     "StreamDecoderBase",
+    "close_item",
 ]
 
 #: The largest ``max_depth`` a codec accepts.  The encoders recurse once per
@@ -385,6 +386,41 @@ class ScanState:
         self.pos = pos
         self.stack: List[int] = []
         self.complete = False
+
+    def frame_end(self, pos: int, end: int) -> Optional[int]:
+        """The frame's structure ends at ``pos``: that index, or None while
+        the bytes of its last string (up to ``pos``) are not all here yet."""
+        self.pos = pos
+        if pos > end:
+            self.complete = True
+            return None
+        return pos
+
+
+#: Scan-stack codes of open indefinite-length containers (CBOR's); an open
+#: definite container is ``(remaining items << 1) | is_map``, always > 0.
+INDEF_ARRAY = -1
+INDEF_MAP_KEY = -2
+INDEF_MAP_VALUE = -3
+
+
+def close_item(stack: List[int]) -> bool:
+    """An item ended: count it against the open containers it completes.
+
+    True when no container is left open (the item was the frame's own)."""
+    while stack:
+        top = stack[-1]
+        if top > 0:
+            if top >> 1 == 1:
+                stack.pop()
+                continue
+            stack[-1] = top - 2
+        elif top == INDEF_MAP_KEY:
+            stack[-1] = INDEF_MAP_VALUE
+        elif top == INDEF_MAP_VALUE:
+            stack[-1] = INDEF_MAP_KEY
+        return False
+    return True
 
 
 class StreamDecoderBase:

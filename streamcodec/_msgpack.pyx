@@ -307,22 +307,8 @@ cdef Py_ssize_t scan_frame(ScanState st, const uint8_t* data, Py_ssize_t end, Py
                 raise DecodeError(f"nesting deeper than max_depth {depth_limit}", base + head)
         if pos > limit:
             raise DecodeError(f"frame exceeds max_frame_size {max_frame_size}", base + limit)
-        if not done:
-            continue
-        while st.sp:
-            top = st.stack[st.sp - 1]
-            if (top >> 1) == 1:
-                st.sp -= 1
-                continue
-            st.stack[st.sp - 1] = top - 2
-            break
-        else:
-            st.pos = pos
-            if pos > end:
-                st.complete = True
-                return -1
-            return pos
-
+        if done and close_item(st):
+            return frame_end(st, pos, end)
 
 
 cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base):

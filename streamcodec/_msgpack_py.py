@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 from typing import Any, List, Optional, cast
 
-from ._framing_py import EncodingBase, FrameEncoderBase, ScanState, StreamDecoderBase, event_prefixes
+from ._framing_py import EncodingBase, FrameEncoderBase, ScanState, StreamDecoderBase, close_item, event_prefixes
 from .errors import DecodeError, EncodeError
 
 __all__ = ["MsgpackEncoder", "MsgpackDecoder"]
@@ -259,21 +259,8 @@ class MsgpackDecoder(StreamDecoderBase):
                     raise DecodeError(f"nesting deeper than max_depth {depth_limit}", base + head)
             if pos > limit:
                 raise DecodeError(f"frame exceeds max_frame_size {self._max_frame_size}", base + limit)
-            if not done:
-                continue
-            while stack:
-                top = stack[-1]
-                if top >> 1 == 1:
-                    stack.pop()
-                    continue
-                stack[-1] = top - 2
-                break
-            else:
-                state.pos = pos
-                if pos > end:
-                    state.complete = True
-                    return None
-                return pos
+            if done and close_item(stack):
+                return state.frame_end(pos, end)
 
     def _build(self, data: Any, start: int, end: int, base: int) -> Any:
         return self._item(data, start, base)[0]
