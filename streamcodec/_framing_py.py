@@ -40,6 +40,7 @@ __all__ = [
     "target_buffer",
     "EncodingBase",
     "FrameEncoderBase",
+    "Limits",
     "ScanState",
     "StreamDecoderBase",
     "close_item",
@@ -114,6 +115,33 @@ def put_frame(frame: bytes, buf: PoolBuffer, max_frame_size: int) -> int:
     return n
 
 
+class Limits:
+    """The two limits every encoder and decoder takes, checked once."""
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
+        check_limits(max_frame_size, max_depth)
+        self._max_frame_size = max_frame_size
+        self._max_depth = max_depth
+
+    @property
+    def max_frame_size(self) -> int:
+        """Largest frame written or accepted, in bytes (FrameTooLarge / DecodeError beyond)."""
+        return self._max_frame_size
+
+    @property
+    def max_depth(self) -> int:
+        """Deepest container nesting of an object written or accepted (EncodeError / DecodeError beyond)."""
+        return self._max_depth
+
+
+def _unset_head(n: int, /) -> bytes:  # pragma: no cover - every format sets its own
+    raise NotImplementedError
+
+
+def _unset_real(v: float, /) -> bytes:  # pragma: no cover - every format sets its own
+    raise NotImplementedError
+
+
 class EncodingBase:
     """One encode call of a twin: a growing bytearray, a depth limit and the
     container path, and the walk over the data model.
@@ -139,30 +167,11 @@ class EncodingBase:
         self.path: List[Any] = []
 
     # -- format hooks ------------------------------------------------------
-    @staticmethod
-    def text_head(n: int, /) -> bytes:  # pragma: no cover - abstract
-        """Head of a text string of ``n`` UTF-8 bytes."""
-        raise NotImplementedError
-
-    @staticmethod
-    def bytes_head(n: int, /) -> bytes:  # pragma: no cover - abstract
-        """Head of a byte string of ``n`` bytes."""
-        raise NotImplementedError
-
-    @staticmethod
-    def array_head(n: int, /) -> bytes:  # pragma: no cover - abstract
-        """Head of an array of ``n`` items."""
-        raise NotImplementedError
-
-    @staticmethod
-    def map_head(n: int, /) -> bytes:  # pragma: no cover - abstract
-        """Head of a map of ``n`` entries."""
-        raise NotImplementedError
-
-    @staticmethod
-    def real(v: float, /) -> bytes:  # pragma: no cover - abstract
-        """The bytes of the float ``v``."""
-        raise NotImplementedError
+    # The heads of a text string (n UTF-8 bytes), byte string, array and map
+    # (n entries), each raising EncodeError for a size the format cannot
+    # carry; the bytes of a float; appending an int.
+    text_head = bytes_head = array_head = map_head = staticmethod(_unset_head)
+    real = staticmethod(_unset_real)
 
     def integer(self, v: int) -> None:  # pragma: no cover - abstract
         """Append the int ``v``."""
@@ -236,7 +245,7 @@ class EncodingBase:
             raise self.too_large()
 
 
-class FrameEncoderBase:
+class FrameEncoderBase(Limits):
     """The Encoder protocol (:mod:`streamcodec.protocol`) of a twin.
 
     A format's subclass sets the content types and these class attributes:
@@ -253,21 +262,6 @@ class FrameEncoderBase:
     _EVENT_PREFIXES: ClassVar[Dict[str, bytes]]
     _LIST_HEAD: ClassVar[bytes]
     _LIST_END: ClassVar[bytes]
-
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
-        check_limits(max_frame_size, max_depth)
-        self._max_frame_size = max_frame_size
-        self._max_depth = max_depth
-
-    @property
-    def max_frame_size(self) -> int:
-        """Largest frame written, in bytes (FrameTooLarge beyond)."""
-        return self._max_frame_size
-
-    @property
-    def max_depth(self) -> int:
-        """Deepest container nesting written (EncodeError beyond)."""
-        return self._max_depth
 
     # -- format hooks ------------------------------------------------------
     def _check_raw(self, data: bytes) -> None:  # pragma: no cover - abstract
@@ -423,7 +417,7 @@ def close_item(stack: List[int]) -> bool:
     return True
 
 
-class StreamDecoderBase:
+class StreamDecoderBase(Limits):
     """Sans-IO framing shared by every CBOR and MessagePack decoder, the
     twins' and the compiled ones.
 
@@ -439,9 +433,7 @@ class StreamDecoderBase:
     """
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
-        check_limits(max_frame_size, max_depth)
-        self._max_frame_size = max_frame_size
-        self._max_depth = max_depth
+        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
         self._buf = bytearray()
         self._base = 0  # absolute stream offset of self._buf[0]
         self._frame_start = 0  # index in _buf of the frame being scanned
@@ -449,16 +441,6 @@ class StreamDecoderBase:
         self._ready: Deque[Tuple[int, int]] = collections.deque()  # complete frames in _buf
         self._pending: Optional[DecodeError] = None  # found, not yet raised
         self._error: Optional[DecodeError] = None  # raised; raised again forever
-
-    @property
-    def max_frame_size(self) -> int:
-        """Largest frame accepted, in bytes (DecodeError beyond)."""
-        return self._max_frame_size
-
-    @property
-    def max_depth(self) -> int:
-        """Deepest container nesting of an object accepted (DecodeError beyond)."""
-        return self._max_depth
 
     # -- format hooks ------------------------------------------------------
     def _new_scan_state(self, pos: int) -> Any:
