@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--buffer-bytes", type=_size, default=DEFAULT_BUFFER_SIZE, metavar="N",
                        help=f"bytes of one stream's buffer, which must hold the largest encoded object (default {DEFAULT_BUFFER_SIZE})")
     serve.add_argument("--max-streams", type=int, default=None, metavar="N",
-                       help="most concurrent list/watch streams (default: the number of buffers in the pool)")
+                       help="most concurrent list/watch streams (default: the number of buffers in the pool); idle watches hold "
+                            "no buffer, so this may be set higher when most streams are watches")
     serve.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="disconnect a client that reads nothing for this long while a stream waits on it (default 30)")
     serve.add_argument("--etcd-page-bytes", type=_size, default=DEFAULT_ETCD_PAGE_BYTES, metavar="N",

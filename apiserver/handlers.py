@@ -363,11 +363,17 @@ async def watch_producer(
                 live = True
             if await emit(writer, event, live):
                 await writer.flush()
+        if live:
+            writer.release_idle()
         async for event in stream:
             if event.type == "BOOKMARK" and event.initial_events_end:
                 live = True
             if await emit(writer, event, live):
                 await writer.flush()
+                if live:
+                    # a live watch may now stay quiet for hours: it holds no
+                    # pool buffer meanwhile, and takes one for its next event
+                    writer.release_idle()
             del event
 
     async def produce(writer: FrameWriter) -> None:

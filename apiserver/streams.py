@@ -275,18 +275,25 @@ class StreamResponse:
             if not _abort_transport(send):
                 raise
         finally:
+            # Nested so that a second cancellation (a server shutting down
+            # impatiently) still returns the buffer, closes the storage stream
+            # and frees the stream's admission slot.
             watcher_task.cancel()
-            if not producer_task.done():  # this task itself was cancelled (server shutdown)
-                await stop_producer()
-            await asyncio.wait({watcher_task}, timeout=CANCEL_GRACE_SECONDS)
-            for task in (producer_task, watcher_task):
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: never "exception was never retrieved" noise
-            writer.close()
-            if self.cleanup is not None and not cleaned_up:
-                await self.cleanup()
-            if self.on_close is not None:
-                self.on_close()
+            try:
+                if not producer_task.done():  # this task itself was cancelled (server shutdown)
+                    await stop_producer()
+                await asyncio.wait({watcher_task}, timeout=CANCEL_GRACE_SECONDS)
+            finally:
+                writer.close()
+                try:
+                    if self.cleanup is not None and not cleaned_up:
+                        await self.cleanup()
+                finally:
+                    for task in (producer_task, watcher_task):
+                        if task.done() and not task.cancelled():
+                            task.exception()  # retrieved: never "exception was never retrieved" noise
+                    if self.on_close is not None:
+                        self.on_close()
 
 
 def to_api_error(exc: BaseException) -> APIError:

@@ -49,6 +49,7 @@ class FrameWriter:
         self.flush_bytes = min(DEFAULT_FLUSH_BYTES, pool.buffer_size // 2) if flush_bytes is None else flush_bytes
         self.acquire_timeout = acquire_timeout
         self._buf: Optional[PoolBuffer] = None
+        self._open = False
         self._list_index: Optional[int] = None
         self._list_count: Optional[int] = None
         self.bytes_sent = 0
@@ -69,10 +70,24 @@ class FrameWriter:
         """Acquire this stream's buffer (waits while the pool is used up)."""
         if self._buf is None:
             self._buf = await self.pool.acquire_async(self.acquire_timeout)
+        self._open = True
+
+    def release_idle(self) -> None:
+        """Give the buffer back to the pool while nothing is pending in it.
+
+        For a stream that may stay quiet for long (a live watch): it keeps no
+        buffer while idle, and its next frame takes one again, waiting for it
+        if the pool is used up (its backpressure, like a slow socket's).
+        """
+        buf = self._buf
+        if buf is not None and buf.length == 0:
+            self._buf = None
+            self.pool.retire(buf)
 
     def close(self) -> None:
         """Return every buffer to the pool; unsent bytes are dropped."""
         buf, self._buf = self._buf, None
+        self._open = False
         if buf is not None:
             # A send side that kept a view of it (a transport holding on to
             # the bytes) gets it reclaimed by the pool once that view is gone.
@@ -80,10 +95,10 @@ class FrameWriter:
 
     async def flush(self) -> None:
         """Send what the current buffer holds, then reuse (or replace) it."""
-        buf = self._buf
-        if buf is None:
+        if not self._open:
             raise RuntimeError("FrameWriter is not open")
-        if buf.length == 0:
+        buf = self._buf
+        if buf is None or buf.length == 0:
             return
         view = buf.view()
         try:
@@ -100,10 +115,15 @@ class FrameWriter:
             self.pool.retire(buf)
             self._buf = await self.pool.acquire_async(self.acquire_timeout)
 
-    async def _write(self, method: Callable[..., int], *args: Any) -> int:
-        buf = self._buf
-        if buf is None:
+    async def _take_buffer(self) -> PoolBuffer:
+        if not self._open:
             raise RuntimeError("FrameWriter is not open")
+        if self._buf is None:  # given back by release_idle: wait for one (no timeout: backpressure)
+            self._buf = await self.pool.acquire_async()
+        return self._buf
+
+    async def _write(self, method: Callable[..., int], *args: Any) -> int:
+        buf = await self._take_buffer()
         try:
             n = method(*args, buf)
         except BufferFull:
@@ -142,8 +162,7 @@ class FrameWriter:
     ) -> int:
         if self._list_index is not None:
             raise RuntimeError("a list body is already open")
-        buf = self._buf
-        if buf is None:
+        if not self._open:
             raise RuntimeError("FrameWriter is not open")
 
         def start(b: PoolBuffer) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 from typing import Any, Dict, Iterator, List
 
@@ -351,6 +352,56 @@ def test_admission_past_the_stream_cap_is_429_with_retry_after(make_server: Any)
         assert status["reason"] == "TooManyRequests" and status["details"]["retryAfterSeconds"] == 1
     server.wait_idle()
     assert httpx.get(server.url + NS, timeout=10).status_code == 200
+
+
+def test_idle_watches_hold_no_pool_buffer_and_share_a_small_pool(make_server: Any) -> None:
+    """Five live watches on a pool of two buffers: idle, they hold none; each event borrows one."""
+    server = make_server(buffer_bytes=64 * 1024, pool_bytes=2 * 64 * 1024, max_streams=6)
+    c = httpx.Client(base_url=server.url, timeout=20)
+    create(c, "before")
+    seen: Dict[int, List[str]] = {}
+    errors: List[BaseException] = []
+
+    def watch(i: int, url: str) -> None:
+        try:
+            names: List[str] = seen.setdefault(i, [])
+            with httpx.Client(base_url=server.url, timeout=20) as client, client.stream("GET", url) as resp:
+                assert resp.status_code == 200
+                for line in resp.iter_lines():
+                    event = json.loads(line)
+                    if event["type"] != "BOOKMARK":
+                        names.append(event["object"]["metadata"]["name"])
+                    if names[-1:] == ["after-2"]:
+                        return
+        except BaseException as exc:
+            errors.append(exc)
+
+    urls = [f"{NS}?{WATCH_LIST}&timeoutSeconds=30"] * 3 + [f"{NS}?watch=1&timeoutSeconds=30"] * 2
+    threads = [threading.Thread(target=watch, args=(i, url), daemon=True) for i, url in enumerate(urls)]
+    for i, t in enumerate(threads):
+        # One at a time: a stream sending its initial events holds a buffer, and admission refuses
+        # a new stream (429) while the pool is used up; idle ones must hold none.
+        t.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stats = server.app.stats()
+            if stats["active_streams"] == i + 1 and stats["pool"].in_use == 0 and seen.get(i) == ["before"]:
+                break
+            time.sleep(0.02)
+        assert not errors, errors[0]
+        stats = server.app.stats()
+        assert stats["active_streams"] == i + 1 and stats["pool"].in_use == 0, stats  # open, holding no buffer
+    for i in range(3):
+        create(c, f"after-{i}")
+    for t in threads:
+        t.join(20)
+    assert not errors, errors[0]
+    after = ["after-0", "after-1", "after-2"]
+    # watch-lists, and watches without a resourceVersion (Kubernetes: "start at most recent"): the
+    # existing object first, then the changes
+    assert [seen[i] for i in range(5)] == [["before"] + after] * 5
+    stats = server.wait_idle()
+    assert stats["pool"].in_use == 0 and stats["pool"].high_water <= 2 * 64 * 1024
 
 
 # ---------------------------------------------------------------- discovery

@@ -128,3 +128,31 @@ async def test_second_stream_waits_for_the_budget() -> None:
     first.close()
     await asyncio.wait_for(opening, 1)
     assert pool.stats().waits == 2
+
+
+async def test_release_idle_gives_the_buffer_back_and_the_next_frame_waits_for_one() -> None:
+    pool = BufferPool(4096, 4096)  # one buffer for two streams
+    quiet, busy = Sink(), Sink()
+    first = FrameWriter(JSONEncoder(), pool, quiet)
+    await first.open()
+    await first.event("ADDED", {"n": 1})
+    first.release_idle()  # a frame is pending: kept
+    assert pool.stats().in_use == 4096
+    await first.flush()
+    first.release_idle()
+    assert pool.stats().in_use == 0  # idle and open, holding nothing
+    second = FrameWriter(JSONEncoder(), pool, busy)
+    await second.open()  # takes the only buffer
+    pending = asyncio.ensure_future(first.event("MODIFIED", {"n": 2}))
+    await asyncio.sleep(0.01)
+    assert not pending.done()  # waits for a buffer instead of growing the pool
+    await second.event("ADDED", {"m": 1})
+    await second.flush()
+    second.close()
+    await asyncio.wait_for(pending, 1)
+    await first.flush()
+    first.close()
+    assert [json.loads(line)["object"] for line in quiet.data.splitlines()] == [{"n": 1}, {"n": 2}]
+    assert pool.stats().in_use == 0 and pool.stats().high_water == 4096
+    with pytest.raises(RuntimeError):
+        await first.event("ADDED", {"n": 3})  # closed, not idle
