@@ -26,6 +26,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -288,14 +289,17 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux: SIGKILL etcd when the test process dies without running atexit (SIGKILL, crash).
-    try:
-        import ctypes
+def _die_with_parent_prefix() -> List[str]:
+    """A command prefix that makes etcd get SIGKILL when the spawning thread dies (Linux), or nothing.
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+    Covers a test process killed without running atexit (SIGKILL, crash).
+    PR_SET_PDEATHSIG is set by util-linux's ``setpriv`` and survives its exec
+    of etcd.  Not set from a ``preexec_fn``: that forces a fork that runs
+    Python (and gRPC's fork handlers) in the child while gRPC threads run in
+    the parent, which made etcd's child abort before exec now and then.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 class EtcdProcess:
@@ -420,14 +424,14 @@ class EtcdProcess:
         self._log_handle.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
         self._log_handle.flush()
         in_main_thread = threading.current_thread() is threading.main_thread()
+        # PDEATHSIG fires when the spawning *thread* exits, so only use it from the main thread.
+        prefix = _die_with_parent_prefix() if in_main_thread else []
         self._proc = subprocess.Popen(
-            self.command(),
+            prefix + self.command(),
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             env=_etcd_env(),
-            # PDEATHSIG fires when the spawning *thread* exits, so only use it from the main thread.
-            preexec_fn=_die_with_parent if in_main_thread else None,
         )
         with _live_lock:
             _live.add(self)
