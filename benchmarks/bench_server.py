@@ -34,7 +34,7 @@ import pytest
 from apiserver.objects import encode_for_storage
 from storage import EtcdStore
 from storage.etcd_process import EtcdProcess
-from tests.apiserver_harness import free_port, wait_until_serving
+from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 
 OBJECTS = 400
 OBJECT_BYTES = 1_000_000
@@ -140,14 +140,6 @@ def test_watch_list_through_server(benchmark: Any, server: Dict[str, Any], datas
     assert ratio >= 0.5, f"watch-list through the server at {ratio:.0%} of list_stream's rate"
 
 
-def _vm_hwm(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/PID/status")
-
-
 def test_rss_growth_per_concurrent_watch_list(benchmark: Any, server: Dict[str, Any], dataset: Dict[str, Any]) -> None:
     process = psutil.Process(server["pid"])
     watch_list_bytes(server["port"])  # warm: allocator arenas, imports, gRPC channel
@@ -166,7 +158,7 @@ def test_rss_growth_per_concurrent_watch_list(benchmark: Any, server: Dict[str, 
             t.join()
 
     benchmark.pedantic(run_concurrent, rounds=1, iterations=1)
-    peak = [_vm_hwm(server["pid"])]
+    peak = [proc_status_bytes(server["pid"], "VmHWM")]
     per_stream = (peak[0] - baseline) / CONCURRENT
     target = 2 * dataset["largest"] + BUFFER_BYTES
     benchmark.extra_info.update(

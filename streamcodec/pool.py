@@ -4,9 +4,10 @@ The pool owns a fixed byte budget split into equal buffers.  Encoders write
 whole frames into a :class:`PoolBuffer`; the bytes go to the socket straight
 from it, and the buffer goes back to the pool.  When every buffer is in use,
 :meth:`BufferPool.acquire` raises :class:`PoolExhausted` and
-:meth:`BufferPool.acquire_async` waits (backpressure): the pool never grows.  The budget bounds memory; what a
-process actually holds is less: a buffer's pages are mapped only where
-frames were written, and an idle buffer's pages go back to the OS (Linux).
+:meth:`BufferPool.acquire_async` waits (backpressure): the pool never grows.
+The budget bounds memory; what a process actually holds is less: a buffer's
+pages are mapped only where frames were written, and an idle buffer's pages
+go back to the OS (Linux).
 """
 
 from __future__ import annotations

@@ -29,9 +29,11 @@ class FrameWriter:
     ``flush_bytes``: once the current buffer holds at least this many bytes
     it is sent (default: ``limits.DEFAULT_FLUSH_BYTES`` or half a buffer,
     whichever is less), so large frames leave promptly, small ones are
-    batched, and only the start of the buffer is ever written.  Call :meth:`flush` to send at once (after each
-    live watch event, say).  Use as ``async with FrameWriter(...) as w:``;
-    leaving the block flushes (on success) and always returns the buffer.
+    batched, and only the start of the buffer is ever written.  Call
+    :meth:`flush` to send at once (after each live watch event, say), and
+    :meth:`release_idle` to hold no buffer while quiet.  Use as
+    ``async with FrameWriter(...) as w:``; leaving the block flushes (on
+    success) and always returns the buffer.
     """
 
     def __init__(

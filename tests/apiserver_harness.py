@@ -23,6 +23,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def proc_status_bytes(pid: int, field: str) -> int:
+    """A memory field of ``/proc/PID/status`` in bytes (``VmRSS``, ``VmHWM`` ...; Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
 def wait_until_serving(port: int, process: "subprocess.Popen[Any]", timeout: float = 30.0) -> None:
     """Wait until a server process answers ``GET /version`` on ``port``; raise if it exits or times out."""
     deadline = time.monotonic() + timeout

@@ -49,7 +49,7 @@ from apiserver.objects import encode_for_storage
 from storage import EtcdStore
 from storage.etcd_process import EtcdProcess
 from streamcodec.limits import DEFAULT_BUFFER_SIZE
-from tests.apiserver_harness import free_port, wait_until_serving
+from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
@@ -86,14 +86,6 @@ signal.signal(signal.SIGUSR1, start)
 signal.signal(signal.SIGUSR2, stop)
 sys.exit(main(sys.argv[2:]))
 """
-
-
-def _status_bytes(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 async def _load(endpoint: str, prefix: bytes, start: int, stop: int) -> int:
@@ -173,7 +165,7 @@ def measure_streams(server: Dict[str, Any], expected: int) -> Dict[str, int]:
     pid, port = server["pid"], server["port"]
     assert _watch_list(port, expected) == expected  # warm up: imports, gRPC channel, code paths
     time.sleep(0.3)
-    baseline = _status_bytes(pid, "VmRSS")
+    baseline = proc_status_bytes(pid, "VmRSS")
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS now: the peak below is the streams' own
     _signal_and_wait(pid, signal.SIGUSR1, server["report"], tracing=True)
@@ -190,7 +182,7 @@ def measure_streams(server: Dict[str, Any], expected: int) -> Dict[str, int]:
         t.start()
     for t in threads:
         t.join(180)
-    peak = _status_bytes(pid, "VmHWM")
+    peak = proc_status_bytes(pid, "VmHWM")
     traced = _signal_and_wait(pid, signal.SIGUSR2, server["report"], tracing=False)
     for i in range(STREAMS):
         if isinstance(counts.get(i), BaseException):
