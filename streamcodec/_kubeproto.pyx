@@ -1,0 +1,992 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Kubernetes' typed protobuf from stored JSON, compiled.
+
+The encoder classes are the twin's (``_kubeproto_py``: envelopes, dict objects, list starts);
+this module replaces their hot path, stored JSON -> message, with a single pass over the JSON
+bytes that writes the wire format straight into the pool buffer: no Python objects per
+value.  Output is byte-identical to the twin's for compact JSON (what this project stores).
+
+A nested message's length precedes it, and is only known at its end: the writer reserves as
+many length bytes as the rest of the input would need, writes the message, then writes the
+length, moving the message when the reservation was wrong (by a byte or two, for small nested
+messages).  With no destination it only counts: that is how a list learns its items' size.
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_CheckExact
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.string cimport memcmp, memcpy, memmove, memchr
+from libc.stdlib cimport malloc, free, strtod
+from libc.stdint cimport uint8_t, uint64_t, int64_t
+
+from . import _kubeproto_py
+from ._kubeproto_py import MAGIC, UNKNOWN_TAIL, OBJECT_META, parse_duration
+from .errors import BufferFull, EncodeError, FrameTooLarge
+from .kube_schema import KINDS, SHAPES
+
+__all__ = ["KubeProtoEncoder", "KindEncoder"]
+
+KindEncoder = _kubeproto_py.KindEncoder
+
+cdef enum:
+    K_STRING = 0
+    K_BYTES = 1
+    K_BOOL = 2
+    K_INT32 = 3
+    K_INT64 = 4
+    K_DOUBLE = 5
+    K_MESSAGE = 6
+    K_TIME = 7
+    K_QUANTITY = 8
+    K_INTORSTRING = 9
+    K_RAWJSON = 10
+    K_DURATION = 11
+    S_ONE = 0
+    S_REPEATED = 1
+    S_MAP = 2
+    MAX_PATH = 4
+    MAX_NESTING = 200  # messages in messages; core/v1's deepest is ~12
+
+assert KINDS.index("DURATION") == K_DURATION and SHAPES.index("MAP") == S_MAP
+
+ctypedef struct CField:
+    const char* key
+    Py_ssize_t keylen
+    int number
+    int kind
+    int shape
+    int message
+    int npath
+    int path[MAX_PATH]
+
+ctypedef struct CMessage:
+    int nfields
+    int is_object_meta
+    CField* fields  # sorted by (keylen, key): binary search
+
+ctypedef struct Out:
+    uint8_t* base  # NULL: count only
+    Py_ssize_t pos
+    Py_ssize_t cap
+
+cdef int8_t_table_init = 0
+cdef signed char B64DEC[256]
+
+
+cdef void _init_b64():
+    cdef int i
+    cdef const char* alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    for i in range(256):
+        B64DEC[i] = -1
+    for i in range(64):
+        B64DEC[<uint8_t>alphabet[i]] = i
+
+_init_b64()
+
+
+cdef inline int vsize(uint64_t n) noexcept nogil:
+    cdef int k = 1
+    while n >= 0x80:
+        n >>= 7
+        k += 1
+    return k
+
+
+cdef int full(Out* o, Py_ssize_t need) except -1:
+    raise BufferFull(f"the frame does not fit the {o.cap} bytes left in the buffer")
+
+
+cdef inline int put(Out* o, const void* src, Py_ssize_t k) except -1:
+    if o.pos + k > o.cap:
+        full(o, k)
+    if o.base != NULL:
+        memcpy(o.base + o.pos, src, k)
+    o.pos += k
+    return 0
+
+
+cdef inline int put_varint(Out* o, uint64_t n) except -1:
+    cdef uint8_t tmp[10]
+    cdef int k = 0
+    while n >= 0x80:
+        tmp[k] = <uint8_t>((n & 0x7F) | 0x80)
+        n >>= 7
+        k += 1
+    tmp[k] = <uint8_t>n
+    return put(o, tmp, k + 1)
+
+
+cdef inline int put_tag(Out* o, int number, int wire) except -1:
+    return put_varint(o, (<uint64_t>number << 3) | wire)
+
+
+cdef inline Py_ssize_t open_len(Out* o, Py_ssize_t estimate, int* reserved) except -1:
+    """Reserve the length bytes of a nested field; returns where they start."""
+    cdef Py_ssize_t mark = o.pos
+    reserved[0] = vsize(<uint64_t>estimate)
+    if o.pos + reserved[0] > o.cap:
+        full(o, reserved[0])
+    o.pos += reserved[0]
+    return mark
+
+
+cdef int close_len(Out* o, Py_ssize_t mark, int reserved) except -1:
+    cdef Py_ssize_t length = o.pos - mark - reserved
+    cdef int need = vsize(<uint64_t>length)
+    cdef uint64_t n = <uint64_t>length
+    cdef int i
+    if need != reserved:
+        if need > reserved and o.pos + (need - reserved) > o.cap:
+            full(o, need - reserved)
+        if o.base != NULL:
+            memmove(o.base + mark + need, o.base + mark + reserved, length)
+        o.pos += need - reserved
+    if o.base != NULL:
+        for i in range(need - 1):
+            o.base[mark + i] = <uint8_t>((n & 0x7F) | 0x80)
+            n >>= 7
+        o.base[mark + need - 1] = <uint8_t>n
+    return 0
+
+
+cdef int bad(str what, const uint8_t* s, Py_ssize_t i) except -1:
+    raise EncodeError(f"stored JSON: {what} at byte {i}")
+
+
+cdef inline Py_ssize_t ws(const uint8_t* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
+        i += 1
+    return i
+
+
+cdef Py_ssize_t string_end(const uint8_t* s, Py_ssize_t i, Py_ssize_t n, bint* escaped) except -1:
+    """``s[i]`` is the opening quote: the index of the closing one."""
+    cdef Py_ssize_t j = i + 1
+    cdef const uint8_t* q
+    escaped[0] = False
+    while True:
+        q = <const uint8_t*>memchr(s + j, 34, n - j) if j < n else NULL
+        if q == NULL:
+            bad("unterminated string", s, i)
+        j = q - s
+        # a quote preceded by an odd run of backslashes is escaped
+        if j > i + 1 and s[j - 1] == 92:
+            escaped[0] = True
+            k = j - 1
+            while k > i and s[k] == 92:
+                k -= 1
+            if (j - 1 - k) % 2 == 1:
+                j += 1
+                continue
+        elif not escaped[0] and memchr(s + i + 1, 92, j - i - 1) != NULL:
+            escaped[0] = True
+        return j
+
+
+cdef inline int hexval(uint8_t c) noexcept nogil:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+cdef int read_hex4(const uint8_t* s, Py_ssize_t i, Py_ssize_t end) except -1:
+    cdef int v = 0, k, h
+    if i + 4 > end:
+        bad("truncated \\u escape", s, i)
+    for k in range(4):
+        h = hexval(s[i + k])
+        if h < 0:
+            bad("bad \\u escape", s, i)
+        v = v * 16 + h
+    return v
+
+
+cdef int put_unescaped(Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t end) except -1:
+    """The text of the string body ``s[i:end]`` with its escapes resolved, as UTF-8."""
+    cdef Py_ssize_t start
+    cdef uint8_t c
+    cdef int cp, lo
+    cdef uint8_t u[4]
+    while i < end:
+        start = i
+        while i < end and s[i] != 92:
+            i += 1
+        if i > start:
+            put(o, s + start, i - start)
+        if i >= end:
+            break
+        if i + 1 >= end:
+            bad("bad escape", s, i)
+        c = s[i + 1]
+        i += 2
+        if c == 110:
+            put(o, b"\n", 1)
+        elif c == 116:
+            put(o, b"\t", 1)
+        elif c == 114:
+            put(o, b"\r", 1)
+        elif c == 98:
+            put(o, b"\x08", 1)
+        elif c == 102:
+            put(o, b"\x0c", 1)
+        elif c == 34 or c == 92 or c == 47:
+            put(o, &c, 1)
+        elif c == 117:
+            cp = read_hex4(s, i, end)
+            i += 4
+            if 0xD800 <= cp <= 0xDBFF:
+                if i + 6 <= end and s[i] == 92 and s[i + 1] == 117:
+                    lo = read_hex4(s, i + 2, end)
+                    if 0xDC00 <= lo <= 0xDFFF:
+                        i += 6
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                    else:
+                        raise EncodeError("stored JSON: a string holds a lone surrogate (not valid UTF-8)")
+                else:
+                    raise EncodeError("stored JSON: a string holds a lone surrogate (not valid UTF-8)")
+            elif 0xDC00 <= cp <= 0xDFFF:
+                raise EncodeError("stored JSON: a string holds a lone surrogate (not valid UTF-8)")
+            if cp < 0x80:
+                u[0] = cp
+                put(o, u, 1)
+            elif cp < 0x800:
+                u[0] = 0xC0 | (cp >> 6)
+                u[1] = 0x80 | (cp & 0x3F)
+                put(o, u, 2)
+            elif cp < 0x10000:
+                u[0] = 0xE0 | (cp >> 12)
+                u[1] = 0x80 | ((cp >> 6) & 0x3F)
+                u[2] = 0x80 | (cp & 0x3F)
+                put(o, u, 3)
+            else:
+                u[0] = 0xF0 | (cp >> 18)
+                u[1] = 0x80 | ((cp >> 12) & 0x3F)
+                u[2] = 0x80 | ((cp >> 6) & 0x3F)
+                u[3] = 0x80 | (cp & 0x3F)
+                put(o, u, 4)
+        else:
+            bad("bad escape", s, i - 2)
+    return 0
+
+
+cdef Py_ssize_t skip_value(const uint8_t* s, Py_ssize_t i, Py_ssize_t n) except -1:
+    """Index just past the JSON value at ``s[i]`` (containers skipped without recursion)."""
+    cdef int depth = 0
+    cdef bint escaped
+    cdef uint8_t c
+    while True:
+        i = ws(s, i, n)
+        if i >= n:
+            bad("truncated value", s, i)
+        c = s[i]
+        if c == 34:
+            i = string_end(s, i, n, &escaped) + 1
+        elif c == 123 or c == 91:
+            depth += 1
+            i += 1
+            continue
+        elif c == 125 or c == 93:
+            depth -= 1
+            i += 1
+            if depth < 0:
+                bad("unbalanced brackets", s, i)
+        elif c == 44 or c == 58:
+            i += 1
+            continue
+        else:
+            while i < n and s[i] not in b",}] \t\r\n:":
+                i += 1
+        if depth == 0:
+            return i
+
+
+cdef Py_ssize_t number_end(const uint8_t* s, Py_ssize_t i, Py_ssize_t n, bint* integral) noexcept:
+    integral[0] = True
+    while i < n:
+        c = s[i]
+        if 48 <= c <= 57 or c == 45 or c == 43:
+            i += 1
+        elif c == 46 or c == 101 or c == 69:
+            integral[0] = False
+            i += 1
+        else:
+            break
+    return i
+
+
+cdef int64_t parse_int(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t lo, int64_t hi, str where) except? -1:
+    cdef bint neg = False
+    cdef uint64_t v = 0, limit
+    cdef Py_ssize_t start = i
+    if i < end and s[i] == 45:
+        neg = True
+        i += 1
+    if i >= end:
+        bad(f"{where}: bad number", s, start)
+    limit = (<uint64_t>(-(lo + 1))) + 1 if neg else <uint64_t>hi
+    while i < end:
+        if not 48 <= s[i] <= 57:
+            bad(f"{where}: bad number", s, start)
+        if v > (limit - (s[i] - 48)) // 10:
+            raise EncodeError(f"{where}: {bytes(s[start:end]).decode()} is out of range for the field")
+        v = v * 10 + (s[i] - 48)
+        i += 1
+    return -<int64_t>v if neg else <int64_t>v
+
+
+cdef int days_from_civil(int64_t y, int m, int d, int64_t* out) noexcept:
+    y -= m <= 2
+    cdef int64_t era = (y if y >= 0 else y - 399) // 400
+    cdef int64_t yoe = y - era * 400
+    cdef int64_t doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    cdef int64_t doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    out[0] = era * 146097 + doe - 719468
+    return 0
+
+
+cdef inline int digits(const uint8_t* s, Py_ssize_t i, int k) noexcept:
+    cdef int v = 0, j
+    for j in range(k):
+        if not 48 <= s[i + j] <= 57:
+            return -1
+        v = v * 10 + s[i + j] - 48
+    return v
+
+
+cdef int parse_time(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t* seconds, int* nanos, str where) except -1:
+    """RFC 3339 (Go's time.RFC3339 layout, fraction optional) in ``s[i:end]``."""
+    cdef int year, month, day, hour, minute, second, oh, om, frac_digits = 0, k
+    cdef int64_t days
+    cdef Py_ssize_t p
+    cdef int mdays
+    nanos[0] = 0
+    if end - i < 20:
+        raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+    year = digits(s, i, 4)
+    month = digits(s, i + 5, 2)
+    day = digits(s, i + 8, 2)
+    hour = digits(s, i + 11, 2)
+    minute = digits(s, i + 14, 2)
+    second = digits(s, i + 17, 2)
+    if (year < 0 or month < 1 or month > 12 or day < 1 or hour < 0 or hour > 23 or minute < 0 or minute > 59
+            or second < 0 or second > 59 or s[i + 4] != 45 or s[i + 7] != 45 or (s[i + 10] | 32) != 116
+            or s[i + 13] != 58 or s[i + 16] != 58):
+        raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+    mdays = (31, 29 if (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[month - 1]
+    if day > mdays:
+        raise EncodeError(f"{where}: {bytes(s[i:end])!r} is not a valid date")
+    p = i + 19
+    if p < end and s[p] == 46:
+        p += 1
+        while p < end and 48 <= s[p] <= 57:
+            if frac_digits < 9:
+                nanos[0] = nanos[0] * 10 + s[p] - 48
+                frac_digits += 1
+            else:
+                raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+            p += 1
+        if frac_digits == 0:
+            raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+        for k in range(9 - frac_digits):
+            nanos[0] *= 10
+    days_from_civil(year, month, day, &days)
+    seconds[0] = days * 86400 + hour * 3600 + minute * 60 + second
+    if p + 1 == end and (s[p] | 32) == 122:
+        return 0
+    if p + 6 == end and (s[p] == 43 or s[p] == 45) and s[p + 3] == 58:
+        oh = digits(s, p + 1, 2)
+        om = digits(s, p + 4, 2)
+        if 0 <= oh <= 23 and 0 <= om <= 59:
+            seconds[0] -= (oh * 3600 + om * 60) * (1 if s[p] == 43 else -1)
+            return 0
+    raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+
+
+cdef class StoredTranscoder:
+    """The schema's messages as C tables, and the JSON -> message pass."""
+
+    cdef CMessage* messages
+    cdef int nmessages
+    cdef list _keys  # keeps the key bytes the tables point into
+    cdef readonly dict index
+    cdef readonly int schema_version
+
+    def __cinit__(self):
+        self.messages = NULL
+        self.nmessages = 0
+
+    def __init__(self, schema):
+        names = schema.message_names()
+        self.index = {name: i for i, name in enumerate(names)}
+        self._keys = []
+        self.schema_version = schema.version
+        self.messages = <CMessage*>malloc(len(names) * sizeof(CMessage))
+        if self.messages == NULL:
+            raise MemoryError()
+        for i in range(len(names)):
+            self.messages[i].nfields = 0
+            self.messages[i].fields = NULL
+        self.nmessages = len(names)
+        for i, name in enumerate(names):
+            fields = sorted(schema.message(name).fields, key=lambda f: (len(f.json_name.encode()), f.json_name.encode()))
+            table = <CField*>malloc(max(1, len(fields)) * sizeof(CField))
+            if table == NULL:
+                raise MemoryError()
+            self.messages[i].fields = table
+            self.messages[i].nfields = len(fields)
+            self.messages[i].is_object_meta = name == OBJECT_META
+            for j, f in enumerate(fields):
+                key = f.json_name.encode()
+                self._keys.append(key)
+                table[j].key = PyBytes_AS_STRING(key)
+                table[j].keylen = len(key)
+                table[j].number = f.number
+                table[j].kind = KINDS.index(f.kind)
+                table[j].shape = SHAPES.index(f.shape)
+                table[j].message = self.index[f.message] if f.message is not None else -1
+                if len(f.path) > MAX_PATH:
+                    raise ValueError(f"{name}.{f.json_name}: inlined too deep")
+                table[j].npath = len(f.path)
+                for k, number in enumerate(f.path):
+                    table[j].path[k] = number
+
+    def __dealloc__(self):
+        if self.messages != NULL:
+            for i in range(self.nmessages):
+                free(self.messages[i].fields)
+            free(self.messages)
+
+    cdef CField* lookup(self, int msg, const uint8_t* key, Py_ssize_t keylen) noexcept:
+        cdef CMessage* m = &self.messages[msg]
+        cdef int lo = 0, hi = m.nfields - 1, mid, c
+        cdef CField* f
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            f = &m.fields[mid]
+            if f.keylen != keylen:
+                c = -1 if f.keylen < keylen else 1
+            else:
+                c = memcmp(f.key, key, keylen)
+            if c == 0:
+                return f
+            if c < 0:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return NULL
+
+    # -- the pass ----------------------------------------------------------
+
+    cdef Py_ssize_t message(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, int msg, int64_t rv, int depth) except -1:
+        """The fields of the JSON object at ``s[i]`` as message ``msg``; returns the index past it.
+
+        ``rv`` >= 0 (only for the top-level ObjectMeta): written as resourceVersion, and the
+        stored one skipped.
+        """
+        cdef Py_ssize_t kstart, kend, mark
+        cdef bint escaped
+        cdef CField* f
+        cdef int reserved[MAX_PATH]
+        cdef int p
+        cdef Py_ssize_t marks[MAX_PATH]
+        cdef char rvtext[24]
+        cdef bytes keybuf
+        if depth > MAX_NESTING:
+            raise EncodeError("stored JSON nests messages too deep")
+        i = ws(s, i, n)
+        if i >= n or s[i] != 123:
+            bad("expected an object", s, i)
+        cdef bint is_meta = self.messages[msg].is_object_meta
+        cdef bint meta_seen = False
+        if rv >= 0 and is_meta:
+            text = str(rv).encode()
+            put_tag(o, 6, 2)
+            put_varint(o, len(text))
+            put(o, PyBytes_AS_STRING(text), len(text))
+        i = ws(s, i + 1, n)
+        if i < n and s[i] == 125:
+            i += 1
+            if rv >= 0 and not is_meta:
+                self.missing_metadata(o, msg, rv)
+            return i
+        while True:
+            i = ws(s, i, n)
+            if i >= n or s[i] != 34:
+                bad("expected a key", s, i)
+            kstart = i + 1
+            kend = string_end(s, i, n, &escaped)
+            if escaped:
+                keybuf = _unescape(s, kstart, kend)
+                f = self.lookup(msg, <const uint8_t*>PyBytes_AS_STRING(keybuf), len(keybuf))
+            else:
+                f = self.lookup(msg, s + kstart, kend - kstart)
+            i = ws(s, kend + 1, n)
+            if i >= n or s[i] != 58:
+                bad("expected ':'", s, i)
+            i = ws(s, i + 1, n)
+            if i >= n:
+                bad("truncated object", s, i)
+            if f == NULL or s[i] == 110 or (rv >= 0 and f.number == 6 and is_meta):
+                i = skip_value(s, i, n)  # unknown key, null, or the stored resourceVersion
+            elif rv >= 0 and not is_meta and f.kind == K_MESSAGE and f.shape == S_ONE and f.npath == 0 and self.messages[f.message].is_object_meta:
+                if s[i] != 123:
+                    self.wrong(f, "an object", s, i, n)
+                meta_seen = True
+                put_tag(o, f.number, 2)
+                mark = open_len(o, n - i, &reserved[0])
+                i = self.message(o, s, i, n, f.message, rv, depth + 1)
+                close_len(o, mark, reserved[0])
+            else:
+                for p in range(f.npath):
+                    put_tag(o, f.path[p], 2)
+                    marks[p] = open_len(o, n - i, &reserved[p])
+                if f.shape == S_ONE:
+                    i = self.single(o, s, i, n, f, f.number, depth)
+                elif f.shape == S_REPEATED:
+                    i = self.repeated(o, s, i, n, f, depth)
+                else:
+                    i = self.map(o, s, i, n, f, depth)
+                for p in range(f.npath - 1, -1, -1):
+                    close_len(o, marks[p], reserved[p])
+            i = ws(s, i, n)
+            if i < n and s[i] == 44:
+                i += 1
+                continue
+            if i < n and s[i] == 125:
+                if rv >= 0 and not is_meta and not meta_seen:
+                    self.missing_metadata(o, msg, rv)
+                return i + 1
+            bad("expected ',' or '}'", s, i)
+
+    cdef int missing_metadata(self, Out* o, int msg, int64_t rv) except -1:
+        """A stored object without metadata still reports its resourceVersion."""
+        cdef CField* f = self.lookup(msg, <const uint8_t*>b"metadata", 8)
+        if f == NULL or f.kind != K_MESSAGE or not self.messages[f.message].is_object_meta:
+            raise EncodeError("the object has no metadata field to carry its resourceVersion")
+        text = str(rv).encode()
+        put_tag(o, f.number, 2)
+        put_varint(o, len(text) + 2)
+        put_tag(o, 6, 2)
+        put_varint(o, len(text))
+        put(o, PyBytes_AS_STRING(text), len(text))
+        return 0
+
+    cdef Py_ssize_t repeated(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f, int depth) except -1:
+        if s[i] != 91:
+            raise EncodeError(f"stored JSON: field {f.key[:f.keylen].decode()!r} expects an array")
+        i = ws(s, i + 1, n)
+        if i < n and s[i] == 93:
+            return i + 1
+        while True:
+            i = ws(s, i, n)
+            i = self.single(o, s, i, n, f, f.number, depth)
+            i = ws(s, i, n)
+            if i < n and s[i] == 44:
+                i += 1
+                continue
+            if i < n and s[i] == 93:
+                return i + 1
+            bad("expected ',' or ']'", s, i)
+
+    cdef Py_ssize_t map(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f, int depth) except -1:
+        cdef Py_ssize_t kend, mark
+        cdef int reserved
+        cdef bint escaped
+        if s[i] != 123:
+            raise EncodeError(f"stored JSON: field {f.key[:f.keylen].decode()!r} expects an object")
+        i = ws(s, i + 1, n)
+        if i < n and s[i] == 125:
+            return i + 1
+        while True:
+            i = ws(s, i, n)
+            if i >= n or s[i] != 34:
+                bad("expected a key", s, i)
+            put_tag(o, f.number, 2)
+            mark = open_len(o, n - i, &reserved)
+            i = self.string_field(o, s, i, n, 1)
+            i = ws(s, i, n)
+            if i >= n or s[i] != 58:
+                bad("expected ':'", s, i)
+            i = ws(s, i + 1, n)
+            if i < n and s[i] == 110:
+                i = skip_value(s, i, n)
+            else:
+                i = self.single(o, s, i, n, f, 2, depth)
+            close_len(o, mark, reserved)
+            i = ws(s, i, n)
+            if i < n and s[i] == 44:
+                i += 1
+                continue
+            if i < n and s[i] == 125:
+                return i + 1
+            bad("expected ',' or '}'", s, i)
+
+    cdef Py_ssize_t string_field(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, int number) except -1:
+        """A length-delimited field holding the text of the JSON string at ``s[i]``."""
+        cdef bint escaped
+        cdef Py_ssize_t end, mark
+        cdef int reserved
+        if i >= n or s[i] != 34:
+            bad("expected a string", s, i)
+        end = string_end(s, i, n, &escaped)
+        put_tag(o, number, 2)
+        if not escaped:
+            put_varint(o, end - i - 1)
+            put(o, s + i + 1, end - i - 1)
+        else:
+            mark = open_len(o, end - i - 1, &reserved)
+            put_unescaped(o, s, i + 1, end)
+            close_len(o, mark, reserved)
+        return end + 1
+
+    cdef Py_ssize_t single(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f, int number, int depth) except -1:
+        cdef int kind = f.kind
+        cdef Py_ssize_t end, mark, mark2
+        cdef int reserved, reserved2
+        cdef bint escaped, integral
+        cdef int64_t v, seconds
+        cdef int nanos
+        cdef double d
+        cdef char numbuf[64]
+        cdef uint8_t c = s[i]
+        if c == 110:  # null inside an array or a map: the zero value
+            end = skip_value(s, i, n)
+            if kind == K_BOOL or kind == K_INT32 or kind == K_INT64:
+                put_tag(o, number, 0)
+                put_varint(o, 0)
+            elif kind == K_DOUBLE:
+                put_tag(o, number, 1)
+                put(o, b"\0\0\0\0\0\0\0\0", 8)
+            else:
+                put_tag(o, number, 2)
+                put_varint(o, 0)
+            return end
+        if kind == K_STRING:
+            if c != 34:
+                self.wrong(f, "a string", s, i, n)
+            return self.string_field(o, s, i, n, number)
+        if kind == K_MESSAGE:
+            if c != 123:
+                self.wrong(f, "an object", s, i, n)
+            put_tag(o, number, 2)
+            mark = open_len(o, n - i, &reserved)
+            end = self.message(o, s, i, n, f.message, -1, depth + 1)
+            close_len(o, mark, reserved)
+            return end
+        if kind == K_BYTES:
+            if c != 34:
+                self.wrong(f, "a string", s, i, n)
+            end = string_end(s, i, n, &escaped)
+            if escaped:
+                text = _unescape(s, i + 1, end)
+                self.base64(o, <const uint8_t*>PyBytes_AS_STRING(text), len(text), number, f)
+            else:
+                self.base64(o, s + i + 1, end - i - 1, number, f)
+            return end + 1
+        if kind == K_BOOL:
+            if n - i >= 4 and memcmp(s + i, b"true", 4) == 0:
+                put_tag(o, number, 0)
+                put(o, b"\x01", 1)
+                return i + 4
+            if n - i >= 5 and memcmp(s + i, b"false", 5) == 0:
+                put_tag(o, number, 0)
+                put(o, b"\x00", 1)
+                return i + 5
+            self.wrong(f, "a boolean", s, i, n)
+        if kind == K_INT32 or kind == K_INT64:
+            if not (c == 45 or 48 <= c <= 57):
+                self.wrong(f, "an integer", s, i, n)
+            end = number_end(s, i, n, &integral)
+            if not integral:
+                self.wrong(f, "an integer", s, i, n)
+            if kind == K_INT32:
+                v = parse_int(s, i, end, -2147483648, 2147483647, self.name(f))
+            else:
+                v = parse_int(s, i, end, -9223372036854775807 - 1, 9223372036854775807, self.name(f))
+            put_tag(o, number, 0)
+            put_varint(o, <uint64_t>v)
+            return end
+        if kind == K_DOUBLE:
+            if not (c == 45 or 48 <= c <= 57):
+                self.wrong(f, "a number", s, i, n)
+            end = number_end(s, i, n, &integral)
+            if end - i >= 63:
+                self.wrong(f, "a number", s, i, n)
+            memcpy(numbuf, s + i, end - i)
+            numbuf[end - i] = 0
+            d = strtod(numbuf, NULL)
+            if d != d or d == float("inf") or d == -float("inf"):
+                raise EncodeError(f"{self.name(f)}: {bytes(s[i:end]).decode()} is not a finite double")
+            put_tag(o, number, 1)
+            put(o, &d, 8)  # little-endian hosts (x86-64, arm64)
+            return end
+        if kind == K_TIME:
+            if c != 34:
+                self.wrong(f, "an RFC 3339 time", s, i, n)
+            end = string_end(s, i, n, &escaped)
+            parse_time(s, i + 1, end, &seconds, &nanos, self.name(f))
+            put_tag(o, number, 2)
+            mark = open_len(o, 2, &reserved)
+            put_tag(o, 1, 0)
+            put_varint(o, <uint64_t>seconds)
+            if nanos:
+                put_tag(o, 2, 0)
+                put_varint(o, <uint64_t>nanos)
+            close_len(o, mark, reserved)
+            return end + 1
+        if kind == K_QUANTITY:
+            put_tag(o, number, 2)
+            mark = open_len(o, 8, &reserved)
+            if c == 34:
+                end = self.string_field(o, s, i, n, 1)
+            elif c == 45 or 48 <= c <= 57:
+                end = number_end(s, i, n, &integral)
+                put_tag(o, 1, 2)
+                put_varint(o, end - i)
+                put(o, s + i, end - i)
+            else:
+                self.wrong(f, "a quantity", s, i, n)
+            close_len(o, mark, reserved)
+            return end
+        if kind == K_INTORSTRING:
+            put_tag(o, number, 2)
+            mark = open_len(o, 8, &reserved)
+            if c == 34:
+                put(o, b"\x08\x01", 2)
+                end = self.string_field(o, s, i, n, 3)
+            elif c == 45 or 48 <= c <= 57:
+                end = number_end(s, i, n, &integral)
+                if not integral:
+                    self.wrong(f, "an integer or a string", s, i, n)
+                v = parse_int(s, i, end, -2147483648, 2147483647, self.name(f))
+                put(o, b"\x08\x00\x10", 3)
+                put_varint(o, <uint64_t>v)
+            else:
+                self.wrong(f, "an integer or a string", s, i, n)
+            close_len(o, mark, reserved)
+            return end
+        if kind == K_RAWJSON:
+            end = skip_value(s, i, n)
+            put_tag(o, number, 2)
+            mark = open_len(o, end - i + 2, &reserved)
+            put_tag(o, 1, 2)
+            put_varint(o, end - i)
+            put(o, s + i, end - i)
+            close_len(o, mark, reserved)
+            return end
+        if kind == K_DURATION:
+            if c != 34:
+                self.wrong(f, "a duration", s, i, n)
+            end = string_end(s, i, n, &escaped)
+            v = parse_duration(_unescape(s, i + 1, end).decode("utf-8", "replace"), self.name(f))
+            put_tag(o, number, 2)
+            mark = open_len(o, 4, &reserved)
+            put_tag(o, 1, 0)
+            put_varint(o, <uint64_t>v)
+            close_len(o, mark, reserved)
+            return end + 1
+        raise AssertionError(kind)
+
+    cdef int base64(self, Out* o, const uint8_t* t, Py_ssize_t k, int number, CField* f) except -1:
+        cdef Py_ssize_t pad = 0, size, j
+        cdef int a, b, c2, d
+        cdef uint8_t out3[3]
+        if k % 4:
+            raise EncodeError(f"{self.name(f)}: not valid base64")
+        if k and t[k - 1] == 61:
+            pad = 2 if t[k - 2] == 61 else 1
+        size = k // 4 * 3 - pad
+        put_tag(o, number, 2)
+        put_varint(o, size)
+        if o.pos + size > o.cap:
+            full(o, size)
+        j = 0
+        while j < k:
+            a = B64DEC[t[j]]
+            b = B64DEC[t[j + 1]]
+            c2 = B64DEC[t[j + 2]] if not (j + 4 == k and pad == 2) else 0
+            d = B64DEC[t[j + 3]] if not (j + 4 == k and pad >= 1) else 0
+            if (a | b | c2 | d) < 0:
+                raise EncodeError(f"{self.name(f)}: not valid base64")
+            if o.base != NULL:
+                o.base[o.pos] = <uint8_t>((a << 2) | (b >> 4))
+                if j + 4 < k or pad < 2:
+                    o.base[o.pos + 1] = <uint8_t>(((b & 15) << 4) | (c2 >> 2))
+                if j + 4 < k or pad < 1:
+                    o.base[o.pos + 2] = <uint8_t>(((c2 & 3) << 6) | d)
+            o.pos += 3 if j + 4 < k else 3 - pad
+            j += 4
+        return 0
+
+    cdef str name(self, CField* f):
+        return f.key[:f.keylen].decode("utf-8", "replace") or "field"
+
+    cdef int wrong(self, CField* f, str expected, const uint8_t* s, Py_ssize_t i, Py_ssize_t n) except -1:
+        raise EncodeError(f"{self.name(f)}: expected {expected}, not {bytes(s[i:min(n, i + 40)])!r}")
+
+    # -- entry points --------------------------------------------------------
+
+    cdef Py_ssize_t run(self, Out* o, object stored, int msg, int64_t rv, int what, bytes head) except -1:
+        """what: 0 = message body alone, 1 = list item field (2), 2 = object frame (envelope), 3 = event frame."""
+        cdef Py_buffer view
+        cdef Py_ssize_t start = o.pos, mark1 = 0, mark2 = 0, mark3 = 0, end
+        cdef int r1 = 0, r2 = 0, r3 = 0
+        cdef const uint8_t* s
+        PyObject_GetBuffer(stored, &view, PyBUF_SIMPLE)
+        try:
+            s = <const uint8_t*>view.buf
+            if what == 3:
+                put(o, b"\0\0\0\0", 4)
+                put(o, PyBytes_AS_STRING(head), len(head))  # type field + RawExtension tag
+                mark1 = open_len(o, view.len + 64, &r1)
+                put(o, b"\x0a", 1)
+                mark2 = open_len(o, view.len + 64, &r2)
+            if what >= 2:
+                put(o, b"k8s\0", 4)
+                put(o, PyBytes_AS_STRING(self._type_meta), len(self._type_meta))
+                put(o, b"\x12", 1)
+                mark3 = open_len(o, view.len, &r3)
+            elif what == 1:
+                put(o, b"\x12", 1)
+                mark3 = open_len(o, view.len, &r3)
+            end = self.message(o, s, 0, view.len, msg, rv, 0)
+            if ws(s, end, view.len) != view.len:
+                bad("data after the object", s, end)
+            if what >= 1:
+                close_len(o, mark3, r3)
+            if what >= 2:
+                put(o, b"\x1a\x00\x22\x00", 4)
+            if what == 3:
+                close_len(o, mark2, r2)
+                close_len(o, mark1, r1)
+                size = o.pos - start - 4
+                if size > 0xFFFFFFFF:
+                    raise FrameTooLarge("event does not fit a 4-byte length prefix", o.cap)
+                if o.base != NULL:
+                    o.base[start] = (size >> 24) & 0xFF
+                    o.base[start + 1] = (size >> 16) & 0xFF
+                    o.base[start + 2] = (size >> 8) & 0xFF
+                    o.base[start + 3] = size & 0xFF
+        finally:
+            PyBuffer_Release(&view)
+        return o.pos - start
+
+    cdef bytes _type_meta  # set per call by the encoder (object and event frames)
+
+    def encode(self, object stored, int msg, int64_t rv, int what, bytes type_meta, bytes head, object buf, Py_ssize_t max_frame_size):
+        """Write into ``buf`` (a PoolBuffer; None: only count) and return the frame's size."""
+        cdef Out o
+        cdef Py_ssize_t n, start
+        self._type_meta = type_meta
+        if buf is None:
+            o.base = NULL
+            o.pos = 0
+            o.cap = max_frame_size
+            return self.run(&o, stored, msg, rv, what, head)
+        data = buf.data
+        start = buf.length
+        if not PyByteArray_CheckExact(data) or not 0 <= start <= PyByteArray_GET_SIZE(data):
+            raise TypeError("buf must be a PoolBuffer")
+        o.base = <uint8_t*>PyByteArray_AS_STRING(data)
+        o.pos = start
+        o.cap = min(PyByteArray_GET_SIZE(data), start + max_frame_size + 1)
+        try:
+            n = self.run(&o, stored, msg, rv, what, head)
+        except BufferFull:
+            if o.cap == start + max_frame_size + 1:
+                raise FrameTooLarge(f"frame exceeds max_frame_size {max_frame_size}", max_frame_size) from None
+            raise
+        if n > max_frame_size:
+            raise FrameTooLarge(f"frame of {n} bytes exceeds max_frame_size {max_frame_size}", max_frame_size)
+        buf.length = start + n
+        return n
+
+
+cdef bytes _unescape(const uint8_t* s, Py_ssize_t i, Py_ssize_t end):
+    cdef Out o
+    o.base = NULL
+    o.pos = 0
+    o.cap = end - i + 1
+    put_unescaped(&o, s, i, end)
+    out = PyBytes_FromStringAndSize(NULL, o.pos)
+    o.base = <uint8_t*>PyBytes_AS_STRING(out)
+    o.pos = 0
+    put_unescaped(&o, s, i, end)
+    return out
+
+
+def _type_meta(api_version, kind):
+    tm = _kubeproto_py._len_field(1, api_version.encode()) + _kubeproto_py._len_field(2, kind.encode())
+    return _kubeproto_py._len_field(1, tm)
+
+
+class _Scratch:
+    """A stand-in PoolBuffer for building a bytes frame."""
+
+    __slots__ = ("data", "length", "capacity")
+
+    def __init__(self, size):
+        self.data = bytearray(size)
+        self.length = 0
+        self.capacity = size
+
+
+class KubeProtoEncoder(_kubeproto_py.KubeProtoEncoder):
+    __doc__ = _kubeproto_py.KubeProtoEncoder.__doc__
+
+    def __init__(self, schema=None, *, max_frame_size=_kubeproto_py.DEFAULT_MAX_FRAME_SIZE):
+        super().__init__(schema, max_frame_size=max_frame_size)
+        self._compiled = StoredTranscoder(self.schema)
+        self._heads = {}
+
+    def _tables(self):
+        if self._compiled.schema_version != self.schema.version:
+            self._compiled = StoredTranscoder(self.schema)
+        return self._compiled
+
+    def _head(self, api_version, kind):
+        head = self._heads.get((api_version, kind))
+        if head is None:
+            head = self._heads[(api_version, kind)] = (
+                self._tables().index[self._message_name(api_version, kind)], _type_meta(api_version, kind)
+            )
+        return head
+
+    def encode_stored(self, api_version, kind, stored, resource_version=None):
+        msg, type_meta = self._head(api_version, kind)
+        rv = -1 if resource_version is None else resource_version
+        size = self._tables().encode(stored, msg, rv, 2, type_meta, b"", None, self._max_frame_size)
+        scratch = _Scratch(size)
+        self._tables().encode(stored, msg, rv, 2, type_meta, b"", scratch, self._max_frame_size)
+        return bytes(scratch.data)
+
+    def encode_stored_event_into(self, type, api_version, kind, stored, resource_version, buf):
+        if type not in _kubeproto_py._EVENT_TYPES:
+            raise EncodeError(f"unknown watch event type {type!r}")
+        msg, type_meta = self._head(api_version, kind)
+        head = _kubeproto_py._len_field(1, type.encode("ascii")) + b"\x12"
+        return self._tables().encode(
+            stored, msg, -1 if resource_version is None else resource_version, 3, type_meta, head, buf, self._max_frame_size
+        )
+
+    def stored_list_item_size(self, api_version, kind, stored, resource_version):
+        msg, type_meta = self._head(api_version, kind)
+        return self._tables().encode(
+            stored, msg, -1 if resource_version is None else resource_version, 1, type_meta, b"", None, self._max_frame_size
+        )
+
+    def encode_stored_list_item_into(self, api_version, kind, stored, resource_version, buf):
+        msg, type_meta = self._head(api_version, kind)
+        return self._tables().encode(
+            stored, msg, -1 if resource_version is None else resource_version, 1, type_meta, b"", buf, self._max_frame_size
+        )
+
+    def stored_list_item(self, api_version, kind, stored, resource_version):
+        size = self.stored_list_item_size(api_version, kind, stored, resource_version)
+        scratch = _Scratch(size)
+        self.encode_stored_list_item_into(api_version, kind, stored, resource_version, scratch)
+        return bytes(scratch.data)

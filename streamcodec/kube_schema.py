@@ -1,0 +1,176 @@
+"""The schema registry of Kubernetes' typed protobuf: which kinds have a message, and its fields.
+
+Kubernetes serves built-in kinds in ``application/vnd.kubernetes.protobuf`` as their generated
+messages (``k8s.io/api/core/v1/generated.proto``), wrapped in the ``k8s\\x00`` + ``runtime.Unknown``
+envelope.  A server may offer that media type only for kinds whose message it knows: the
+:class:`KubeSchema` holds them.  :data:`DEFAULT_SCHEMA` has core/v1's kinds served by this
+project's server (Secret, ConfigMap, Namespace, Pod, Service, ... and their ``*List``) and
+``meta/v1`` ``Status``; :meth:`KubeSchema.register` adds more (custom resources have no protobuf
+in Kubernetes either: JSON and CBOR only).
+
+A message's fields are given as ``(json_name, number, kind, message, shape)``:
+
+kind
+    ``STRING``, ``BYTES`` (base64 text in JSON), ``BOOL``, ``INT32``, ``INT64``, ``DOUBLE``,
+    ``MESSAGE`` (``message`` names it), or a type with a JSON form of its own: ``TIME``
+    (``metav1.Time``/``MicroTime``: RFC 3339 text -> ``{1: seconds, 2: nanos}``), ``QUANTITY``
+    (text -> ``{1: string}``), ``INTORSTRING`` (number or text -> ``{1: type, 2: intVal,
+    3: strVal}``), ``RAWJSON`` (``FieldsV1``/``RawExtension``: any JSON -> ``{1: its bytes}``),
+    ``DURATION`` (Go duration text -> ``{1: nanoseconds}``).
+shape
+    ``ONE``, ``REPEATED`` (a JSON array; proto2, so unpacked), ``MAP`` (a JSON object with
+    string keys; entries ``{1: key, 2: value}``) or ``INLINE`` (an embedded message whose
+    JSON fields sit in the parent's object, Go's ``json:",inline"``; its ``json_name`` is ``""``).
+
+The field numbers and types are facts from Kubernetes' ``generated.proto`` (version 0.36.4),
+joined with the JSON names of its Go struct tags by ``scripts/gen-kube-schema``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from . import _kube_schema_data
+
+__all__ = ["KubeSchema", "Field", "Message", "DEFAULT_SCHEMA", "KINDS", "SHAPES"]
+
+#: Field kinds (their codes are what the compiled transcoder switches on).
+KINDS = ("STRING", "BYTES", "BOOL", "INT32", "INT64", "DOUBLE", "MESSAGE", "TIME", "QUANTITY", "INTORSTRING", "RAWJSON", "DURATION")
+SHAPES = ("ONE", "REPEATED", "MAP", "INLINE")
+
+#: Deepest chain of inlined messages a JSON key may reach through (core/v1 has 1).
+MAX_INLINE_DEPTH = 4
+
+FieldSpec = Tuple[str, int, str, Optional[str], str]
+
+
+class Field(NamedTuple):
+    """One JSON key of a message, resolved: where its value goes on the wire."""
+
+    json_name: str
+    number: int
+    kind: str
+    message: Optional[str]  #: the message's full name, for kind MESSAGE
+    shape: str  #: ONE, REPEATED or MAP (INLINE fields are flattened into ``path``)
+    path: Tuple[int, ...]  #: field numbers of the inlined messages the value is nested in
+
+
+class Message(NamedTuple):
+    name: str
+    fields: Tuple[Field, ...]  #: every JSON key, inlined ones included
+    by_json: Mapping[str, Field]
+
+
+class KubeSchema:
+    """Kinds served in typed protobuf and the tables of their messages.
+
+    ``kinds``: ``(apiVersion, kind) -> message name``; ``messages``: ``name -> field specs``.
+    """
+
+    def __init__(self, kinds: Mapping[Tuple[str, str], str], messages: Mapping[str, Sequence[FieldSpec]]) -> None:
+        self._kinds: Dict[Tuple[str, str], str] = {}
+        self._specs: Dict[str, Tuple[FieldSpec, ...]] = {}
+        self._messages: Dict[str, Message] = {}
+        self.version = 0  #: bumped by every change (compiled encoders rebuild their tables)
+        self.register(kinds, messages)
+
+    def register(self, kinds: Mapping[Tuple[str, str], str], messages: Mapping[str, Sequence[FieldSpec]] = {}) -> None:
+        """Add kinds and message tables (a message already known is replaced).
+
+        Every message a field refers to must be known once this returns: the check runs here,
+        not when the first object of the kind is encoded.
+        """
+        for name, specs in messages.items():
+            checked = []
+            for spec in specs:
+                json_name, number, kind, message, shape = spec
+                if kind not in KINDS or shape not in SHAPES:
+                    raise ValueError(f"{name}.{json_name}: unknown kind {kind!r} or shape {shape!r}")
+                if not (type(number) is int and 1 <= number < 1 << 29):
+                    raise ValueError(f"{name}.{json_name}: field number {number!r} out of range")
+                if (kind == "MESSAGE") != (message is not None):
+                    raise ValueError(f"{name}.{json_name}: a MESSAGE field names its message, and only it")
+                if shape == "INLINE" and (kind != "MESSAGE" or json_name):
+                    raise ValueError(f"{name}: an INLINE field is a MESSAGE with an empty json name")
+                checked.append((str(json_name), number, kind, message, shape))
+            self._specs[name] = tuple(checked)
+        for key, name in kinds.items():
+            self._kinds[(str(key[0]), str(key[1]))] = str(name)
+        self._messages.clear()
+        for name in list(self._specs):
+            self.message(name)  # resolves every reference now
+        for key, name in self._kinds.items():
+            if name not in self._specs:
+                raise ValueError(f"kind {key} names unknown message {name!r}")
+        self.version += 1
+
+    def message_name(self, api_version: str, kind: str) -> Optional[str]:
+        """The message of a kind, or None when it has no typed protobuf here."""
+        return self._kinds.get((api_version, kind))
+
+    def kinds(self) -> List[Tuple[str, str]]:
+        return sorted(self._kinds)
+
+    def message_names(self) -> List[str]:
+        return sorted(self._specs)
+
+    def message(self, name: str) -> Message:
+        """The resolved message (inlined fields flattened into their parent's keys)."""
+        cached = self._messages.get(name)
+        if cached is not None:
+            return cached
+        fields: List[Field] = []
+        self._flatten(name, (), fields, 0)
+        by_json: Dict[str, Field] = {}
+        for f in fields:
+            if f.json_name in by_json:
+                raise ValueError(f"{name}: json key {f.json_name!r} appears twice")
+            by_json[f.json_name] = f
+        message = self._messages[name] = Message(name, tuple(fields), by_json)
+        return message
+
+    def _flatten(self, name: str, path: Tuple[int, ...], out: List[Field], depth: int) -> None:
+        specs = self._specs.get(name)
+        if specs is None:
+            raise ValueError(f"unknown message {name!r}")
+        if depth > MAX_INLINE_DEPTH:
+            raise ValueError(f"{name}: inlined deeper than {MAX_INLINE_DEPTH} levels")
+        for json_name, number, kind, message, shape in specs:
+            if shape == "INLINE":
+                assert message is not None
+                self._flatten(message, path + (number,), out, depth + 1)
+            else:
+                if message is not None and message not in self._specs:
+                    raise ValueError(f"{name}.{json_name}: unknown message {message!r}")
+                out.append(Field(json_name, number, kind, message, shape, path))
+
+    def byte_paths(self, name: str) -> Dict[str, object]:
+        """For CBOR: the JSON keys under which this message holds ``[]byte`` values.
+
+        A nested dict: ``{key: True}`` for a BYTES field (or a MAP/REPEATED of them), ``{key:
+        {...}}`` for a message containing some.  Empty when the message holds none.
+        """
+        return self._byte_paths(name, set())
+
+    def _byte_paths(self, name: str, seen: "set[str]") -> Dict[str, object]:
+        if name in seen:
+            return {}
+        seen = seen | {name}
+        out: Dict[str, object] = {}
+        for f in self.message(name).fields:
+            if f.kind == "BYTES":
+                out[f.json_name] = True
+            elif f.kind == "MESSAGE":
+                assert f.message is not None
+                inner = self._byte_paths(f.message, seen)
+                if inner:
+                    out[f.json_name] = inner
+        return out
+
+
+def _default() -> KubeSchema:
+    return KubeSchema(_kube_schema_data.KINDS, _kube_schema_data.MESSAGES)
+
+
+#: Core/v1 kinds of Kubernetes 0.36.4 served by this project's server, plus meta/v1 Status.
+DEFAULT_SCHEMA: KubeSchema = _default()
