@@ -66,3 +66,26 @@ def etcd_cluster(request: pytest.FixtureRequest) -> Iterator[EtcdCluster]:
 def prefix() -> bytes:
     """A key prefix no other test uses, e.g. ``b"/registry/test-<uuid>/"``."""
     return f"/registry/test-{uuid.uuid4().hex}/".encode()
+
+
+@pytest.fixture(scope="session")
+def kube_proto() -> "tests.kube_proto.KubeProto":
+    """The independent typed-protobuf oracle (tests/kube_proto.py): Kubernetes' own generated.proto files
+    (provisioned by scripts/provision-kube-proto) compiled with grpcio-tools.  A provisioning failure FAILS."""
+    import os
+    import subprocess
+
+    from tests import kube_proto as _kube_proto
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "provision-kube-proto")
+    try:
+        proc = subprocess.run([script], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"scripts/provision-kube-proto did not run: {exc}", pytrace=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or len(lines) != 1 or not os.path.isdir(lines[0]):
+        pytest.fail(f"scripts/provision-kube-proto failed ({proc.returncode}): {proc.stderr.strip()} {proc.stdout.strip()}", pytrace=False)
+    try:
+        return _kube_proto.load(lines[0])
+    except _kube_proto.KubeProtoError as exc:
+        pytest.fail(f"cannot build the Kubernetes protobuf oracle: {exc}", pytrace=False)
