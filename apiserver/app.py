@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import streamcodec
 from streamcodec import BufferPool
+from streamcodec.kube_schema import DEFAULT_SCHEMA, KubeSchema
 from streamcodec.limits import DEFAULT_BUFFER_SIZE, DEFAULT_POOL_BYTES
 
 from storage import EtcdStore
@@ -32,7 +33,7 @@ from . import objects
 from .negotiation import FORMATS, available_formats, format_for_content_type, negotiate
 from .objects import DEFAULT_RESOURCES, Resource
 from .status import APIError, bad_request, from_storage_error, internal_error
-from .streams import StreamResponse, close_iterator, send_error_response
+from .streams import ItemWriter, StreamResponse, close_iterator, send_error_response
 from .handlers import ListRequest, WatchRequest, list_producer, buffered_list_body, watch_producer, watch_error_event
 
 __all__ = ["App", "ServerConfig", "create_app", "KUBERNETES_VERSION"]
@@ -55,7 +56,8 @@ class ServerConfig:
     ``stall_timeout``: seconds one send may wait on a client that reads
     nothing before it is disconnected.  ``key_root``: etcd key prefix of all
     objects.  ``passthrough``: JSON values in this server's stored layout go
-    out without decode/re-encode.
+    out without decode/re-encode.  ``kube_schema``: the kinds served in
+    Kubernetes' typed protobuf (others get the client's next acceptable type).
     """
 
     list_mode: str = "streaming"
@@ -70,6 +72,7 @@ class ServerConfig:
     max_body_bytes: int = 3 * 1024 * 1024
     max_watch_timeout: int = 1800
     passthrough: bool = True
+    kube_schema: KubeSchema = DEFAULT_SCHEMA
 
     def __post_init__(self) -> None:
         if self.list_mode not in ("streaming", "buffered"):
@@ -112,8 +115,12 @@ class App:
         self.formats = available_formats()
         mfs = self.config.buffer_bytes
         self.encoders: Dict[str, Any] = {
-            name: getattr(streamcodec, FORMATS[name].encoder_class)(max_frame_size=mfs) for name in self.formats
+            name: getattr(streamcodec, FORMATS[name].encoder_class)(max_frame_size=mfs)
+            for name in self.formats
+            if name != "protobuf"
         }
+        #: Kubernetes' typed protobuf, per kind (only kinds of its schema registry)
+        self.kube_proto = streamcodec.KubeProtoEncoder(self.config.kube_schema, max_frame_size=mfs)
         #: formats whose list bodies need the item count before the items
         self.needs_count = {name for name, enc in self.encoders.items() if _needs_count(enc)}
         self.active_streams = 0
@@ -155,9 +162,9 @@ class App:
             return
         encoder = self.encoders.get("json")
         try:
-            fmt = negotiate(_header(scope, b"accept"), self.formats)
-            encoder = self.encoders[fmt]
-            response = await self._route(scope, receive, fmt)
+            accept = _header(scope, b"accept")
+            encoder = self.encoder(negotiate(accept, self._formats_for("Status")), "Status")  # for errors
+            response = await self._route(scope, receive, accept)
         except APIError as exc:
             await send_error_response(send, exc, encoder)
             return
@@ -182,8 +189,21 @@ class App:
 
     # -- routing -----------------------------------------------------------
 
-    async def _route(self, scope: Dict[str, Any], receive: Any, fmt: str) -> Any:
+    def _formats_for(self, kind: Optional[str]) -> List[str]:
+        """The formats a response holding ``kind`` objects can be sent in."""
+        if kind is not None and self.kube_proto.supports("v1", kind):
+            return self.formats
+        return [f for f in self.formats if f != "protobuf"]
+
+    def encoder(self, fmt: str, kind: str) -> Any:
+        """The encoder of format ``fmt`` for responses holding ``kind`` objects."""
+        if fmt == "protobuf":
+            return self.kube_proto.for_kind("v1", kind)
+        return self.encoders[fmt]
+
+    async def _route(self, scope: Dict[str, Any], receive: Any, accept: Optional[str]) -> Any:
         method = scope["method"]
+        fmt = negotiate(accept, self._formats_for(None))  # discovery: kinds without typed protobuf here
         path = scope["path"].rstrip("/") or "/"
         query = _parse_query(scope.get("query_string", b""))
         if path in ("/healthz", "/readyz", "/livez"):
@@ -217,6 +237,7 @@ class App:
         if len(rest) > 2:
             raise APIError(404, "NotFound", "the server could not find the requested resource (subresources are not served)")
         resource = objects.resource_info(rest[0], self.config.resources)
+        fmt = negotiate(accept, self._formats_for(resource.kind))
         name = objects.check_name("name", rest[1]) if len(rest) == 2 else None
         if name is not None and namespace is None and resource.namespaced:
             raise APIError(404, "NotFound", f"the server could not find the requested resource: {resource.name} is namespaced")
@@ -259,13 +280,27 @@ class App:
         encoder = self.encoders[fmt]
         return PlainResponse(code, encoder.encode(obj), encoder.content_type)
 
-    def _kv_response(self, code: int, value: Any, revision: int, fmt: str) -> "PlainResponse":
-        encoder = self.encoders[fmt]
+    def _kv_response(self, code: int, value: Any, revision: int, fmt: str, resource: Resource) -> "PlainResponse":
+        encoder = self.encoder(fmt, resource.kind)
         if fmt == "json" and self.config.passthrough:
             spliced = objects.splice_resource_version(value, revision)
             if spliced is not None:
                 return PlainResponse(code, spliced, encoder.content_type)
-        return PlainResponse(code, encoder.encode(objects.decode_stored(value, revision)), encoder.content_type)
+        if fmt == "protobuf" and objects.detect_format(value) == "json":
+            return PlainResponse(code, encoder.encode_stored(value, revision), encoder.content_type)
+        obj = objects.decode_stored(value, revision)
+        if fmt == "cbor":
+            obj = objects.with_byte_strings(obj, self._byte_paths(resource.kind))
+        return PlainResponse(code, encoder.encode(obj), encoder.content_type)
+
+    def _byte_paths(self, kind: str) -> Dict[str, Any]:
+        """Where objects of ``kind`` hold ``[]byte`` fields (CBOR writes them as byte strings)."""
+        message = self.kube_proto.schema.message_name("v1", kind)
+        return self.kube_proto.schema.byte_paths(message) if message else {}
+
+    def _item_writer(self, encoder: Any, fmt: str, resource: Resource) -> ItemWriter:
+        paths = self._byte_paths(resource.kind) if fmt == "cbor" else None
+        return ItemWriter(encoder, fmt, resource, self.config.passthrough, paths)
 
     async def _get(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
         store = await self.store()
@@ -273,7 +308,7 @@ class App:
             kv = await store.get(self._key(resource, namespace, name))
         except storage_errors.StorageError as exc:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
-        return self._kv_response(200, kv.value, int(kv.mod_revision), fmt)
+        return self._kv_response(200, kv.value, int(kv.mod_revision), fmt, resource)
 
     async def _read_body(self, scope: Dict[str, Any], receive: Any) -> Tuple[bytes, str]:
         chunks: List[bytes] = []
@@ -312,7 +347,7 @@ class App:
             revision = await store.create(self._key(resource, namespace, name), value)
         except storage_errors.StorageError as exc:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
-        return self._kv_response(201, value, revision, fmt)
+        return self._kv_response(201, value, revision, fmt, resource)
 
     async def _replace(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
         body, body_format = await self._read_body(scope, receive)
@@ -338,7 +373,7 @@ class App:
             revision = await store.update(key, value, expected)
         except storage_errors.StorageError as exc:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
-        return self._kv_response(200, value, revision, fmt)
+        return self._kv_response(200, value, revision, fmt, resource)
 
     async def _delete(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
         store = await self.store()
@@ -347,7 +382,7 @@ class App:
         except storage_errors.StorageError as exc:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
         # Like kube-apiserver for immediate deletion: the object as it was.
-        return self._kv_response(200, previous.value, int(previous.mod_revision), fmt)
+        return self._kv_response(200, previous.value, int(previous.mod_revision), fmt, resource)
 
     # -- admission ---------------------------------------------------------
 
@@ -370,8 +405,7 @@ class App:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self._responses.discard(response)
 
-    def _stream(self, producer: Any, fmt: str, *, watch: bool, cleanup: Any, on_error: Any = None) -> StreamResponse:
-        encoder = self.encoders[fmt]
+    def _stream(self, producer: Any, encoder: Any, fmt: str, *, watch: bool, cleanup: Any, on_error: Any = None) -> StreamResponse:
         if watch:
             # kube-apiserver: JSON watch bodies are application/json, other formats say ;stream=watch
             content_type = "application/json" if fmt == "json" else encoder.stream_content_type
@@ -398,20 +432,21 @@ class App:
         request = ListRequest.parse(query)
         store = await self.store()
         prefix = self._prefix(resource, namespace)
+        encoder = self.encoder(fmt, resource.kind)
+        items = self._item_writer(encoder, fmt, resource)
         self._admit()
         try:
             if self.config.list_mode == "buffered":
-                body = await buffered_list_body(store, prefix, request, resource, self.encoders[fmt], self.config.passthrough and fmt == "json")
+                body = await buffered_list_body(store, prefix, request, resource, items)
                 self._release_plain()
-                return PlainResponse(200, body, self.encoders[fmt].content_type)
+                return PlainResponse(200, body, encoder.content_type)
             producer, cleanup = await list_producer(
-                store, prefix, request, resource, self.config.passthrough and fmt == "json", self.config.buffer_bytes,
-                needs_count=fmt in self.needs_count,
+                store, prefix, request, resource, items, self.config.buffer_bytes, needs_count=fmt in self.needs_count,
             )
         except BaseException:
             self._release_plain()
             raise
-        return self._stream(producer, fmt, watch=False, cleanup=cleanup)
+        return self._stream(producer, encoder, fmt, watch=False, cleanup=cleanup)
 
     def _release_plain(self) -> None:
         self.active_streams -= 1
@@ -422,13 +457,15 @@ class App:
         request = WatchRequest.parse(query, self.config.max_watch_timeout)
         store = await self.store()
         prefix = self._prefix(resource, namespace)
+        encoder = self.encoder(fmt, resource.kind)
+        items = self._item_writer(encoder, fmt, resource)
         self._admit()
         try:
-            producer, cleanup = await watch_producer(store, prefix, request, resource, self.config.passthrough and fmt == "json")
+            producer, cleanup = await watch_producer(store, prefix, request, resource, items)
         except BaseException:
             self._release_plain()
             raise
-        return self._stream(producer, fmt, watch=True, cleanup=cleanup, on_error=watch_error_event)
+        return self._stream(producer, encoder, fmt, watch=True, cleanup=cleanup, on_error=watch_error_event)
 
 
 class PlainResponse:

@@ -21,7 +21,7 @@ from storage import errors as storage_errors
 
 from .objects import Resource
 from .status import APIError, bad_request
-from .streams import bookmark_object, close_iterator, tombstone_object, write_kv_event, write_kv_item
+from .streams import ItemWriter, bookmark_object, close_iterator, tombstone_object
 
 __all__ = ["ListRequest", "WatchRequest", "list_producer", "buffered_list_body", "watch_producer", "watch_error_event"]
 
@@ -101,6 +101,8 @@ class ListRequest:
                 raise bad_request(f"limit: invalid value {query['limit']!r}: must be a non-negative integer")
             limit = int(query["limit"]) or None
         token = query.get("continue") or None
+        if "sendInitialEvents" in query:
+            raise APIError(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list")
         rv_text = query.get("resourceVersion", "")
         match = query.get("resourceVersionMatch", "")
         if match not in ("", "Exact", "NotOlderThan"):
@@ -144,7 +146,7 @@ async def list_producer(
     prefix: bytes,
     request: ListRequest,
     resource: Resource,
-    passthrough: bool,
+    items: ItemWriter,
     prefetch_bytes: int,
     needs_count: bool = False,
 ) -> Tuple[Producer, Cleanup]:
@@ -152,11 +154,12 @@ async def list_producer(
 
     The list's metadata (resourceVersion, continue) precedes its items in
     every format, but a continue token is known only once the page's last
-    item is read, and a format without indefinite-length arrays
-    (``needs_count``: MessagePack) needs the item count up front.  Such
-    requests read their items first: kept when they fit ``prefetch_bytes``,
-    else only counted (memory stays one etcd page) and then read again at
-    the same pinned revision while streaming.
+    item is read, a format without indefinite-length arrays (``needs_count``:
+    MessagePack) needs the item count up front, and Kubernetes' protobuf
+    (``items.needs_items_size``) the items' byte size.  Such requests read
+    their items first: kept when they fit ``prefetch_bytes``, else only
+    counted and sized (memory stays one etcd page) and then read again at the
+    same pinned revision while streaming.
     """
     kind = resource.kind + "List"
     keys = request.keys
@@ -165,8 +168,10 @@ async def list_producer(
     first: List[Any] = []
     token: Optional[str] = None
     count: Optional[int] = None
+    items_size: Optional[int] = None
+    needs_size = items.needs_items_size
     try:
-        if request.limit is None and not needs_count:
+        if request.limit is None and not needs_count and not needs_size:
             try:
                 first.append(await stream.__anext__())
             except StopAsyncIteration:
@@ -175,10 +180,13 @@ async def list_producer(
             held_bytes = 0
             overflow = False
             count = 0
+            size = 0
             async for kv in stream:
                 if keys.active and not keys.matches(kv.key, prefix):
                     continue
                 count += 1
+                if needs_size:
+                    size += items.item_size(kv.value, int(kv.mod_revision))
                 if not overflow:
                     held.append(kv)
                     held_bytes += len(kv.key) + len(kv.value)
@@ -187,6 +195,7 @@ async def list_producer(
                         held.clear()
                 del kv
             token = stream.continue_token
+            items_size = size if needs_size else None
             if overflow:
                 pinned = int(stream.revision or 0)
                 await close_iterator(stream)
@@ -207,12 +216,14 @@ async def list_producer(
         raise
 
     async def produce(writer: FrameWriter) -> None:
-        await writer.list_start(kind=kind, api_version="v1", metadata=_list_metadata(revision, token), count=count)
-        items: Any = _drain(held) if held else _chain(first, stream)
-        async for kv in items:
+        await writer.list_start(
+            kind=kind, api_version="v1", metadata=_list_metadata(revision, token), count=count, items_size=items_size
+        )
+        kvs: Any = _drain(held) if held else _chain(first, stream)
+        async for kv in kvs:
             if keys.active and not keys.matches(kv.key, prefix):
                 continue
-            await write_kv_item(writer, kv.value, int(kv.mod_revision), passthrough)
+            await items.item(writer, kv.value, int(kv.mod_revision))
             del kv
         await writer.list_end()
 
@@ -238,9 +249,7 @@ async def _chain(first: List[Any], stream: Any) -> Any:
         yield kv
 
 
-async def buffered_list_body(
-    store: EtcdStore, prefix: bytes, request: ListRequest, resource: Resource, encoder: Any, passthrough: bool
-) -> bytes:
+async def buffered_list_body(store: EtcdStore, prefix: bytes, request: ListRequest, resource: Resource, items: ItemWriter) -> bytes:
     """The classic way: read every item, encode the whole body, return it."""
     stream = _open_list(store, prefix, request)
     try:
@@ -255,6 +264,7 @@ async def buffered_list_body(
         chunks.append(bytes(view))
 
     # A private pool: the buffered body is not bounded by the shared budget by design.
+    encoder = items.encoder
     pool = BufferPool(2 * encoder.max_frame_size, encoder.max_frame_size)
     async with FrameWriter(encoder, pool, collect) as writer:
         if request.keys.active:
@@ -264,9 +274,10 @@ async def buffered_list_body(
             api_version="v1",
             metadata=_list_metadata(revision, stream.continue_token),
             count=len(kvs),
+            items_size=sum(items.item_size(kv.value, int(kv.mod_revision)) for kv in kvs) if items.needs_items_size else None,
         )
         for kv in kvs:
-            await write_kv_item(writer, kv.value, int(kv.mod_revision), passthrough)
+            await items.item(writer, kv.value, int(kv.mod_revision))
         await writer.list_end()
     return b"".join(chunks)
 
@@ -311,7 +322,7 @@ class WatchRequest:
 
 
 async def watch_producer(
-    store: EtcdStore, prefix: bytes, request: WatchRequest, resource: Resource, passthrough: bool
+    store: EtcdStore, prefix: bytes, request: WatchRequest, resource: Resource, items: ItemWriter
 ) -> Tuple[Producer, Cleanup]:
     """A watch (or watch-list) response; the storage stream is started here."""
     kind = resource.kind
@@ -352,7 +363,7 @@ async def watch_producer(
         if event.type == "DELETED" and not len(kv.value):
             await writer.event("DELETED", tombstone_object(kind, bytes(kv.key), event.revision))
         else:
-            await write_kv_event(writer, event.type, kv.value, int(event.revision), passthrough)
+            await items.event(writer, event.type, kv.value, int(event.revision))
         return live
 
     async def run(writer: FrameWriter) -> None:

@@ -2,8 +2,14 @@
 
 Formats: ``json`` (application/json; also chosen for ``*/*``, ``application/*``
 and a missing header), ``cbor`` (application/cbor, application/cbor-seq),
-``protobuf`` (application/vnd.kubernetes.protobuf) and ``msgpack``
-(application/vnd.msgpack).  Media ranges are tried by descending ``q``, then
+``protobuf`` (application/vnd.kubernetes.protobuf: Kubernetes' typed messages,
+offered only for kinds of the schema registry, :mod:`streamcodec.kube_schema`),
+``protobuf-struct`` (application/vnd.streamcodec.struct+protobuf: this project's
+own ``google.protobuf.Struct`` objects, for any kind) and ``msgpack``
+(application/vnd.msgpack).  A format the response's kind cannot be served in is
+passed over like any unknown media type, so client-go's
+``application/vnd.kubernetes.protobuf,application/json`` gets JSON for a kind
+without a message.  Media ranges are tried by descending ``q``, then
 in the order given; a range carrying parameters this server cannot honour
 (``as=Table``, a ``g``/``v`` conversion) is skipped, as kube-apiserver skips
 what it cannot serve, so kubectl's
@@ -31,7 +37,10 @@ class Format(NamedTuple):
 FORMATS: Dict[str, Format] = {
     "json": Format("json", "JSONEncoder", "JSONDecoder", ("application/json",)),
     "cbor": Format("cbor", "CBOREncoder", "CBORDecoder", ("application/cbor", "application/cbor-seq")),
-    "protobuf": Format("protobuf", "ProtoEncoder", "ProtoDecoder", ("application/vnd.kubernetes.protobuf",)),
+    "protobuf": Format("protobuf", "KubeProtoEncoder", "", ("application/vnd.kubernetes.protobuf",)),
+    "protobuf-struct": Format(
+        "protobuf-struct", "ProtoEncoder", "ProtoDecoder", ("application/vnd.streamcodec.struct+protobuf",)
+    ),
     "msgpack": Format("msgpack", "MsgpackEncoder", "MsgpackDecoder", ("application/vnd.msgpack", "application/msgpack")),
 }
 _BY_MEDIA_TYPE = {mt: f.name for f in FORMATS.values() for mt in f.media_types}
@@ -45,7 +54,7 @@ def available_formats() -> List[str]:
     return [
         f.name
         for f in FORMATS.values()
-        if hasattr(streamcodec, f.encoder_class) and hasattr(streamcodec, f.decoder_class)
+        if hasattr(streamcodec, f.encoder_class) and (not f.decoder_class or hasattr(streamcodec, f.decoder_class))
     ]
 
 
@@ -90,7 +99,7 @@ def negotiate(accept: Optional[str], available: Optional[List[str]] = None) -> s
             name = _BY_MEDIA_TYPE.get(media_type, "")
         if name in available:
             return name
-    supported = ", ".join(FORMATS[n].media_types[0] for n in available)
+    supported = ", ".join(FORMATS[n].media_types[0] for n in FORMATS if n in available)
     raise APIError(406, "NotAcceptable", f"only the following media types are accepted: {supported}")
 
 
@@ -100,6 +109,6 @@ def format_for_content_type(content_type: Optional[str], available: Optional[Lis
         available = available_formats()
     media_type = (content_type or "application/json").split(";", 1)[0].strip().lower()
     name = _BY_MEDIA_TYPE.get(media_type)
-    if name is None or name not in available:
+    if name is None or name not in available or not FORMATS[name].decoder_class:
         raise APIError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {media_type}")
     return name

@@ -23,6 +23,8 @@ writers in other layouts are therefore always correct, just slower.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import json
 import re
@@ -128,21 +130,24 @@ def check_name(what: str, value: str) -> str:
 
 
 def detect_format(value: Any) -> str:
-    """``cbor``, ``protobuf`` or ``json`` from the first bytes of a stored value."""
+    """``cbor``, ``protobuf-struct`` or ``json`` from the first bytes of a stored value."""
     head = bytes(value[:4])
     if head[:3] == CBOR_PREFIX:
         return "cbor"
     if head == PROTO_PREFIX:
-        return "protobuf"
+        return "protobuf-struct"  # this project's own Struct protobuf (it never stores typed messages)
     return "json"
 
 
-def splice_resource_version(value: Any, mod_revision: int) -> Optional[bytes]:
+def splice_resource_version(value: Any, mod_revision: int, drop_suffix: bytes = b"") -> Optional[bytes]:
     """JSON with ``"resourceVersion":"N"`` inserted in metadata, or None.
 
     Only for this server's layout (see the module doc): the prefix proves the
     insertion point is the top-level metadata object, and the absence of the
-    key anywhere proves no duplicate key can result.
+    key anywhere proves no duplicate key can result.  ``drop_suffix`` (a
+    list item's ``,"kind":"X","apiVersion":"v1"}``, which this server's layout
+    ends with) is cut from the end, keeping the closing brace; a value that
+    does not end with it gives None.
 
     ``value`` may be a memoryview (a slice of an etcd page): the result is
     built with one copy of it, and the key search runs over that copy.
@@ -150,14 +155,65 @@ def splice_resource_version(value: Any, mod_revision: int) -> Optional[bytes]:
     head = bytes(value[: _PREFIX_LEN + 1])
     if not head.startswith(_JSON_LAYOUT_PREFIX):
         return None
+    view = memoryview(value)
+    end = len(view)
+    if drop_suffix:
+        end -= len(drop_suffix)
+        if end <= _PREFIX_LEN or bytes(view[end:]) != drop_suffix:
+            return None
     sep = b"" if head[_PREFIX_LEN:] == b"}" else b","
     inserted = b'%s"resourceVersion":"%d"%s' % (_JSON_LAYOUT_PREFIX, mod_revision, sep)
-    spliced = b"".join((inserted, memoryview(value)[_PREFIX_LEN:]))
+    spliced = b"".join((inserted, view[_PREFIX_LEN:end], b"}" if drop_suffix else b""))
     # The stored part starts right after ``inserted``; a "resourceVersion"
     # there (or straddling, which the prefix's shape rules out) means no splice.
     if spliced.find(_RV_KEY, len(inserted)) != -1:
         return None
     return spliced
+
+
+def with_byte_strings(obj: Any, paths: Dict[str, Any]) -> Any:
+    """``obj`` with the base64 text of its ``[]byte`` fields (``paths``: KubeSchema.byte_paths) as bytes.
+
+    Text that is not valid base64 stays text (the object was never valid for its kind).
+    """
+    if isinstance(obj, list):
+        return [with_byte_strings(item, paths) for item in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = dict(obj)
+    for key, sub in paths.items():
+        value = out.get(key)
+        if value is None:
+            continue
+        if sub is True:
+            out[key] = _b64_values(value)
+        else:
+            out[key] = with_byte_strings(value, sub)  # type: ignore[arg-type]
+    return out
+
+
+def _b64_values(value: Any) -> Any:
+    try:
+        if isinstance(value, str):
+            return base64.b64decode(value, validate=True)
+        if isinstance(value, dict):
+            return {k: base64.b64decode(v, validate=True) if isinstance(v, str) else v for k, v in value.items()}
+        if isinstance(value, list):
+            return [base64.b64decode(v, validate=True) if isinstance(v, str) else v for v in value]
+    except (binascii.Error, ValueError):
+        pass
+    return value
+
+
+def text_for_bytes(obj: Any) -> Any:
+    """A decoded CBOR/MessagePack body with byte strings as base64 text (JSON's form of ``[]byte``)."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    if isinstance(obj, dict):
+        return {k: text_for_bytes(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [text_for_bytes(v) for v in obj]
+    return obj
 
 
 _decoders: Dict[str, Any] = {}
@@ -196,6 +252,8 @@ def decode_body(body: bytes, fmt: str) -> Dict[str, Any]:
         raise bad_request(f"the request body is not valid {fmt}: {exc}") from None
     if not isinstance(obj, dict):
         raise bad_request("the request body must be an object")
+    if fmt != "json":
+        obj = text_for_bytes(obj)
     if not isinstance(obj.get("metadata", {}), dict):
         raise bad_request("metadata must be an object")
     return obj

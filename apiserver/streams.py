@@ -35,12 +35,20 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
 from streamcodec import BufferFull, BufferPool, EncodeError, FrameTooLarge, PoolBuffer
 from streamcodec.writer import FrameWriter
 
-from .objects import _JSON_LAYOUT_PREFIX, _PREFIX_LEN, _RV_KEY, decode_stored, splice_resource_version
+from .objects import (
+    _JSON_LAYOUT_PREFIX,
+    _PREFIX_LEN,
+    _RV_KEY,
+    decode_stored,
+    detect_format,
+    splice_resource_version,
+    with_byte_strings,
+)
 from .status import APIError, from_storage_error, internal_error
 
 from storage import errors as storage_errors
 
-__all__ = ["StreamResponse", "ClientStalled", "list_response", "watch_response", "write_kv_item", "write_kv_event"]
+__all__ = ["StreamResponse", "ClientStalled", "ItemWriter"]
 
 log = logging.getLogger("apiserver")
 
@@ -331,22 +339,74 @@ async def send_error_response(send: Any, error: APIError, encoder: Any) -> None:
 # storage values -> frames
 
 
-async def write_kv_item(writer: FrameWriter, value: Any, mod_revision: int, passthrough: bool) -> None:
-    """One list item: spliced pass-through when possible, else decode + re-encode."""
-    if passthrough:
-        spliced = splice_resource_version(value, mod_revision)
-        if spliced is not None:
-            await writer.list_raw_item(spliced)
+class ItemWriter:
+    """How the stored values of one response become its list items and watch events.
+
+    One per response: it knows the format, the kind and the encoder.
+
+    * JSON in this server's stored layout goes out as stored (pass-through), with
+      ``metadata.resourceVersion`` spliced in; a list item also loses the stored
+      ``kind``/``apiVersion`` (kube-apiserver's list items carry neither; watch objects do).
+    * Kubernetes' typed protobuf is transcoded from the stored JSON in one pass.
+    * Everything else is decoded, patched and re-encoded; for CBOR, the kind's ``[]byte``
+      fields (per the schema registry) become byte strings, as Kubernetes writes them.
+    """
+
+    __slots__ = ("encoder", "fmt", "kind", "passthrough", "typed", "byte_paths", "_list_suffix")
+
+    def __init__(self, encoder: Any, fmt: str, resource: Any, passthrough: bool, byte_paths: Optional[Dict[str, Any]] = None) -> None:
+        self.encoder = encoder
+        self.fmt = fmt
+        self.kind = resource.kind
+        self.passthrough = passthrough and fmt == "json"
+        self.typed = hasattr(encoder, "encode_stored_event_into")
+        self.byte_paths = byte_paths or {}
+        self._list_suffix = b',"kind":"%s","apiVersion":"v1"}' % resource.kind.encode()
+
+    @property
+    def needs_items_size(self) -> bool:
+        """A list body that needs its items' total size before them (typed protobuf)."""
+        return self.typed
+
+    def _object(self, value: Any, revision: int, list_item: bool) -> Dict[str, Any]:
+        obj = decode_stored(value, revision)
+        if list_item:
+            obj.pop("kind", None)
+            obj.pop("apiVersion", None)
+        if self.byte_paths:
+            obj = with_byte_strings(obj, self.byte_paths)
+        return obj
+
+    def item_size(self, value: Any, revision: int) -> int:
+        """Bytes one list item adds to a typed protobuf list body."""
+        if detect_format(value) == "json":
+            return int(self.encoder.list_item_size(value, revision))
+        probe = PoolBuffer(self.encoder.max_frame_size)
+        return int(self.encoder.encode_list_item_into(self._object(value, revision, True), probe, 0))
+
+    async def item(self, writer: FrameWriter, value: Any, revision: int) -> None:
+        """One list item."""
+        if self.passthrough:
+            spliced = splice_resource_version(value, revision, drop_suffix=self._list_suffix)
+            if spliced is not None:
+                await writer.list_raw_item(spliced)
+                return
+        elif self.typed and detect_format(value) == "json":
+            encode = self.encoder.encode_stored_list_item_into
+            await writer.list_item_with(lambda buf, index: encode(value, revision, buf, index))
             return
-    await writer.list_item(decode_stored(value, mod_revision))
+        await writer.list_item(self._object(value, revision, True))
 
-
-async def write_kv_event(writer: FrameWriter, type: str, value: Any, revision: int, passthrough: bool) -> None:
-    """One watch event: spliced pass-through when possible, else decode + re-encode."""
-    if passthrough and bytes(value[:_PREFIX_LEN]) == _JSON_LAYOUT_PREFIX:
-        await writer.write(_SplicedEventInto(writer.encoder, type, value, revision))
-        return
-    await writer.event(type, decode_stored(value, revision))
+    async def event(self, writer: FrameWriter, type: str, value: Any, revision: int) -> None:
+        """One watch event."""
+        if self.passthrough and bytes(value[:_PREFIX_LEN]) == _JSON_LAYOUT_PREFIX:
+            await writer.write(_SplicedEventInto(writer.encoder, type, value, revision))
+            return
+        if self.typed and detect_format(value) == "json":
+            encode = self.encoder.encode_stored_event_into
+            await writer.write(lambda buf: encode(type, value, revision, buf))
+            return
+        await writer.event(type, self._object(value, revision, False))
 
 
 #: A stored object in this server's layout with nothing in it: finds where an

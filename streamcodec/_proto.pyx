@@ -47,8 +47,8 @@ cdef extern from "Python.h":
     bint PyBool_Check(object o)
 
 MAGIC = b"k8s\x00"
-CONTENT_TYPE = "application/vnd.kubernetes.protobuf"
-STREAM_CONTENT_TYPE = "application/vnd.kubernetes.protobuf;stream=watch"
+CONTENT_TYPE = "application/vnd.streamcodec.struct+protobuf"
+STREAM_CONTENT_TYPE = "application/vnd.streamcodec.struct+protobuf;stream=watch"
 HARD_MAX_DEPTH = 1000
 cdef Py_ssize_t MAX_PREFIXED = 0xFFFFFFFF  # the most a 4-byte length prefix describes
 cdef long long INT_LIMIT = 9007199254740992  # 2**53: larger ints are not all exact doubles

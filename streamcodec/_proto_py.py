@@ -41,8 +41,8 @@ __all__ = ["ProtoEncoder", "ProtoDecoder"]
 BytesLike = Union[bytes, bytearray, memoryview]
 
 MAGIC = b"k8s\x00"
-CONTENT_TYPE = "application/vnd.kubernetes.protobuf"
-STREAM_CONTENT_TYPE = "application/vnd.kubernetes.protobuf;stream=watch"
+CONTENT_TYPE = "application/vnd.streamcodec.struct+protobuf"
+STREAM_CONTENT_TYPE = "application/vnd.streamcodec.struct+protobuf;stream=watch"
 #: Largest max_depth accepted: keeps the compiled codec's C recursion small.
 HARD_MAX_DEPTH = 1000
 #: A 4-byte length prefix cannot describe a longer frame body.

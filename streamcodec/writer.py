@@ -160,16 +160,20 @@ class FrameWriter:
 
     # list bodies ------------------------------------------------------------
     async def list_start(
-        self, *, kind: str, api_version: str, metadata: dict, count: Optional[int] = None
+        self, *, kind: str, api_version: str, metadata: dict, count: Optional[int] = None,
+        items_size: Optional[int] = None,
     ) -> int:
+        """Open a list body.  ``items_size``: the items' total bytes, for a format that needs it up front."""
         if self._list_index is not None:
             raise RuntimeError("a list body is already open")
         if not self._open:
             raise RuntimeError("FrameWriter is not open")
 
+        extra = {} if items_size is None else {"items_size": items_size}
+
         def start(b: PoolBuffer) -> int:
             return self.encoder.encode_list_start_into(
-                b, kind=kind, api_version=api_version, metadata=metadata, count=count
+                b, kind=kind, api_version=api_version, metadata=metadata, count=count, **extra
             )
 
         n = await self._write(start)
@@ -192,6 +196,13 @@ class FrameWriter:
     async def list_raw_item(self, raw: BytesLike) -> int:
         index = self._next_index()
         n = await self._write(lambda r, b: self.encoder.encode_raw_list_item_into(r, b, index), raw)
+        self._list_index = index + 1
+        return n
+
+    async def list_item_with(self, write_into: Callable[[PoolBuffer, int], int]) -> int:
+        """One list item that ``write_into(buf, index)`` writes (the ``*_into`` contract)."""
+        index = self._next_index()
+        n = await self._write(lambda b: write_into(b, index))
         self._list_index = index + 1
         return n
 

@@ -267,8 +267,8 @@ def test_implements_protocol() -> None:
         assert hasattr(enc, name), name
     for name in ("decode", "feed", "__iter__", "close"):
         assert hasattr(dec, name), name
-    assert ProtoEncoder.content_type == "application/vnd.kubernetes.protobuf"
-    assert ProtoEncoder.stream_content_type == "application/vnd.kubernetes.protobuf;stream=watch"
+    assert ProtoEncoder.content_type == "application/vnd.streamcodec.struct+protobuf"
+    assert ProtoEncoder.stream_content_type == "application/vnd.streamcodec.struct+protobuf;stream=watch"
     assert enc.max_frame_size == DEFAULT_MAX_FRAME_SIZE
     assert ProtoEncoder(max_frame_size=100).max_frame_size == 100
     _: Encoder = enc

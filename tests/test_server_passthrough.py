@@ -16,7 +16,8 @@ from streamcodec.writer import FrameWriter
 
 from apiserver.objects import encode_for_storage, splice_resource_version
 from apiserver import streams
-from apiserver.streams import SEND_PIECE_BYTES, StreamResponse, _find_key, write_kv_event
+from apiserver.objects import DEFAULT_RESOURCES
+from apiserver.streams import SEND_PIECE_BYTES, ItemWriter, StreamResponse, _find_key
 
 
 def stored(obj: Dict[str, Any]) -> bytes:
@@ -32,9 +33,10 @@ async def events_through_writer(values: List[Any], revision: int, buffer_size: i
 
     pool = BufferPool(2 * buffer_size, buffer_size)
     encoder = JSONEncoder(max_frame_size=buffer_size)
+    items = ItemWriter(encoder, "json", DEFAULT_RESOURCES["secrets"], True)
     async with FrameWriter(encoder, pool, send, flush_bytes=buffer_size) as writer:
         for value in values:
-            await write_kv_event(writer, "ADDED", value, revision, True)
+            await items.event(writer, "ADDED", value, revision)
     assert pool.stats().in_use == 0
     return chunks
 
