@@ -203,7 +203,6 @@ class App:
 
     async def _route(self, scope: Dict[str, Any], receive: Any, accept: Optional[str]) -> Any:
         method = scope["method"]
-        fmt = negotiate(accept, self._formats_for(None))  # discovery: kinds without typed protobuf here
         path = scope["path"].rstrip("/") or "/"
         query = _parse_query(scope.get("query_string", b""))
         if path in ("/healthz", "/readyz", "/livez"):
@@ -214,6 +213,8 @@ class App:
                 "major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0-streamcodec",
                 "platform": "linux/amd64", "goVersion": "n/a (Python streamcodec)",
             }, "json")
+        if path in ("/api", "/apis", "/api/v1"):
+            fmt = negotiate(accept, self._formats_for(None))  # discovery: kinds without typed protobuf here
         if path == "/api":
             return self._object_response(200, {
                 "kind": "APIVersions", "versions": ["v1"],

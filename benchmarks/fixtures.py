@@ -34,7 +34,7 @@ def pod() -> Dict[str, Any]:
                     "periodSeconds": 10,
                     "successThreshold": 1,
                     "failureThreshold": 3,
-                    "timeoutSeconds": 1.5,
+                    "timeoutSeconds": 1,
                 },
                 "imagePullPolicy": "IfNotPresent",
             }
