@@ -17,7 +17,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcmp, memcpy, memmove, memchr
 from libc.stdlib cimport malloc, free, strtod
-from libc.stdint cimport uint8_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from . import _kubeproto_py
 from ._kubeproto_py import MAGIC, UNKNOWN_TAIL, OBJECT_META, parse_duration
@@ -71,15 +71,28 @@ ctypedef struct Out:
 
 cdef int8_t_table_init = 0
 cdef signed char B64DEC[256]
+# One table per position in a quad: the character's 6 bits already shifted to their place in the
+# 24-bit group, and bit 24 set for a character outside the alphabet, so a quad is four loads OR'ed.
+cdef uint32_t B64Q0[256]
+cdef uint32_t B64Q1[256]
+cdef uint32_t B64Q2[256]
+cdef uint32_t B64Q3[256]
 
 
 cdef void _init_b64():
     cdef int i
+    cdef uint32_t v
     cdef const char* alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
     for i in range(256):
         B64DEC[i] = -1
+        B64Q0[i] = B64Q1[i] = B64Q2[i] = B64Q3[i] = 1 << 24
     for i in range(64):
         B64DEC[<uint8_t>alphabet[i]] = i
+        v = i
+        B64Q0[<uint8_t>alphabet[i]] = v << 18
+        B64Q1[<uint8_t>alphabet[i]] = v << 12
+        B64Q2[<uint8_t>alphabet[i]] = v << 6
+        B64Q3[<uint8_t>alphabet[i]] = v
 
 _init_b64()
 
@@ -162,8 +175,21 @@ cdef inline Py_ssize_t ws(const uint8_t* s, Py_ssize_t i, Py_ssize_t n) noexcept
 cdef Py_ssize_t string_end(const uint8_t* s, Py_ssize_t i, Py_ssize_t n, bint* escaped) except -1:
     """``s[i]`` is the opening quote: the index of the closing one."""
     cdef Py_ssize_t j = i + 1
+    cdef Py_ssize_t short_end = i + 33 if i + 33 < n else n
     cdef const uint8_t* q
     escaped[0] = False
+    # most strings are short: one pass over them beats two memchr calls
+    while j < short_end:
+        if s[j] == 34:
+            return j
+        if s[j] == 92:
+            break
+        j += 1
+    else:
+        if j == n:
+            bad("unterminated string", s, i)
+    if j < short_end:  # stopped at a backslash: the careful way from the start
+        j = i + 1
     while True:
         q = <const uint8_t*>memchr(s + j, 34, n - j) if j < n else NULL
         if q == NULL:
@@ -318,7 +344,7 @@ cdef Py_ssize_t number_end(const uint8_t* s, Py_ssize_t i, Py_ssize_t n, bint* i
     return i
 
 
-cdef int64_t parse_int(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t lo, int64_t hi, str where) except? -1:
+cdef int64_t parse_int(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t lo, int64_t hi, CField* f) except? -1:
     cdef bint neg = False
     cdef uint64_t v = 0, limit
     cdef Py_ssize_t start = i
@@ -326,16 +352,20 @@ cdef int64_t parse_int(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t l
         neg = True
         i += 1
     if i >= end:
-        bad(f"{where}: bad number", s, start)
+        bad(f"{field_name(f)}: bad number", s, start)
     limit = (<uint64_t>(-(lo + 1))) + 1 if neg else <uint64_t>hi
     while i < end:
         if not 48 <= s[i] <= 57:
-            bad(f"{where}: bad number", s, start)
+            bad(f"{field_name(f)}: bad number", s, start)
         if v > (limit - (s[i] - 48)) // 10:
-            raise EncodeError(f"{where}: {bytes(s[start:end]).decode()} is out of range for the field")
+            raise EncodeError(f"{field_name(f)}: {bytes(s[start:end]).decode()} is out of range for the field")
         v = v * 10 + (s[i] - 48)
         i += 1
     return -<int64_t>v if neg else <int64_t>v
+
+
+cdef str field_name(CField* f):
+    return f.key[:f.keylen].decode("utf-8", "replace") or "field"
 
 
 cdef int days_from_civil(int64_t y, int m, int d, int64_t* out) noexcept:
@@ -357,15 +387,16 @@ cdef inline int digits(const uint8_t* s, Py_ssize_t i, int k) noexcept:
     return v
 
 
-cdef int parse_time(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t* seconds, int* nanos, str where) except -1:
+cdef int parse_time(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t* seconds, int* nanos, CField* f) except -1:
     """RFC 3339 (Go's time.RFC3339 layout, fraction optional) in ``s[i:end]``."""
+    cdef str where
     cdef int year, month, day, hour, minute, second, oh, om, frac_digits = 0, k
     cdef int64_t days
     cdef Py_ssize_t p
     cdef int mdays
     nanos[0] = 0
     if end - i < 20:
-        raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+        raise EncodeError(f"{field_name(f)}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
     year = digits(s, i, 4)
     month = digits(s, i + 5, 2)
     day = digits(s, i + 8, 2)
@@ -375,10 +406,10 @@ cdef int parse_time(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t* sec
     if (year < 0 or month < 1 or month > 12 or day < 1 or hour < 0 or hour > 23 or minute < 0 or minute > 59
             or second < 0 or second > 59 or s[i + 4] != 45 or s[i + 7] != 45 or (s[i + 10] | 32) != 116
             or s[i + 13] != 58 or s[i + 16] != 58):
-        raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+        raise EncodeError(f"{field_name(f)}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
     mdays = (31, 29 if (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[month - 1]
     if day > mdays:
-        raise EncodeError(f"{where}: {bytes(s[i:end])!r} is not a valid date")
+        raise EncodeError(f"{field_name(f)}: {bytes(s[i:end])!r} is not a valid date")
     p = i + 19
     if p < end and s[p] == 46:
         p += 1
@@ -387,10 +418,10 @@ cdef int parse_time(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t* sec
                 nanos[0] = nanos[0] * 10 + s[p] - 48
                 frac_digits += 1
             else:
-                raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+                raise EncodeError(f"{field_name(f)}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
             p += 1
         if frac_digits == 0:
-            raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+            raise EncodeError(f"{field_name(f)}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
         for k in range(9 - frac_digits):
             nanos[0] *= 10
     days_from_civil(year, month, day, &days)
@@ -403,7 +434,7 @@ cdef int parse_time(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t* sec
         if 0 <= oh <= 23 and 0 <= om <= 59:
             seconds[0] -= (oh * 3600 + om * 60) * (1 if s[p] == 43 else -1)
             return 0
-    raise EncodeError(f"{where}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
+    raise EncodeError(f"{field_name(f)}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
 
 
 cdef class StoredTranscoder:
@@ -543,7 +574,7 @@ cdef class StoredTranscoder:
             else:
                 for p in range(f.npath):
                     put_tag(o, f.path[p], 2)
-                    marks[p] = open_len(o, n - i, &reserved[p])
+                    marks[p] = open_len(o, 1, &reserved[p])
                 if f.shape == S_ONE:
                     i = self.single(o, s, i, n, f, f.number, depth)
                 elif f.shape == S_REPEATED:
@@ -606,7 +637,7 @@ cdef class StoredTranscoder:
             if i >= n or s[i] != 34:
                 bad("expected a key", s, i)
             put_tag(o, f.number, 2)
-            mark = open_len(o, n - i, &reserved)
+            mark = open_len(o, self.entry_estimate(s, i, n, f), &reserved)
             i = self.string_field(o, s, i, n, 1)
             i = ws(s, i, n)
             if i >= n or s[i] != 58:
@@ -624,6 +655,24 @@ cdef class StoredTranscoder:
             if i < n and s[i] == 125:
                 return i + 1
             bad("expected ',' or '}'", s, i)
+
+    cdef Py_ssize_t entry_estimate(self, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f) except -1:
+        """A map entry's length when its value is a string (exact unless escaped: a big Secret value
+        then needs no move), else 1."""
+        cdef bint escaped
+        cdef Py_ssize_t kend = string_end(s, i, n, &escaped), v, vend
+        v = ws(s, kend + 1, n)
+        if v >= n or s[v] != 58:
+            return 1
+        v = ws(s, v + 1, n)
+        if v >= n or s[v] != 34:
+            return 1
+        vend = string_end(s, v, n, &escaped)
+        k = kend - i - 1
+        size = vend - v - 1
+        if f.kind == K_BYTES:
+            size = size // 4 * 3
+        return 1 + vsize(k) + k + 1 + vsize(size) + size
 
     cdef Py_ssize_t string_field(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, int number) except -1:
         """A length-delimited field holding the text of the JSON string at ``s[i]``."""
@@ -673,7 +722,7 @@ cdef class StoredTranscoder:
             if c != 123:
                 self.wrong(f, "an object", s, i, n)
             put_tag(o, number, 2)
-            mark = open_len(o, n - i, &reserved)
+            mark = open_len(o, 1, &reserved)  # most nested messages are under 128 bytes
             end = self.message(o, s, i, n, f.message, -1, depth + 1)
             close_len(o, mark, reserved)
             return end
@@ -704,9 +753,9 @@ cdef class StoredTranscoder:
             if not integral:
                 self.wrong(f, "an integer", s, i, n)
             if kind == K_INT32:
-                v = parse_int(s, i, end, -2147483648, 2147483647, self.name(f))
+                v = parse_int(s, i, end, -2147483648, 2147483647, f)
             else:
-                v = parse_int(s, i, end, -9223372036854775807 - 1, 9223372036854775807, self.name(f))
+                v = parse_int(s, i, end, -9223372036854775807 - 1, 9223372036854775807, f)
             put_tag(o, number, 0)
             put_varint(o, <uint64_t>v)
             return end
@@ -728,7 +777,7 @@ cdef class StoredTranscoder:
             if c != 34:
                 self.wrong(f, "an RFC 3339 time", s, i, n)
             end = string_end(s, i, n, &escaped)
-            parse_time(s, i + 1, end, &seconds, &nanos, self.name(f))
+            parse_time(s, i + 1, end, &seconds, &nanos, f)
             put_tag(o, number, 2)
             mark = open_len(o, 2, &reserved)
             put_tag(o, 1, 0)
@@ -762,7 +811,7 @@ cdef class StoredTranscoder:
                 end = number_end(s, i, n, &integral)
                 if not integral:
                     self.wrong(f, "an integer or a string", s, i, n)
-                v = parse_int(s, i, end, -2147483648, 2147483647, self.name(f))
+                v = parse_int(s, i, end, -2147483648, 2147483647, f)
                 put(o, b"\x08\x00\x10", 3)
                 put_varint(o, <uint64_t>v)
             else:
@@ -794,7 +843,6 @@ cdef class StoredTranscoder:
     cdef int base64(self, Out* o, const uint8_t* t, Py_ssize_t k, int number, CField* f) except -1:
         cdef Py_ssize_t pad = 0, size, j
         cdef int a, b, c2, d
-        cdef uint8_t out3[3]
         if k % 4:
             raise EncodeError(f"{self.name(f)}: not valid base64")
         if k and t[k - 1] == 61:
@@ -804,26 +852,42 @@ cdef class StoredTranscoder:
         put_varint(o, size)
         if o.pos + size > o.cap:
             full(o, size)
+        cdef Py_ssize_t body = k - 4 if pad else k  # whole quads before a padded last one
+        cdef uint8_t* w = o.base + o.pos if o.base != NULL else NULL
+        cdef int bad_bits = 0
+        cdef uint32_t group, invalid = 0
         j = 0
-        while j < k:
+        if w != NULL:
+            while j < body:
+                group = B64Q0[t[j]] | B64Q1[t[j + 1]] | B64Q2[t[j + 2]] | B64Q3[t[j + 3]]
+                invalid |= group
+                w[0] = <uint8_t>(group >> 16)
+                w[1] = <uint8_t>(group >> 8)
+                w[2] = <uint8_t>group
+                w += 3
+                j += 4
+        else:
+            while j < body:
+                invalid |= B64Q0[t[j]] | B64Q1[t[j + 1]] | B64Q2[t[j + 2]] | B64Q3[t[j + 3]]
+                j += 4
+        if invalid >> 24:
+            bad_bits = -1
+        if pad:
             a = B64DEC[t[j]]
             b = B64DEC[t[j + 1]]
-            c2 = B64DEC[t[j + 2]] if not (j + 4 == k and pad == 2) else 0
-            d = B64DEC[t[j + 3]] if not (j + 4 == k and pad >= 1) else 0
-            if (a | b | c2 | d) < 0:
-                raise EncodeError(f"{self.name(f)}: not valid base64")
-            if o.base != NULL:
-                o.base[o.pos] = <uint8_t>((a << 2) | (b >> 4))
-                if j + 4 < k or pad < 2:
-                    o.base[o.pos + 1] = <uint8_t>(((b & 15) << 4) | (c2 >> 2))
-                if j + 4 < k or pad < 1:
-                    o.base[o.pos + 2] = <uint8_t>(((c2 & 3) << 6) | d)
-            o.pos += 3 if j + 4 < k else 3 - pad
-            j += 4
+            c2 = B64DEC[t[j + 2]] if pad == 1 else 0
+            bad_bits |= a | b | c2
+            if w != NULL:
+                w[0] = <uint8_t>((a << 2) | (b >> 4))
+                if pad == 1:
+                    w[1] = <uint8_t>((b << 4) | (c2 >> 2))
+        if bad_bits < 0:
+            raise EncodeError(f"{self.name(f)}: not valid base64")
+        o.pos += size
         return 0
 
     cdef str name(self, CField* f):
-        return f.key[:f.keylen].decode("utf-8", "replace") or "field"
+        return field_name(f)
 
     cdef int wrong(self, CField* f, str expected, const uint8_t* s, Py_ssize_t i, Py_ssize_t n) except -1:
         raise EncodeError(f"{self.name(f)}: expected {expected}, not {bytes(s[i:min(n, i + 40)])!r}")
@@ -942,10 +1006,13 @@ class KubeProtoEncoder(_kubeproto_py.KubeProtoEncoder):
         super().__init__(schema, max_frame_size=max_frame_size)
         self._compiled = StoredTranscoder(self.schema)
         self._heads = {}
+        self._event_calls = {}  # (type, apiVersion, kind) -> (tables, message, typeMeta, event head)
 
     def _tables(self):
         if self._compiled.schema_version != self.schema.version:
             self._compiled = StoredTranscoder(self.schema)
+            self._heads.clear()
+            self._event_calls.clear()
         return self._compiled
 
     def _head(self, api_version, kind):
@@ -965,13 +1032,16 @@ class KubeProtoEncoder(_kubeproto_py.KubeProtoEncoder):
         return bytes(scratch.data)
 
     def encode_stored_event_into(self, type, api_version, kind, stored, resource_version, buf):
-        if type not in _kubeproto_py._EVENT_TYPES:
-            raise EncodeError(f"unknown watch event type {type!r}")
-        msg, type_meta = self._head(api_version, kind)
-        head = _kubeproto_py._len_field(1, type.encode("ascii")) + b"\x12"
-        return self._tables().encode(
-            stored, msg, -1 if resource_version is None else resource_version, 3, type_meta, head, buf, self._max_frame_size
-        )
+        key = (type, api_version, kind)
+        call = self._event_calls.get(key)
+        if call is None or call[0] is not self._compiled or self._compiled.schema_version != self.schema.version:
+            if type not in _kubeproto_py._EVENT_TYPES:
+                raise EncodeError(f"unknown watch event type {type!r}")
+            msg, type_meta = self._head(api_version, kind)
+            head = _kubeproto_py._len_field(1, type.encode("ascii")) + b"\x12"
+            call = self._event_calls[key] = (self._tables(), msg, type_meta, head)
+        tables, msg, type_meta, head = call
+        return tables.encode(stored, msg, -1 if resource_version is None else resource_version, 3, type_meta, head, buf, self._max_frame_size)
 
     def stored_list_item_size(self, api_version, kind, stored, resource_version):
         msg, type_meta = self._head(api_version, kind)
