@@ -19,7 +19,7 @@ import json
 import logging
 import secrets
 import urllib.parse
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import streamcodec
 from streamcodec import BufferPool
@@ -30,6 +30,7 @@ from storage import EtcdStore
 from storage import errors as storage_errors
 
 from . import objects
+from .admission import Admission, client_of
 from .negotiation import FORMATS, available_formats, format_for_content_type, negotiate
 from .objects import DEFAULT_RESOURCES, Resource
 from .status import APIError, bad_request, from_storage_error, internal_error
@@ -39,6 +40,9 @@ from .handlers import ListRequest, WatchRequest, list_producer, buffered_list_bo
 __all__ = ["App", "ServerConfig", "create_app", "KUBERNETES_VERSION"]
 
 log = logging.getLogger("apiserver")
+
+#: kube-apiserver's default --max-requests-inflight: the stream cap of the buffered (classic) list mode.
+KUBE_MAX_REQUESTS_INFLIGHT = 400
 
 #: The Kubernetes API version this server imitates (what kubectl sees in /version).
 KUBERNETES_VERSION = ("1", "32")
@@ -50,11 +54,18 @@ class ServerConfig:
 
     ``list_mode``: ``streaming`` (items leave as etcd delivers them, through
     the pool) or ``buffered`` (read all, build the whole body, then send).
-    ``pool_bytes`` / ``buffer_bytes``: the shared pool every stream writes
-    through; one buffer per stream.  ``max_streams``: concurrent list/watch
-    responses (default: as many as the pool has buffers); past it, 429.
-    ``stall_timeout``: seconds one send may wait on a client that reads
-    nothing before it is disconnected.  ``key_root``: etcd key prefix of all
+    ``pool_bytes`` / ``buffer_bytes``: the shared pool every bulk stream (a
+    list, a watch-list's initial events) writes through; one buffer each.
+    ``max_streams``: concurrent bulk streams (default: as many as the pool
+    has buffers); past it a request waits its turn, fairly across clients,
+    in a queue of at most ``queue_limit`` for at most ``queue_wait`` seconds,
+    then gets 429 with ``retry_after``.  Live watches take no slot and no
+    buffer while idle: their events are written through ``live_pool_bytes``
+    (buffers held only while an event is encoded, never while a client is
+    waited for), and a live watcher whose client has not taken an event
+    within ``slow_watcher_timeout`` seconds is cut off, so it never delays
+    another.  ``stall_timeout``: seconds one send of a bulk stream may wait
+    on a client that reads nothing before it is disconnected.  ``key_root``: etcd key prefix of all
     objects.  ``passthrough``: JSON values in this server's stored layout go
     out without decode/re-encode.  ``kube_schema``: the kinds served in
     Kubernetes' typed protobuf (others get the client's next acceptable type).
@@ -64,8 +75,11 @@ class ServerConfig:
     pool_bytes: int = DEFAULT_POOL_BYTES
     buffer_bytes: int = DEFAULT_BUFFER_SIZE
     max_streams: Optional[int] = None
+    queue_limit: int = 1024
+    queue_wait: float = 60.0
+    live_pool_bytes: int = DEFAULT_POOL_BYTES
+    slow_watcher_timeout: float = 5.0
     stall_timeout: float = 30.0
-    acquire_timeout: float = 1.0
     retry_after: int = 1
     key_root: str = "/registry"
     resources: Dict[str, Resource] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESOURCES))
@@ -79,8 +93,10 @@ class ServerConfig:
             raise ValueError(f"list_mode must be 'streaming' or 'buffered', not {self.list_mode!r}")
         if self.buffer_bytes <= 0 or self.pool_bytes < self.buffer_bytes:
             raise ValueError("pool_bytes must hold at least one buffer of buffer_bytes")
-        if self.stall_timeout <= 0:
-            raise ValueError("stall_timeout must be positive")
+        if self.stall_timeout <= 0 or self.slow_watcher_timeout <= 0:
+            raise ValueError("stall_timeout and slow_watcher_timeout must be positive")
+        if self.live_pool_bytes < self.buffer_bytes:
+            raise ValueError("live_pool_bytes must hold at least one buffer of buffer_bytes")
         if not self.key_root.startswith("/") or self.key_root.endswith("/"):
             raise ValueError("key_root must start with '/' and not end with it")
 
@@ -111,7 +127,16 @@ class App:
         self._store_options = dict(store_options or {})
         self._store_options.setdefault("continue_secret", secrets.token_bytes(32))
         self.pool = BufferPool(self.config.pool_bytes, self.config.buffer_bytes)
-        self.max_streams = self.config.max_streams or self.pool.max_buffers
+        #: live watch events are written through a pool of their own: no bulk stream holds its buffers
+        self.live_pool = BufferPool(self.config.live_pool_bytes, self.config.buffer_bytes)
+        # buffered lists build their bodies outside the pool: the cap is kube-apiserver's in-flight one
+        self.max_streams = self.config.max_streams or (
+            KUBE_MAX_REQUESTS_INFLIGHT if self.config.list_mode == "buffered" else self.pool.max_buffers
+        )
+        self.admission = Admission(
+            self.max_streams, queue_limit=self.config.queue_limit, max_wait=self.config.queue_wait,
+            retry_after=self.config.retry_after,
+        )
         self.formats = available_formats()
         mfs = self.config.buffer_bytes
         self.encoders: Dict[str, Any] = {
@@ -126,7 +151,6 @@ class App:
         self.active_streams = 0
         self.streams_started = 0
         self.outcomes: Dict[str, int] = {}
-        self.rejected = 0
         self._responses: "set[StreamResponse]" = set()
 
     # -- lifecycle ---------------------------------------------------------
@@ -147,9 +171,11 @@ class App:
         return {
             "active_streams": self.active_streams,
             "streams_started": self.streams_started,
-            "rejected": self.rejected,
+            "rejected": self.admission.rejected,
+            "admission": self.admission.stats(),
             "outcomes": dict(self.outcomes),
             "pool": self.pool.stats(),
+            "live_pool": self.live_pool.stats(),
         }
 
     # -- ASGI --------------------------------------------------------------
@@ -247,8 +273,8 @@ class App:
         if name is None:
             if method == "GET":
                 if _bool_param(query, "watch"):
-                    return await self._watch(resource, namespace, query, fmt)
-                return await self._list(resource, namespace, query, fmt)
+                    return await self._watch(resource, namespace, query, fmt, client_of(scope))
+                return await self._list(resource, namespace, query, fmt, client_of(scope))
             if method == "POST":
                 if resource.namespaced and namespace is None:
                     raise APIError(405, "MethodNotAllowed", "create a namespaced object under /api/v1/namespaces/{namespace}/...")
@@ -387,26 +413,36 @@ class App:
 
     # -- admission ---------------------------------------------------------
 
-    def _admit(self) -> None:
-        """Reserve a stream slot or raise 429 (concurrent streams and pool memory)."""
-        pool = self.pool.stats()
-        if self.active_streams >= self.max_streams or pool.in_use + pool.buffer_size > pool.budget:
-            self.rejected += 1
-            raise APIError(
-                429, "TooManyRequests",
-                f"too many concurrent streams ({self.active_streams} of {self.max_streams}) or stream memory used up; retry later",
-                retry_after=self.config.retry_after,
-            )
+    async def _admit(self, client: str, bulk: bool) -> Callable[[], None]:
+        """Open a stream: a bulk one waits for an admission slot (fair queue, then 429).
+
+        Returns the slot's release, safe to call more than once (a watch-list gives its slot back
+        at the initial-events-end bookmark, and again, as a no-op, when it closes).
+        """
+        if bulk:
+            await self.admission.acquire(client)
         self.active_streams += 1
         self.streams_started += 1
+        held = [bulk]
 
-    def _release_slot(self, response: StreamResponse) -> None:
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                self.admission.release()
+
+        return release
+
+    def _stream_closed(self, response: StreamResponse, release: Callable[[], None]) -> None:
+        release()
         self.active_streams -= 1
         outcome = response.outcome or "error"
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self._responses.discard(response)
 
-    def _stream(self, producer: Any, encoder: Any, fmt: str, *, watch: bool, cleanup: Any, on_error: Any = None) -> StreamResponse:
+    def _stream(
+        self, producer: Any, encoder: Any, fmt: str, release: Callable[[], None], *, watch: bool, cleanup: Any,
+        on_error: Any = None,
+    ) -> StreamResponse:
         if watch:
             # kube-apiserver: JSON watch bodies are application/json, other formats say ;stream=watch
             content_type = "application/json" if fmt == "json" else encoder.stream_content_type
@@ -419,54 +455,59 @@ class App:
             content_type=content_type,
             headers_first=watch,
             stall_timeout=self.config.stall_timeout,
-            acquire_timeout=self.config.acquire_timeout,
+            acquire_timeout=self.config.queue_wait,
             on_error=on_error,
             cleanup=cleanup,
+            live_pool=self.live_pool,
+            on_live=release,
+            live_stall_timeout=self.config.slow_watcher_timeout,
         )
-        response.on_close = lambda: self._release_slot(response)
+        response.on_close = lambda: self._stream_closed(response, release)
         self._responses.add(response)
         return response
 
     # -- list ----------------------------------------------------------------
 
-    async def _list(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str) -> Any:
+    async def _list(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str, client: str) -> Any:
         request = ListRequest.parse(query)
         store = await self.store()
         prefix = self._prefix(resource, namespace)
         encoder = self.encoder(fmt, resource.kind)
         items = self._item_writer(encoder, fmt, resource)
-        self._admit()
+        release = await self._admit(client, True)
         try:
             if self.config.list_mode == "buffered":
                 body = await buffered_list_body(store, prefix, request, resource, items)
-                self._release_plain()
+                self._unadmit(release)
                 return PlainResponse(200, body, encoder.content_type)
             producer, cleanup = await list_producer(
                 store, prefix, request, resource, items, self.config.buffer_bytes, needs_count=fmt in self.needs_count,
             )
         except BaseException:
-            self._release_plain()
+            self._unadmit(release)
             raise
-        return self._stream(producer, encoder, fmt, watch=False, cleanup=cleanup)
+        return self._stream(producer, encoder, fmt, release, watch=False, cleanup=cleanup)
 
-    def _release_plain(self) -> None:
+    def _unadmit(self, release: Callable[[], None]) -> None:
+        """A stream that ended before it became a response."""
+        release()
         self.active_streams -= 1
 
     # -- watch ---------------------------------------------------------------
 
-    async def _watch(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str) -> Any:
+    async def _watch(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str, client: str) -> Any:
         request = WatchRequest.parse(query, self.config.max_watch_timeout)
         store = await self.store()
         prefix = self._prefix(resource, namespace)
         encoder = self.encoder(fmt, resource.kind)
         items = self._item_writer(encoder, fmt, resource)
-        self._admit()
+        release = await self._admit(client, request.initial_events)  # a live-only watch is cheap
         try:
             producer, cleanup = await watch_producer(store, prefix, request, resource, items)
         except BaseException:
-            self._release_plain()
+            self._unadmit(release)
             raise
-        return self._stream(producer, encoder, fmt, watch=True, cleanup=cleanup, on_error=watch_error_event)
+        return self._stream(producer, encoder, fmt, release, watch=True, cleanup=cleanup, on_error=watch_error_event)
 
 
 class PlainResponse:

@@ -58,10 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
             "Objects live under KEY_ROOT/RESOURCE/NAMESPACE/NAME.  Point kubectl at it with --server http://HOST:PORT."
         ),
         epilog=(
-            "memory: every list/watch stream writes through one buffer of --buffer-bytes taken from a shared pool of\n"
-            "--pool-bytes; when the pool (or --max-streams) is used up new streams get 429 with Retry-After."
+            "memory: every bulk stream (a list, a watch-list's initial events) writes through one buffer of --buffer-bytes\n"
+            "from a shared pool of --pool-bytes; when every buffer (or --max-streams) is taken, new ones wait their turn,\n"
+            "fairly across clients, for up to --queue-wait seconds, then get 429 with Retry-After.  Live watches take no\n"
+            "buffer while idle, and one whose client does not keep up is cut off after --slow-watcher-timeout."
         ),
     )
+    from .app import ServerConfig  # its defaults are the flags' defaults
+
     serve.add_argument("--etcd", required=True, metavar="URL[,URL...]",
                        help="etcd client endpoints, comma-separated (http://host:port or host:port; https:// needs --etcd-cafile)")
     serve.add_argument("--listen", default="127.0.0.1:8080", type=_listen, metavar="HOST:PORT",
@@ -75,9 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--buffer-bytes", type=_size, default=DEFAULT_BUFFER_SIZE, metavar="N",
                        help=f"bytes of one stream's buffer, which must hold the largest encoded object (default {DEFAULT_BUFFER_SIZE})")
     serve.add_argument("--max-streams", type=int, default=None, metavar="N",
-                       help="most concurrent list/watch streams (default: the number of buffers in the pool); idle watches hold "
-                            "no buffer, so this may be set higher when most streams are watches")
-    serve.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="most concurrent bulk streams: lists and watch-lists' initial events (default: the number of buffers "
+                            "in the pool; buffered list mode: 400, kube-apiserver's --max-requests-inflight); live watches do not count")
+    serve.add_argument("--queue-wait", type=float, default=ServerConfig.queue_wait, metavar="SECONDS",
+                       help=f"how long a bulk stream may wait for its turn before 429 (default {ServerConfig.queue_wait:g})")
+    serve.add_argument("--slow-watcher-timeout", type=float, default=ServerConfig.slow_watcher_timeout, metavar="SECONDS",
+                       help="cut off a live watch whose client has not taken an event for this long "
+                            f"(default {ServerConfig.slow_watcher_timeout:g})")
+    serve.add_argument("--stall-timeout", type=float, default=ServerConfig.stall_timeout, metavar="SECONDS",
                        help="disconnect a client that reads nothing for this long while a stream waits on it (default 30)")
     serve.add_argument("--etcd-page-bytes", type=_size, default=DEFAULT_ETCD_PAGE_BYTES, metavar="N",
                        help=f"byte budget of one etcd range page a list or watch-list reads at a time (default {DEFAULT_ETCD_PAGE_BYTES}); "
@@ -146,6 +155,8 @@ def serve(args: argparse.Namespace) -> int:
             pool_bytes=args.pool_bytes,
             buffer_bytes=min(args.buffer_bytes, args.pool_bytes),
             max_streams=args.max_streams,
+            queue_wait=args.queue_wait,
+            slow_watcher_timeout=args.slow_watcher_timeout,
             stall_timeout=args.stall_timeout,
             key_root=args.key_root.rstrip("/") or "/registry",
         )

@@ -38,6 +38,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from streamcodec.limits import DEFAULT_BUFFER_SIZE
+
 MODES = ("buffered", "streaming", "watch-list")
 #: server --list-mode for each demo mode
 SERVER_LIST_MODE = {"buffered": "buffered", "streaming": "streaming", "watch-list": "streaming"}
@@ -263,7 +265,7 @@ def free_port() -> int:
 class Server:
     """``streamcodec serve`` as a child process, with an RSS watchdog."""
 
-    def __init__(self, etcd_url: str, list_mode: str, buffer_bytes: int, streams: int, memory_limit: int) -> None:
+    def __init__(self, etcd_url: str, list_mode: str, buffer_bytes: Optional[int], memory_limit: int) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.memory_limit = memory_limit
@@ -272,9 +274,9 @@ class Server:
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", etcd_url,
-             "--listen", f"127.0.0.1:{self.port}", "--list-mode", list_mode,
-             # one buffer per concurrent informer stream: the pool admits them all
-             "--buffer-bytes", str(buffer_bytes), "--pool-bytes", str(buffer_bytes * streams)],
+             "--listen", f"127.0.0.1:{self.port}", "--list-mode", list_mode]
+            # the server's own defaults: its admission queue serves every informer
+            + (["--buffer-bytes", str(buffer_bytes)] if buffer_bytes else []),
             stdout=subprocess.DEVNULL, stderr=self.log,
         )
         self.killed_at_rss = 0
@@ -361,7 +363,7 @@ class RunResult:
 
 
 def run_once(etcd_url: str, mode: str, informers: int, manifest_path: str, args: argparse.Namespace) -> RunResult:
-    server = Server(etcd_url, SERVER_LIST_MODE[mode], args.buffer_bytes, informers, args.memory_limit)
+    server = Server(etcd_url, SERVER_LIST_MODE[mode], args.buffer_bytes, args.memory_limit)
     try:
         server.wait_ready()
         baseline = server.start_sampling()
@@ -486,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", type=parse_size, default=8 << 30,
                    help="the server is killed when its RSS passes this (default 8GiB)")
     p.add_argument("--buffer-bytes", type=parse_size, default=None,
-                   help="server's per-stream buffer (default: twice --object-bytes, at least 64KiB); "
-                        "the pool is one buffer per informer")
+                   help="server's per-stream buffer (default: the server's own, or twice --object-bytes when "
+                        "that is larger); the server runs with its default pool and admission")
     p.add_argument("--out", default="demo-results", help="directory for results.json and memory.png")
     p.add_argument("--run-timeout", type=float, default=600, help="seconds one run may take")
     p.add_argument("--quick", action="store_true",
@@ -502,8 +504,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.objects, args.object_bytes, args.informers = 40, 64 << 10, "1,2,4"
-    if args.buffer_bytes is None:
-        args.buffer_bytes = max(64 << 10, 2 * args.object_bytes)
+    if args.buffer_bytes is None and 2 * args.object_bytes > DEFAULT_BUFFER_SIZE:
+        args.buffer_bytes = 2 * args.object_bytes  # a buffer must hold the largest object
     counts = [int(x) for x in args.informers.split(",") if x.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -522,7 +524,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"started etcd {etcd.version} at {etcd_url}", file=sys.stderr)
     workdir = tempfile.mkdtemp(prefix="streamcodec-demo-")
     try:
-        loader = Server(etcd_url, "streaming", args.buffer_bytes, 1, 1 << 62)
+        loader = Server(etcd_url, "streaming", args.buffer_bytes, 1 << 62)
         try:
             loader.wait_ready()
             manifest = load_secrets(loader.url, args.objects, args.object_bytes)

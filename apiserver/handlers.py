@@ -375,7 +375,7 @@ async def watch_producer(
             if await emit(writer, event, live):
                 await writer.flush()
         if live:
-            writer.release_idle()
+            writer.go_live()
         async for event in stream:
             if event.type == "BOOKMARK" and event.initial_events_end:
                 live = True
@@ -383,8 +383,8 @@ async def watch_producer(
                 await writer.flush()
                 if live:
                     # a live watch may now stay quiet for hours: it holds no
-                    # pool buffer meanwhile, and takes one for its next event
-                    writer.release_idle()
+                    # pool buffer and no admission slot meanwhile
+                    writer.go_live()
             del event
 
     async def produce(writer: FrameWriter) -> None:

@@ -150,6 +150,9 @@ class StreamResponse:
         on_error: Optional[Callable[[FrameWriter, APIError], Awaitable[None]]] = None,
         on_close: Optional[Callable[[], None]] = None,
         cleanup: Optional[Callable[[], Awaitable[None]]] = None,
+        live_pool: Optional[BufferPool] = None,
+        on_live: Optional[Callable[[], None]] = None,
+        live_stall_timeout: Optional[float] = None,
     ) -> None:
         self.producer = producer
         self.encoder = encoder
@@ -162,6 +165,10 @@ class StreamResponse:
         self.on_error = on_error
         self.on_close = on_close
         self.cleanup = cleanup
+        self.live_pool = live_pool
+        self.on_live = on_live
+        self.live_stall_timeout = live_stall_timeout if live_stall_timeout is not None else stall_timeout
+        self._writer: Optional[FrameWriter] = None
         self.started = False
         #: how the stream ended: "complete", "error-event", "disconnected", "stalled", "aborted"
         self.outcome = ""
@@ -179,14 +186,18 @@ class StreamResponse:
             )
 
     async def _send_timed(self, send: Any, message: Dict[str, Any]) -> None:
+        # a live watcher gets less patience: its client must keep up with the events
+        live = self._writer is not None and self._writer.live
+        limit = self.live_stall_timeout if live else self.stall_timeout
         try:
             if _timeout is not None:
-                async with _timeout(self.stall_timeout):
+                async with _timeout(limit):
                     await send(message)
             else:
-                await asyncio.wait_for(send(message), self.stall_timeout)
+                await asyncio.wait_for(send(message), limit)
         except asyncio.TimeoutError:
-            raise ClientStalled(f"client read nothing for {self.stall_timeout} s") from None
+            what = "a live watch event" if live else "the stream"
+            raise ClientStalled(f"client did not take {what} within {limit} s") from None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         disconnected = asyncio.Event()
@@ -212,7 +223,10 @@ class StreamResponse:
                     await self._send_timed(send, {"type": "http.response.body", "body": body, "more_body": True})
                     del body
 
-        writer = FrameWriter(self.encoder, self.pool, send_chunk, acquire_timeout=self.acquire_timeout)
+        writer = self._writer = FrameWriter(
+            self.encoder, self.pool, send_chunk, acquire_timeout=self.acquire_timeout, live_pool=self.live_pool,
+            on_live=self.on_live,
+        )
 
         async def run() -> None:
             try:

@@ -44,10 +44,16 @@ class FrameWriter:
         *,
         flush_bytes: Optional[int] = None,
         acquire_timeout: Optional[float] = None,
+        live_pool: Optional[BufferPool] = None,
+        on_live: Optional[Callable[[], None]] = None,
     ) -> None:
         self.encoder = encoder
         self.pool = pool
         self._send = send
+        self._live_pool = live_pool
+        self._on_live = on_live
+        #: set by :meth:`go_live`: each flush sends a copy and gives the buffer back first
+        self.live = False
         self.flush_bytes = min(DEFAULT_FLUSH_BYTES, pool.buffer_size // 2) if flush_bytes is None else flush_bytes
         self.acquire_timeout = acquire_timeout
         self._buf: Optional[PoolBuffer] = None
@@ -86,6 +92,24 @@ class FrameWriter:
             self._buf = None
             self.pool.retire(buf)
 
+    def go_live(self) -> None:
+        """The stream turns into a live feed of rare, small frames (a watch after its initial events).
+
+        From now on a flush copies the frames out and returns the buffer *before* waiting on
+        ``send``, so a slow client never holds a pool buffer, and frames are written through the
+        writer's ``live_pool`` when it has one (a pool no bulk stream competes for).  ``on_live``
+        runs once (an admission slot given back).  Call it with nothing pending.
+        """
+        if self.live:
+            return
+        self.release_idle()
+        self.live = True
+        if self._live_pool is not None:
+            self.pool = self._live_pool
+        if self._on_live is not None:
+            on_live, self._on_live = self._on_live, None
+            on_live()
+
     def close(self) -> None:
         """Return every buffer to the pool; unsent bytes are dropped."""
         buf, self._buf = self._buf, None
@@ -101,6 +125,14 @@ class FrameWriter:
             raise RuntimeError("FrameWriter is not open")
         buf = self._buf
         if buf is None or buf.length == 0:
+            return
+        if self.live:
+            frames = buf.getvalue()  # one live event or a few: small, and the buffer goes back now
+            self._buf = None
+            self.pool.retire(buf)
+            with memoryview(frames) as view:
+                await self._send(view)
+            self.bytes_sent += len(frames)
             return
         view = buf.view()
         try:

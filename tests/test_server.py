@@ -339,19 +339,78 @@ def test_stalled_client_is_disconnected_and_memory_stays_bounded(make_server: An
         sock.close()
 
 
-def test_admission_past_the_stream_cap_is_429_with_retry_after(make_server: Any) -> None:
-    server = make_server(max_streams=1)
+def stall_a_bulk_stream(server: ServerThread, c: httpx.Client) -> socket.socket:
+    """A watch-list whose client reads nothing: it keeps its admission slot (its initial events never end)."""
+    payload = "QUFB" * (150 * 1024 // 4)
+    for i in range(40):  # ~6 MB, far beyond the socket buffers
+        create(c, f"big{i:02d}", payload)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(f"GET {NS}?{WATCH_LIST} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    deadline = time.monotonic() + 10
+    while server.app.stats()["admission"]["active"] != 1:
+        assert time.monotonic() < deadline, server.app.stats()
+        time.sleep(0.02)
+    return sock
+
+
+def test_bulk_streams_past_the_cap_wait_their_turn_then_429_with_retry_after(make_server: Any) -> None:
+    server = make_server(max_streams=1, queue_wait=0.5, stall_timeout=3.0)
     c = httpx.Client(base_url=server.url, timeout=20)
-    with c.stream("GET", f"{NS}?{WATCH_LIST}") as resp:
-        lines = resp.iter_lines()  # kept referenced: dropping the iterator closes the response
-        next(lines)
-        assert server.app.stats()["active_streams"] == 1
+    sock = stall_a_bulk_stream(server, c)
+    try:
+        t0 = time.monotonic()
         refused = httpx.get(server.url + NS, timeout=10)
+        waited = time.monotonic() - t0
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert waited >= 0.45  # it queued for queue_wait first, instead of an instant refusal
         status = json.loads(refused.content)
         assert status["reason"] == "TooManyRequests" and status["details"]["retryAfterSeconds"] == 1
+        # a live watch needs no slot: admitted at once while the bulk stream holds it
+        with c.stream("GET", f"{NS}?watch=1&resourceVersion=1&timeoutSeconds=1") as resp:
+            assert resp.status_code == 200
+    finally:
+        sock.close()
     server.wait_idle()
     assert httpx.get(server.url + NS, timeout=10).status_code == 200
+
+
+def test_a_queued_list_is_served_when_the_slot_frees(make_server: Any) -> None:
+    server = make_server(max_streams=1, queue_wait=30, stall_timeout=1.0)
+    c = httpx.Client(base_url=server.url, timeout=30)
+    sock = stall_a_bulk_stream(server, c)
+    result: Dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: result.setdefault("r", httpx.get(server.url + NS, timeout=30)), daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while server.app.stats()["admission"]["waiting"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    waiter.join(20)  # the stalled stream is cut after stall_timeout: its slot passes to the waiter
+    sock.close()
+    assert result["r"].status_code == 200 and len(result["r"].json()["items"]) == 40
+    assert server.app.stats()["admission"]["rejected"] == 0
+
+
+def test_live_watch_lists_give_their_slot_back_at_the_bookmark(make_server: Any) -> None:
+    server = make_server(max_streams=1, queue_wait=5)
+    create(httpx.Client(base_url=server.url, timeout=10), "x")
+    clients = [httpx.Client(base_url=server.url, timeout=20) for _ in range(5)]
+    streams = []
+    try:
+        for client in clients:  # five watch-lists on one slot: each gives it back once live
+            cm = client.stream("GET", f"{NS}?{WATCH_LIST}&timeoutSeconds=20")
+            resp = cm.__enter__()
+            lines = resp.iter_lines()
+            while json.loads(next(lines))["type"] != "BOOKMARK":
+                pass
+            streams.append((cm, lines))
+        stats = server.app.stats()
+        assert stats["active_streams"] == 5 and stats["admission"]["active"] == 0 and stats["admission"]["rejected"] == 0
+        assert httpx.get(server.url + NS, timeout=5).status_code == 200
+    finally:
+        for cm, _ in streams:
+            cm.__exit__(None, None, None)
 
 
 def test_idle_watches_hold_no_pool_buffer_and_share_a_small_pool(make_server: Any) -> None:
