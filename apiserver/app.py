@@ -65,7 +65,9 @@ class ServerConfig:
     waited for), and a live watcher whose client has not taken an event
     within ``slow_watcher_timeout`` seconds is cut off, so it never delays
     another.  ``stall_timeout``: seconds one send of a bulk stream may wait
-    on a client that reads nothing before it is disconnected.  ``key_root``: etcd key prefix of all
+    on a client that reads nothing before it is disconnected;
+    ``contended_stall_timeout`` when other streams wait for a slot (one send
+    is at most 256 KiB: a client slower than ~128 KB/s then gives its slot up).  ``key_root``: etcd key prefix of all
     objects.  ``passthrough``: JSON values in this server's stored layout go
     out without decode/re-encode.  ``kube_schema``: the kinds served in
     Kubernetes' typed protobuf (others get the client's next acceptable type).
@@ -80,6 +82,7 @@ class ServerConfig:
     live_pool_bytes: int = DEFAULT_POOL_BYTES
     slow_watcher_timeout: float = 5.0
     stall_timeout: float = 30.0
+    contended_stall_timeout: float = 2.0
     retry_after: int = 1
     key_root: str = "/registry"
     resources: Dict[str, Resource] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESOURCES))
@@ -461,6 +464,8 @@ class App:
             live_pool=self.live_pool,
             on_live=release,
             live_stall_timeout=self.config.slow_watcher_timeout,
+            contended=lambda: self.admission.waiting > 0,
+            contended_stall_timeout=self.config.contended_stall_timeout,
         )
         response.on_close = lambda: self._stream_closed(response, release)
         self._responses.add(response)

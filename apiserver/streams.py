@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from streamcodec import BufferFull, BufferPool, EncodeError, FrameTooLarge, PoolBuffer
@@ -153,6 +154,8 @@ class StreamResponse:
         live_pool: Optional[BufferPool] = None,
         on_live: Optional[Callable[[], None]] = None,
         live_stall_timeout: Optional[float] = None,
+        contended: Optional[Callable[[], bool]] = None,
+        contended_stall_timeout: Optional[float] = None,
     ) -> None:
         self.producer = producer
         self.encoder = encoder
@@ -168,6 +171,8 @@ class StreamResponse:
         self.live_pool = live_pool
         self.on_live = on_live
         self.live_stall_timeout = live_stall_timeout if live_stall_timeout is not None else stall_timeout
+        self.contended = contended
+        self.contended_stall_timeout = contended_stall_timeout
         self._writer: Optional[FrameWriter] = None
         self.started = False
         #: how the stream ended: "complete", "error-event", "disconnected", "stalled", "aborted"
@@ -186,8 +191,11 @@ class StreamResponse:
             )
 
     async def _send_timed(self, send: Any, message: Dict[str, Any]) -> None:
-        # a live watcher gets less patience: its client must keep up with the events
         live = self._writer is not None and self._writer.live
+        if not live and self.contended is not None and self.contended_stall_timeout is not None:
+            await self._send_yielding(send, message)
+            return
+        # a live watcher gets less patience: its client must keep up with the events
         limit = self.live_stall_timeout if live else self.stall_timeout
         try:
             if _timeout is not None:
@@ -198,6 +206,36 @@ class StreamResponse:
         except asyncio.TimeoutError:
             what = "a live watch event" if live else "the stream"
             raise ClientStalled(f"client did not take {what} within {limit} s") from None
+
+    async def _send_yielding(self, send: Any, message: Dict[str, Any]) -> None:
+        """A bulk stream's send: ``stall_timeout`` at most, ``contended_stall_timeout`` while others wait for a slot.
+
+        Contention may begin while a send already waits, so it is looked at again every
+        ``contended_stall_timeout`` seconds.
+        """
+        assert self.contended is not None and self.contended_stall_timeout is not None
+        task = asyncio.ensure_future(send(message))
+        start = time.monotonic()
+        step = self.contended_stall_timeout
+        try:
+            while True:
+                elapsed = time.monotonic() - start
+                left = self.stall_timeout - elapsed
+                if left <= 0:
+                    raise ClientStalled(f"client read nothing for {self.stall_timeout} s")
+                await asyncio.wait({task}, timeout=min(step, left))
+                if task.done():
+                    task.result()
+                    return
+                if time.monotonic() - start >= step and self.contended():
+                    raise ClientStalled(
+                        f"client took nothing for {step} s while other streams waited for its slot"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         disconnected = asyncio.Event()
