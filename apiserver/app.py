@@ -71,6 +71,11 @@ class ServerConfig:
     objects.  ``passthrough``: JSON values in this server's stored layout go
     out without decode/re-encode.  ``kube_schema``: the kinds served in
     Kubernetes' typed protobuf (others get the client's next acceptable type).
+    ``min_request_timeout``: kube-apiserver's flag of that name: a watch
+    without ``timeoutSeconds`` (or with 0) ends after a random time between
+    it and twice it, and no watch lasts longer than that.
+    ``continue_secret``: the key continue tokens are signed with (at least 32
+    bytes; default: a random one per process).
     """
 
     list_mode: str = "streaming"
@@ -87,7 +92,8 @@ class ServerConfig:
     key_root: str = "/registry"
     resources: Dict[str, Resource] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESOURCES))
     max_body_bytes: int = 3 * 1024 * 1024
-    max_watch_timeout: int = 1800
+    min_request_timeout: int = 1800
+    continue_secret: Optional[bytes] = None
     passthrough: bool = True
     kube_schema: KubeSchema = DEFAULT_SCHEMA
 
@@ -100,6 +106,8 @@ class ServerConfig:
             raise ValueError("stall_timeout and slow_watcher_timeout must be positive")
         if self.live_pool_bytes < self.buffer_bytes:
             raise ValueError("live_pool_bytes must hold at least one buffer of buffer_bytes")
+        if self.continue_secret is not None and len(self.continue_secret) < 32:
+            raise ValueError("continue_secret must be at least 32 bytes")
         if not self.key_root.startswith("/") or self.key_root.endswith("/"):
             raise ValueError("key_root must start with '/' and not end with it")
 
@@ -128,7 +136,9 @@ class App:
         self._owns_store = store is None
         self._endpoints = etcd_endpoints
         self._store_options = dict(store_options or {})
-        self._store_options.setdefault("continue_secret", secrets.token_bytes(32))
+        # continue tokens signed with the operator's key stay valid across restarts and replicas;
+        # without one they are valid for this process only
+        self._store_options.setdefault("continue_secret", self.config.continue_secret or secrets.token_bytes(32))
         self.pool = BufferPool(self.config.pool_bytes, self.config.buffer_bytes)
         #: live watch events are written through a pool of their own: no bulk stream holds its buffers
         self.live_pool = BufferPool(self.config.live_pool_bytes, self.config.buffer_bytes)
@@ -501,7 +511,7 @@ class App:
     # -- watch ---------------------------------------------------------------
 
     async def _watch(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str, client: str) -> Any:
-        request = WatchRequest.parse(query, self.config.max_watch_timeout)
+        request = WatchRequest.parse(query, self.config.min_request_timeout)
         store = await self.store()
         prefix = self._prefix(resource, namespace)
         encoder = self.encoder(fmt, resource.kind)

@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "each concurrent stream holds about one page")
     serve.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
                        help="on SIGTERM/SIGINT, wait this long for open streams before closing them (default 5)")
+    serve.add_argument("--continue-secret-file", default=None, metavar="FILE",
+                       help="key (at least 32 bytes) that signs continue tokens, so they stay valid across restarts and "
+                            "replicas (default: a random key per process)")
+    serve.add_argument("--min-request-timeout", type=int, default=ServerConfig.min_request_timeout, metavar="SECONDS",
+                       help="a watch without timeoutSeconds ends after a random time between this and twice this, as "
+                            f"kube-apiserver's flag (default {ServerConfig.min_request_timeout})")
     serve.add_argument("--key-root", default="/registry", metavar="PREFIX",
                        help="etcd key prefix of all objects (default /registry)")
     serve.add_argument("--etcd-cafile", default=None, metavar="FILE", help="CA bundle: talk TLS to etcd")
@@ -149,6 +155,13 @@ def serve(args: argparse.Namespace) -> int:
         if password is None:
             raise SystemExit("streamcodec serve: --etcd-username needs STREAMCODEC_ETCD_PASSWORD in the environment")
         store_options.update(username=args.etcd_username, password=password)
+    continue_secret = None
+    if args.continue_secret_file:
+        try:
+            with open(args.continue_secret_file, "rb") as f:
+                continue_secret = f.read().strip()
+        except OSError as exc:
+            raise SystemExit(f"streamcodec serve: --continue-secret-file: {exc}") from None
     try:
         config = ServerConfig(
             list_mode=args.list_mode,
@@ -158,6 +171,8 @@ def serve(args: argparse.Namespace) -> int:
             queue_wait=args.queue_wait,
             slow_watcher_timeout=args.slow_watcher_timeout,
             stall_timeout=args.stall_timeout,
+            continue_secret=continue_secret,
+            min_request_timeout=args.min_request_timeout,
             key_root=args.key_root.rstrip("/") or "/registry",
         )
     except ValueError as exc:

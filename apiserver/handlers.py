@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from streamcodec import BufferPool
@@ -127,9 +128,35 @@ def _list_metadata(revision: int, token: Optional[str]) -> Dict[str, Any]:
     return metadata
 
 
+#: How long a request for a resourceVersion etcd has not reached yet waits for it (kube-apiserver's
+#: watch cache waits 3 s) before "Too large resource version", which client-go answers by re-listing.
+FUTURE_REVISION_WAIT = 3.0
+
+
+def too_large_resource_version(wanted: int, current: int) -> APIError:
+    """kube-apiserver's error for a resourceVersion from the future (client-go re-lists on it)."""
+    return APIError(
+        504, "Timeout", f"Too large resource version: {wanted}, current: {current}", retry_after=1,
+        details={"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]},
+    )
+
+
+async def _wait_for_revision(store: EtcdStore, wanted: int) -> None:
+    """Return once etcd's revision reaches ``wanted``, or raise "Too large resource version"."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FUTURE_REVISION_WAIT
+    while True:
+        current = await store.current_revision()
+        if current >= wanted:
+            return
+        if loop.time() >= deadline:
+            raise too_large_resource_version(wanted, current)
+        await asyncio.sleep(0.1)
+
+
 def _check_not_older(request: ListRequest, revision: int) -> None:
     if request.min_revision > revision:
-        raise APIError(504, "Timeout", f"Too large resource version: {request.min_revision}, current: {revision}", retry_after=1)
+        raise too_large_resource_version(request.min_revision, revision)
 
 
 def _open_list(store: EtcdStore, prefix: bytes, request: ListRequest) -> Any:
@@ -292,11 +319,11 @@ class WatchRequest:
     initial_events: bool  #: synthetic ADDED events for the current state first
     initial_events_bookmark: bool  #: send the initial-events-end bookmark (sendInitialEvents=true)
     allow_bookmarks: bool
-    timeout: Optional[float]
+    timeout: float
     keys: KeyFilter
 
     @classmethod
-    def parse(cls, query: Dict[str, str], max_timeout: int) -> "WatchRequest":
+    def parse(cls, query: Dict[str, str], min_request_timeout: int) -> "WatchRequest":
         rv_text = query.get("resourceVersion", "")
         rv = _rv(rv_text) if rv_text else 0
         match = query.get("resourceVersionMatch", "")
@@ -311,11 +338,16 @@ class WatchRequest:
                 raise bad_request("sendInitialEvents requires allowWatchBookmarks=true")
         elif match:
             raise bad_request("resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")
-        timeout: Optional[float] = None
-        if query.get("timeoutSeconds", "") != "":
-            if not (query["timeoutSeconds"].isascii() and query["timeoutSeconds"].isdigit()):
+        # kube-apiserver: no (or a zero) timeoutSeconds means a random time in [T, 2T], T the
+        # --min-request-timeout, so that watches opened together do not all end together
+        cap = min_request_timeout * (1.0 + random.random())
+        timeout = cap
+        text = query.get("timeoutSeconds", "")
+        if text != "":
+            if not (text.isascii() and text.isdigit()) or len(text) > 12:
                 raise bad_request("timeoutSeconds: must be a non-negative integer")
-            timeout = float(min(int(query["timeoutSeconds"]), max_timeout))
+            if int(text) > 0:
+                timeout = min(float(int(text)), cap)
         # Legacy semantics: no sendInitialEvents and resourceVersion unset or "0" = current state first.
         initial = bool(send_initial) or (send_initial is None and rv == 0)
         return cls(rv, initial, bool(send_initial), allow_bookmarks, timeout, KeyFilter.parse(query))
@@ -337,6 +369,8 @@ async def watch_producer(
             await close_iterator(stream)
             raise
     else:
+        if request.resource_version:
+            await _wait_for_revision(store, request.resource_version)
         start = request.resource_version + 1 if request.resource_version else None
         stream = store.watch(prefix, start)
         try:
@@ -388,9 +422,6 @@ async def watch_producer(
             del event
 
     async def produce(writer: FrameWriter) -> None:
-        if request.timeout is None:
-            await run(writer)
-            return
         try:
             await asyncio.wait_for(run(writer), request.timeout)
         except asyncio.TimeoutError:

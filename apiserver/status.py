@@ -97,7 +97,10 @@ def from_storage_error(exc: storage_errors.StorageError, *, resource: str = "", 
     if isinstance(exc, storage_errors.InvalidContinue):
         return APIError(400, "BadRequest", f"invalid continue token: {exc}")
     if isinstance(exc, storage_errors.FutureRevision):
-        return APIError(504, "Timeout", f"Too large resource version: {exc}", retry_after=1)
+        return APIError(
+            504, "Timeout", f"Too large resource version: {exc}", retry_after=1,
+            details={"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]},
+        )
     if isinstance(exc, storage_errors.Unavailable):
         return APIError(503, "ServiceUnavailable", "storage is unavailable", retry_after=1)
     if isinstance(exc, storage_errors.TooLarge):

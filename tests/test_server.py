@@ -477,3 +477,52 @@ def test_discovery_documents(server: ServerThread) -> None:
     assert json.loads(c.get("/apis").content)["kind"] == "APIGroupList"
     version = json.loads(c.get("/version").content)
     assert version["major"] == "1" and version["gitVersion"].startswith("v1.")
+
+
+# ---------------------------------------------------------------- kube's watch timing
+
+
+def test_watch_timeout_zero_or_absent_is_the_randomised_server_default(make_server: Any) -> None:
+    server = make_server(min_request_timeout=1)  # watches end after 1-2 s
+    c = httpx.Client(base_url=server.url, timeout=20)
+    rv = create(c, "x")["metadata"]["resourceVersion"]
+    for params in ({"timeoutSeconds": "0"}, {}, {"timeoutSeconds": "100"}):
+        t0 = time.monotonic()
+        r = c.get(NS, params={"watch": "1", "resourceVersion": rv, **params})
+        took = time.monotonic() - t0
+        assert r.status_code == 200 and 0.9 <= took <= 3.0, (params, took)  # never at once, never past 2 T
+
+
+def test_watch_from_a_future_resource_version_is_too_large_after_a_short_wait(make_server: Any) -> None:
+    server = make_server()
+    c = httpx.Client(base_url=server.url, timeout=20)
+    rv = int(create(c, "x")["metadata"]["resourceVersion"])
+    t0 = time.monotonic()
+    r = c.get(NS, params={"watch": "1", "resourceVersion": str(rv + 1000), "timeoutSeconds": "30"})
+    took = time.monotonic() - t0
+    assert r.status_code == 504 and 2.5 <= took <= 10, took
+    status = r.json()
+    assert status["message"].startswith("Too large resource version") and status["reason"] == "Timeout"
+    assert status["details"]["causes"] == [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]
+    # one that etcd reaches within the wait is served
+    result: Dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.setdefault("r", c.get(NS, params={"watch": "1", "resourceVersion": str(rv + 1), "timeoutSeconds": "2"})))
+    t.start()
+    time.sleep(0.5)
+    create(c, "y")
+    t.join(15)
+    assert result["r"].status_code == 200
+
+
+def test_continue_tokens_signed_with_the_operators_key_survive_a_restart(etcd: Any, prefix: bytes) -> None:
+    key = b"k" * 32
+    with ServerThread(etcd.endpoint, prefix, continue_secret=key) as first:
+        c = httpx.Client(base_url=first.url, timeout=10)
+        for i in range(3):
+            create(c, f"p{i}")
+        token = c.get(NS, params={"limit": "1"}).json()["metadata"]["continue"]
+    with ServerThread(etcd.endpoint, prefix, continue_secret=key) as second:
+        page = httpx.get(second.url + NS, params={"limit": "5", "continue": token}, timeout=10)
+        assert page.status_code == 200 and [i["metadata"]["name"] for i in page.json()["items"]] == ["p1", "p2"]
+    with ServerThread(etcd.endpoint, prefix) as other_key:
+        assert httpx.get(other_key.url + NS, params={"continue": token}, timeout=10).status_code == 400
