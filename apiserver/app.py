@@ -75,7 +75,9 @@ class ServerConfig:
     without ``timeoutSeconds`` (or with 0) ends after a random time between
     it and twice it, and no watch lasts longer than that.
     ``continue_secret``: the key continue tokens are signed with (at least 32
-    bytes; default: a random one per process).
+    bytes; default: a random one per process).  ``header_timeout`` /
+    ``body_timeout`` / ``max_connections``: see :mod:`apiserver.connections`
+    (used through :meth:`App.http_protocol`).
     """
 
     list_mode: str = "streaming"
@@ -94,6 +96,9 @@ class ServerConfig:
     max_body_bytes: int = 3 * 1024 * 1024
     min_request_timeout: int = 1800
     continue_secret: Optional[bytes] = None
+    header_timeout: float = 32.0
+    body_timeout: float = 60.0
+    max_connections: int = 20000
     passthrough: bool = True
     kube_schema: KubeSchema = DEFAULT_SCHEMA
 
@@ -190,6 +195,18 @@ class App:
             "pool": self.pool.stats(),
             "live_pool": self.live_pool.stats(),
         }
+
+    def http_protocol(self) -> Any:
+        """The uvicorn protocol class with this config's connection limits (``uvicorn.Config(http=...)``).
+
+        Raises this process's open-files limit towards ``max_connections`` first; the cap is
+        what the limit allows, less a reserve for etcd connections and logs.
+        """
+        from .connections import guarded_h11, raise_open_files_limit
+
+        reserve = 256
+        allowed = raise_open_files_limit(self.config.max_connections + reserve) - reserve
+        return guarded_h11(self.config.header_timeout, self.config.body_timeout, max(1, min(self.config.max_connections, allowed)))
 
     # -- ASGI --------------------------------------------------------------
 

@@ -181,7 +181,7 @@ def serve(args: argparse.Namespace) -> int:
     app = App(etcd_endpoints=endpoints, store_options=store_options, config=config)
     host, port = args.listen
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, lifespan="on", access_log=args.log_level == "debug",
-                timeout_graceful_shutdown=args.shutdown_timeout)
+                timeout_graceful_shutdown=args.shutdown_timeout, http=app.http_protocol())
     return 0
 
 

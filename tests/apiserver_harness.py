@@ -51,16 +51,22 @@ def wait_until_serving(port: int, process: "subprocess.Popen[Any]", timeout: flo
 
 
 class ServerThread:
-    """``with ServerThread(endpoint, prefix, **config) as srv: srv.url``"""
+    """``with ServerThread(endpoint, prefix, **config) as srv: srv.url``
 
-    def __init__(self, etcd_endpoint: str, prefix: bytes, **config: Any) -> None:
+    ``port``: listen there instead of on a free port (e.g. a restarted server on its predecessor's port).
+    """
+
+    def __init__(self, etcd_endpoint: str, prefix: bytes, *, port: Optional[int] = None, **config: Any) -> None:
         key_root = prefix.decode().rstrip("/")
         self.app = App(etcd_endpoints=[etcd_endpoint], config=ServerConfig(key_root=key_root, **config))
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self._server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
+                http=self.app.http_protocol(),
+            )
         )
         self._thread = threading.Thread(target=self._run, name="uvicorn-test-server", daemon=True)
 

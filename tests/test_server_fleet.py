@@ -106,3 +106,36 @@ def test_slow_readers_delay_no_live_event_and_no_new_list(server: ServerThread, 
     stats = server.wait_idle(10)
     assert stats["pool"].in_use == 0 and stats["admission"]["active"] == 0 and stats["admission"]["waiting"] == 0
     assert not probe.error
+
+
+def test_half_sent_and_silent_connections_are_closed_and_connections_are_capped(etcd: Any, prefix: bytes) -> None:
+    with ServerThread(etcd.endpoint, prefix, header_timeout=1.0, body_timeout=1.0, max_connections=150) as srv:
+        half = []
+        for i in range(100):  # slowloris: headers never finished
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            s.sendall(b"GET /api/v1/namespaces/default/secrets HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            half.append(s)
+        silent = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(10)]
+        body = socket.create_connection(("127.0.0.1", srv.port))  # a body that never ends
+        body.sendall(b"POST /api/v1/namespaces/default/secrets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        over = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(60)]  # past the cap of 150
+        try:
+            def closed(sock: socket.socket, wait: float) -> bool:
+                sock.settimeout(wait)
+                try:
+                    return sock.recv(1) == b""
+                except ConnectionResetError:
+                    return True
+                except socket.timeout:
+                    return False
+
+            refused = sum(closed(s, 0.5) for s in over)
+            assert refused >= 20, refused  # 111 + 60 opened against a cap of 150
+            # a healthy request still gets through meanwhile
+            assert httpx.get(srv.url + "/healthz", timeout=5).status_code == 200
+            time.sleep(1.5)
+            assert all(closed(s, 2.0) for s in half + silent + [body])  # after header_timeout / body_timeout
+            assert httpx.get(srv.url + NS, timeout=5).status_code == 200
+        finally:
+            for s in half + silent + over + [body]:
+                s.close()

@@ -1,0 +1,98 @@
+"""Connection hygiene for uvicorn: the timeouts and the cap that Go's HTTP server gives kube-apiserver.
+
+uvicorn's h11 protocol closes a kept-alive connection that stays idle between requests, but waits
+for ever on a connection that never completes its request headers, or its body, and accepts any
+number of connections: 3,000 half-open connections held 3,016 descriptors.  :func:`guarded_h11`
+makes a protocol class that also
+
+* closes a connection whose request headers are not complete ``header_timeout`` seconds after the
+  connection opened or its previous response ended (kube-apiserver: ``ReadHeaderTimeout`` 32 s);
+* closes one whose request body is not complete ``body_timeout`` seconds after its headers;
+* refuses connections past ``max_connections`` (closed at once: the client sees a reset and retries).
+
+Pass it as ``uvicorn.Config(app, http=guarded_h11(...))``; :meth:`apiserver.App.http_protocol` gives
+the one matching the App's config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional, Type
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["guarded_h11", "raise_open_files_limit"]
+
+
+def guarded_h11(header_timeout: float, body_timeout: float, max_connections: int) -> Type[H11Protocol]:
+    """An H11Protocol subclass with these limits (see the module doc)."""
+
+    class GuardedH11Protocol(H11Protocol):
+        _deadline: Optional[asyncio.TimerHandle] = None
+        _phase = ""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                self.logger.warning("refusing a connection: %d are open (the cap)", max_connections)
+                transport.abort()
+                return
+            self._arm("headers", header_timeout)
+
+        def _arm(self, phase: str, seconds: float) -> None:
+            self._disarm()
+            self._phase = phase
+            self._deadline = self.loop.call_later(seconds, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            self._phase = ""
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.logger.info("closing a connection whose request %s did not arrive in time", self._phase)
+                self.transport.abort()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            state = self.conn.their_state
+            if self._phase == "headers" and state is not h11.IDLE:
+                if state is h11.SEND_BODY:
+                    self._arm("body", body_timeout)
+                else:
+                    self._disarm()
+            elif self._phase == "body" and state is not h11.SEND_BODY:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm("headers", header_timeout)  # the next request's; uvicorn's keep-alive timer also runs
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards ``wanted`` (at most the hard limit); the new soft limit."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
