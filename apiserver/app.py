@@ -41,6 +41,10 @@ __all__ = ["App", "ServerConfig", "create_app", "KUBERNETES_VERSION"]
 
 log = logging.getLogger("apiserver")
 
+#: Encoder options of Kubernetes' conventions: CBOR encloses []byte in tag 22 ("expected later base64"
+#: encoding), which client-go's decoder needs to take a byte string as bytes rather than base64 text.
+FORMAT_OPTIONS: Dict[str, Dict[str, Any]] = {"cbor": {"byte_string_tag": 22}}
+
 #: kube-apiserver's default --max-requests-inflight: the stream cap of the buffered (classic) list mode.
 KUBE_MAX_REQUESTS_INFLIGHT = 400
 
@@ -158,7 +162,7 @@ class App:
         self.formats = available_formats()
         mfs = self.config.buffer_bytes
         self.encoders: Dict[str, Any] = {
-            name: getattr(streamcodec, FORMATS[name].encoder_class)(max_frame_size=mfs)
+            name: getattr(streamcodec, FORMATS[name].encoder_class)(max_frame_size=mfs, **FORMAT_OPTIONS.get(name, {}))
             for name in self.formats
             if name != "protobuf"
         }

@@ -1,10 +1,16 @@
 # Shared helper (sourced, not run): fetch Debian packages with `apt-get download` under a PRIVATE apt
 # configuration (own sources list, state, cache and status file, so the system's apt state is untouched),
-# from the same Debian mirror the system's own apt sources name.  scripts/provision-etcd and
-# scripts/provision-kubectl source it.
+# from the same Debian mirror the system's own apt sources name.  scripts/provision-etcd,
+# scripts/provision-kubectl and scripts/provision-client-go source it.
 #
 #   source scripts/debian-fetch.sh
 #   debian_fetch SUITE WORKDIR PACKAGE...   # downloads the .debs into WORKDIR/debs, unpacks them into WORKDIR/root
+#
+# Or in two steps, to ask the private package lists something (apt-cache) before downloading:
+#   debian_apt_setup SUITE WORKDIR          # private configuration + 'apt-get update'; sets APT_CONFIG and the
+#                                           # array DEBIAN_APT_PRIVATE (pass "${DEBIAN_APT_PRIVATE[@]}" to apt-get/apt-cache)
+#   apt-cache "${DEBIAN_APT_PRIVATE[@]}" depends ...
+#   debian_download WORKDIR PACKAGE...      # download + unpack, as debian_fetch does
 #
 # Functions call `die` (define it before sourcing) on failure.
 
@@ -43,9 +49,9 @@ debian_mirror() {
     echo "$mirror"
 }
 
-debian_fetch() {
-    local suite="$1" work="$2" mirror keyring f deb
-    shift 2
+# Private apt configuration in WORKDIR for SUITE, and its package lists ('apt-get update').
+debian_apt_setup() {
+    local suite="$1" work="$2" mirror keyring f
     command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || die "this is not a Debian system (no apt-get / dpkg-deb)"
     mirror="$(debian_mirror)"
     keyring=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -70,15 +76,28 @@ CONF
     if apt-config dump | grep -i 'Post-Invoke::' >/dev/null; then
         die "could not switch off apt's update hooks for the private configuration"
     fi
-    local apt_private=(
+    DEBIAN_APT_PRIVATE=(
         -o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
         -o "Dir::Etc::Preferences=/dev/null" -o "Dir::Etc::PreferencesParts=/dev/null"
         -o "Dir::State=$work/state" -o "Dir::State::status=$work/status"
         -o "Dir::Cache=$work/cache" -o "APT::Sandbox::User=root" -q
     )
-    apt-get "${apt_private[@]}" update >"$work/update.log" 2>&1 \
+    apt-get "${DEBIAN_APT_PRIVATE[@]}" update >"$work/update.log" 2>&1 \
         || { cat "$work/update.log" >&2; die "private 'apt-get update' for $suite failed"; }
-    (cd "$work/debs" && apt-get "${apt_private[@]}" download "$@") >"$work/download.log" 2>&1 \
-        || { cat "$work/download.log" >&2; die "apt-get download $* ($suite) failed"; }
+}
+
+# Download PACKAGE... with the configuration debian_apt_setup made in WORKDIR; unpack them into WORKDIR/root.
+debian_download() {
+    local work="$1" deb
+    shift
+    (cd "$work/debs" && apt-get "${DEBIAN_APT_PRIVATE[@]}" download "$@") >"$work/download.log" 2>&1 \
+        || { cat "$work/download.log" >&2; die "apt-get download $* failed"; }
     for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$work/root"; done
+}
+
+debian_fetch() {
+    local suite="$1" work="$2"
+    shift 2
+    debian_apt_setup "$suite" "$work"
+    debian_download "$work" "$@"
 }

@@ -154,10 +154,12 @@ cdef class _ScratchEncoder:
     cdef int _max_depth
     cdef PyObject** path  # containers being encoded, for the cycle report
     cdef bint busy
+    cdef bytes bytes_prefix  # written before every byte string's head (a CBOR tag), or None
 
     def __cinit__(self, *args, **kwargs):
         self.out = NULL
         self.path = NULL
+        self.bytes_prefix = None
 
     def __init__(self, *, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_depth=MAX_DEPTH):
         check_limits(max_frame_size, max_depth)
@@ -249,7 +251,11 @@ cdef class _ScratchEncoder:
 
     cdef int byte_string(self, const char* data, Py_ssize_t n) except -1:
         check_size("bin", n)
-        cdef uint8_t* p = self.reserve(n + MAX_HEAD)
+        cdef Py_ssize_t k = len(self.bytes_prefix) if self.bytes_prefix is not None else 0
+        cdef uint8_t* p = self.reserve(n + MAX_HEAD + k)
+        if k:
+            memcpy(p, PyBytes_AS_STRING(self.bytes_prefix), k)
+            p += k
         p += put_bytes_head(p, <uint64_t>n)
         memcpy(p, data, n)
         self.pos = (p - self.out) + n

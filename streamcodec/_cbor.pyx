@@ -145,6 +145,15 @@ cdef class CBOREncoder(_ScratchEncoder):
     content_type = "application/cbor"
     stream_content_type = "application/cbor-seq"
 
+    def __init__(self, *, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_depth=MAX_DEPTH, byte_string_tag=None):
+        """``byte_string_tag``: a tag every byte string is enclosed in (Kubernetes: 22, "expected later base64")."""
+        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
+        if byte_string_tag is not None:
+            if type(byte_string_tag) is not int or not 0 <= byte_string_tag < 2**64:
+                raise ValueError("byte_string_tag must be an int in 0..2**64-1")
+            head = bytearray(9)
+            self.bytes_prefix = bytes(head[: put_head(<uint8_t*><char*>head, 0xC0, <uint64_t>byte_string_tag)])
+
     cdef int integer(self, object o) except -1:
         cdef int overflow = 0
         cdef long long v = PyLong_AsLongLongAndOverflow(o, &overflow)

@@ -44,6 +44,7 @@ from ._framing_py import (
     event_prefixes,
 )
 from .errors import DecodeError, EncodeError
+from .limits import DEFAULT_MAX_FRAME_SIZE, MAX_DEPTH
 
 __all__ = ["CBOREncoder", "CBORDecoder"]
 
@@ -154,6 +155,16 @@ class CBOREncoder(FrameEncoderBase):
     _EVENT_PREFIXES = EVENT_PREFIXES
     _LIST_HEAD = SELF_DESCRIBE + b"\xa4"
     _LIST_END = b"\xff"
+
+    def __init__(
+        self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, byte_string_tag: Optional[int] = None
+    ) -> None:
+        """``byte_string_tag``: a tag every byte string is enclosed in (Kubernetes: 22, "expected later base64")."""
+        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
+        if byte_string_tag is not None:
+            if type(byte_string_tag) is not int or not 0 <= byte_string_tag < _TWO_64:
+                raise ValueError("byte_string_tag must be an int in 0..2**64-1")
+            self._Encoding = type("_TaggedEncoding", (_Encoding,), {"__slots__": (), "BYTES_PREFIX": _head(6, byte_string_tag)})
 
     def _check_raw(self, data: bytes) -> None:
         if len(data) < 4 or data[:3] != SELF_DESCRIBE:

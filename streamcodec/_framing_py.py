@@ -156,6 +156,8 @@ class EncodingBase:
     __slots__ = ("out", "max_depth", "limit", "path")
 
     FORMAT: ClassVar[str]  # name in "cannot encode" errors
+    #: written before every byte string's head (a CBOR tag, for an encoder made so)
+    BYTES_PREFIX: ClassVar[bytes] = b""
     NULL: ClassVar[bytes]
     TRUE: ClassVar[bytes]
     FALSE: ClassVar[bytes]
@@ -226,6 +228,7 @@ class EncodingBase:
             if isinstance(obj, memoryview) and not obj.c_contiguous:
                 raise EncodeError("memoryview is not C-contiguous")
             data = obj.tobytes() if isinstance(obj, memoryview) else obj
+            out += self.BYTES_PREFIX
             out += self.bytes_head(len(data))
             out += data
             if len(out) > self.limit:

@@ -490,3 +490,21 @@ def test_public_classes_follow_the_environment() -> None:
     expected = _cbor_py if streamcodec.PURE_PYTHON else _cbor
     assert streamcodec.CBOREncoder is expected.CBOREncoder
     assert streamcodec.CBORDecoder is expected.CBORDecoder
+
+
+@pytest.mark.parametrize("module", [_cbor, _cbor_py], ids=["compiled", "twin"])
+def test_byte_strings_can_be_enclosed_in_a_tag_as_kubernetes_encloses_byte_slices(module: Any) -> None:
+    enc = module.CBOREncoder(byte_string_tag=22)  # RFC 8949 3.4.5.2: expected later base64 encoding
+    obj = {"data": {"k": b"\x00\xffab", "e": b""}, "text": "x", "list": [bytearray(b"z"), memoryview(b"yy")]}
+    frame = enc.encode(obj)
+    assert cbor2.loads(frame) == {
+        "data": {"k": cbor2.CBORTag(22, b"\x00\xffab"), "e": cbor2.CBORTag(22, b"")},
+        "text": "x",
+        "list": (cbor2.CBORTag(22, b"z"), cbor2.CBORTag(22, b"yy")),  # cbor2 gives tuples inside frozen maps
+    }
+    assert frame == _cbor.CBOREncoder(byte_string_tag=22).encode(obj) == _cbor_py.CBOREncoder(byte_string_tag=22).encode(obj)
+    assert module.CBOREncoder(byte_string_tag=1000).encode(b"q")[3:] == bytes.fromhex("d903e84171")
+    assert module.CBOREncoder().encode(b"q")[3:] == b"\x41q"  # no tag unless asked for
+    for bad in (-1, 2**64, "22"):
+        with pytest.raises(ValueError):
+            module.CBOREncoder(byte_string_tag=bad)
