@@ -372,7 +372,7 @@ async def watch_producer(
         if request.resource_version:
             await _wait_for_revision(store, request.resource_version)
         start = request.resource_version + 1 if request.resource_version else None
-        stream = store.watch(prefix, start)
+        stream = store.shared_watch(prefix, start)  # every watcher of the prefix reads one etcd watch
         try:
             await stream.start()
         except BaseException:

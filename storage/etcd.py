@@ -34,6 +34,7 @@ import grpc
 import grpc.aio
 
 from . import errors
+from .watch_hub import SharedWatch, WatchHub
 from .errors import (
     AlreadyExists,
     Conflict,
@@ -321,12 +322,15 @@ class EtcdStore:
         self._gate_recheck_at = 0.0
         self.gate_recheck_interval = gate_recheck_interval
         self._closed = False
+        self._hub: Optional[WatchHub] = None
 
     # -------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
         """Close every channel (open watches and lists fail afterwards)."""
         self._closed = True
+        if self._hub is not None:
+            await self._hub.close()
         for member in self._members:
             await member.close()
 
@@ -592,6 +596,17 @@ class EtcdStore:
         return WatchStream(
             self, prefix, start_revision, progress_notify=progress_notify, max_fragment_bytes=max_fragment_bytes
         )
+
+    def shared_watch(self, prefix: bytes, start_revision: Optional[int] = None) -> "SharedWatch":
+        """Like :meth:`watch`, but every watcher of ``prefix`` reads one etcd watch (see :mod:`storage.watch_hub`)."""
+        if self._hub is None:
+            self._hub = WatchHub(self)
+        return self._hub.watch(prefix, start_revision)
+
+    @property
+    def watch_hub(self) -> Optional["WatchHub"]:
+        """The shared watches (None until the first :meth:`shared_watch`)."""
+        return self._hub
 
     def watch_list(self, prefix: bytes, resource_version: Optional[int] = None) -> "WatchListStream":
         """The Kubernetes watch-list stream of ``prefix`` (see :class:`WatchListStream`)."""
@@ -1118,7 +1133,7 @@ class WatchListStream:
         self.resource_version = resource_version or 0
         self.revision: Optional[int] = None
         self.caught_up = False
-        self.watch: Optional[WatchStream] = None
+        self.watch: Optional[SharedWatch] = None
         self._list = store.list_stream(prefix)
         self._gen = self._run()
 
@@ -1164,7 +1179,7 @@ class WatchListStream:
             async for kv in listing:
                 yield WatchEvent("ADDED", kv, None, int(kv.mod_revision))
                 del kv
-        watch = WatchStream(self._store, self.prefix, revision + 1, progress_notify=True)
+        watch = self._store.shared_watch(self.prefix, revision + 1)  # one etcd watch for every watcher of the prefix
         self.watch = watch
         await watch.start()
         yield WatchEvent("BOOKMARK", None, None, revision, initial_events_end=True)
