@@ -362,11 +362,76 @@ class RunResult:
         return max(0, self.peak_rss - self.baseline_rss)
 
 
+def expected_client_go_checksum(count: int, size: int) -> Dict[str, Any]:
+    """What a client-go informer of tests/go/informer reports once synced: objects, data bytes, checksum.
+
+    Its checksum: sha256 over the Secrets sorted by "namespace/name", each as "namespace/name\n" and,
+    per data key in order, "key=<length>\n" + value + "\n".
+    """
+    h = hashlib.sha256()
+    total = 0
+    for i in range(count):
+        name = secret_name(i)
+        value = base64.b64decode(secret_payload(name, size))
+        total += len(value)
+        h.update(f"{NAMESPACE}/{name}\npayload={len(value)}\n".encode() + value + b"\n")
+    return {"objects": count, "bytes": total, "checksum": h.hexdigest()}
+
+
+def client_go_informer() -> str:
+    """The Go informer binary: $STREAMCODEC_CLIENT_GO_INFORMER, else built by scripts/provision-client-go."""
+    given = os.environ.get("STREAMCODEC_CLIENT_GO_INFORMER")
+    if given:
+        return given
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "provision-client-go")
+    if not os.path.exists(script):
+        raise SystemExit("--informer client-go needs the source tree's scripts/provision-client-go, "
+                         "or STREAMCODEC_CLIENT_GO_INFORMER naming a built informer")
+    print("building the client-go informer (first time: a few minutes)...", file=sys.stderr)
+    proc = subprocess.run([script], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"scripts/provision-client-go failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def run_client_go(server: Server, mode: str, informers: int, args: argparse.Namespace) -> Tuple[List["InformerResult"], float]:
+    """``informers`` client-go informers in one Go process (default content type: protobuf); (results, t0)."""
+    expected = expected_client_go_checksum(args.objects, args.object_bytes)
+    cmd = [args.client_go_bin, "--server", server.url, "--namespace", NAMESPACE, "--informers", str(informers),
+           "--content-type", args.content_type,
+           "--watch-list", "on" if mode == "watch-list" else "off", "--sync-timeout", str(args.run_timeout),
+           "--expect-objects", str(args.objects)]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.run_timeout + 60)
+    results: List[InformerResult] = []
+    for line in proc.stdout.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") != "synced":
+            continue
+        got = {k: event.get(k) for k in ("objects", "bytes", "checksum")}
+        watch_list_ok = (event.get("lists", 0) == 0) == (mode == "watch-list")
+        ok = got == expected and watch_list_ok
+        error = "" if ok else (f"informer {event.get('informer')}: got {got}, lists {event.get('lists')}, "
+                               f"expected {expected} ({'no LIST' if mode == 'watch-list' else 'a LIST'})")
+        results.append(InformerResult(ok=ok, synced=t0 + float(event.get("seconds", 0.0)), bytes=int(got["bytes"] or 0),
+                                      error=error))
+    while len(results) < informers:
+        results.append(InformerResult(ok=False, error=f"client-go informer not synced (exit {proc.returncode}): "
+                                                      f"{proc.stderr.strip()[-500:]}"))
+    return results, t0
+
+
 def run_once(etcd_url: str, mode: str, informers: int, manifest_path: str, args: argparse.Namespace) -> RunResult:
     server = Server(etcd_url, SERVER_LIST_MODE[mode], args.buffer_bytes, args.memory_limit)
     try:
         server.wait_ready()
         baseline = server.start_sampling()
+        if args.informer == "client-go":
+            results, t0 = run_client_go(server, mode, informers, args)
+            return _result(server, mode, informers, baseline, results, t0)
         t0 = time.time()
         procs = [
             subprocess.Popen(
@@ -394,19 +459,24 @@ def run_once(etcd_url: str, mode: str, informers: int, manifest_path: str, args:
                 if p.poll() is None:
                     p.kill()
                     p.wait()
-        server.stop_sampling()
-        died = server.died()
-        synced = [r.synced for r in results if r.ok]
-        sync_seconds = (max(synced) - t0) if len(synced) == informers else float("nan")
-        total = sum(r.bytes for r in results)
-        return RunResult(
-            mode=mode, informers=informers, baseline_rss=baseline, peak_rss=server.peak,
-            sync_seconds=sync_seconds, mb_per_s=total / MiB / sync_seconds if sync_seconds == sync_seconds else 0.0,
-            server_died=died, killed_at_rss=server.killed_at_rss,
-            failures=[r.error for r in results if not r.ok],
-        )
+        return _result(server, mode, informers, baseline, results, t0)
     finally:
         server.close()
+
+
+def _result(server: Server, mode: str, informers: int, baseline: int, results: List["InformerResult"], t0: float) -> RunResult:
+    """The run's figures once its informers are done (the server is still up: its peak is read here)."""
+    server.stop_sampling()
+    died = server.died()
+    synced = [r.synced for r in results if r.ok]
+    sync_seconds = (max(synced) - t0) if len(synced) == informers else float("nan")
+    total = sum(r.bytes for r in results)
+    return RunResult(
+        mode=mode, informers=informers, baseline_rss=baseline, peak_rss=server.peak,
+        sync_seconds=sync_seconds, mb_per_s=total / MiB / sync_seconds if sync_seconds == sync_seconds else 0.0,
+        server_died=died, killed_at_rss=server.killed_at_rss,
+        failures=[r.error for r in results if not r.ok],
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -490,6 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-bytes", type=parse_size, default=None,
                    help="server's per-stream buffer (default: the server's own, or twice --object-bytes when "
                         "that is larger); the server runs with its default pool and admission")
+    p.add_argument("--informer", choices=("python", "client-go"), default="python",
+                   help="python: this package's informer processes; client-go: Kubernetes' own informers (Go, "
+                        "client-go 0.36, protobuf as client-go prefers; built from Debian's packages by "
+                        "scripts/provision-client-go), all in one process")
+    p.add_argument("--content-type", choices=("default", "json", "protobuf", "cbor"), default="default",
+                   help="with --informer client-go: the format the informers ask for (default: client-go's own choice, "
+                        "protobuf for built-in kinds)")
     p.add_argument("--out", default="demo-results", help="directory for results.json and memory.png")
     p.add_argument("--run-timeout", type=float, default=600, help="seconds one run may take")
     p.add_argument("--quick", action="store_true",
@@ -502,6 +579,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["informer"]:
         return _informer_main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.client_go_bin = client_go_informer() if args.informer == "client-go" else None
     if args.quick:
         args.objects, args.object_bytes, args.informers = 40, 64 << 10, "1,2,4"
     if args.buffer_bytes is None and 2 * args.object_bytes > DEFAULT_BUFFER_SIZE:

@@ -361,3 +361,25 @@ def test_compaction_mid_watch(informer_bin: str, etcd: Any, prefix: bytes, watch
         # the re-list came after the re-watch at the compacted resourceVersion
         relist = (initial if watch_list == "on" else lists)[-1]
         assert run.events.index(relist) > run.events.index(resumed[0]), (resumed[0], relist)
+
+
+@pytest.mark.parametrize("content_type", ["default", "json"])
+def test_demo_runs_client_go_informers(informer_bin: str, tmp_path: Any, content_type: str) -> None:
+    """``streamcodec demo --informer client-go``: Kubernetes' own informers, checked object by object."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = dict(os.environ, STREAMCODEC_CLIENT_GO_INFORMER=informer_bin)
+    proc = subprocess.run(
+        [sys.executable, "-m", "apiserver.demo", "--quick", "--informer", "client-go", "--content-type", content_type,
+         "--modes", "watch-list,streaming", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert {(r["mode"], r["informers"]) for r in runs} == {(m, n) for m in ("watch-list", "streaming") for n in (1, 2, 4)}
+    for r in runs:
+        assert not r["server_died"] and r["failures"] == [] and r["sync_seconds"] > 0, r
