@@ -35,7 +35,15 @@ from .negotiation import FORMATS, available_formats, format_for_content_type, ne
 from .objects import DEFAULT_RESOURCES, Resource
 from .status import APIError, bad_request, from_storage_error, internal_error
 from .streams import ItemWriter, StreamResponse, close_iterator, send_error_response
-from .handlers import ListRequest, WatchRequest, list_producer, buffered_list_body, watch_producer, watch_error_event
+from .handlers import (
+    ListRequest,
+    WatchRequest,
+    buffered_list_body,
+    list_producer,
+    resource_version,
+    watch_error_event,
+    watch_producer,
+)
 
 __all__ = ["App", "ServerConfig", "create_app", "KUBERNETES_VERSION"]
 
@@ -391,6 +399,8 @@ class App:
     async def _create(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], fmt: str) -> "PlainResponse":
         body, body_format = await self._read_body(scope, receive)
         obj = objects.decode_body(body, body_format)
+        objects.check_type_meta(obj, resource)
+        objects.check_values(obj)
         metadata = obj.get("metadata") or {}
         name = metadata.get("name")
         if not name and isinstance(metadata.get("generateName"), str):
@@ -413,6 +423,8 @@ class App:
     async def _replace(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
         body, body_format = await self._read_body(scope, receive)
         obj = objects.decode_body(body, body_format)
+        objects.check_type_meta(obj, resource)
+        objects.check_values(obj)
         metadata = obj.get("metadata") or {}
         if metadata.get("name", name) != name:
             raise bad_request("the name of the object does not match the name on the URL")
@@ -610,6 +622,7 @@ def _bool_param(query: Dict[str, str], name: str) -> bool:
 
 
 def _revision(value: str, what: str) -> int:
-    if not (value.isascii() and value.isdigit()):
-        raise bad_request(f"{what}: invalid resource version {value!r}")
-    return int(value)
+    revision = resource_version(value, what)
+    if revision >= 1 << 63:  # past any etcd revision: the object cannot be at it
+        raise APIError(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again")
+    return revision

@@ -31,9 +31,24 @@ Cleanup = Callable[[], Awaitable[None]]
 
 
 def _rv(value: str) -> int:
-    if not (value.isascii() and value.isdigit()):
-        raise bad_request(f"resourceVersion: invalid value {value!r}: must be a non-negative integer")
+    return resource_version(value, "resourceVersion")
+
+
+def resource_version(value: str, what: str) -> int:
+    """A resourceVersion as kube parses it (an unsigned 64-bit integer), or 400."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) >= 1 << 64:
+        raise bad_request(f"{what}: invalid value {value[:40]!r}: must be a non-negative 64-bit integer")
     return int(value)
+
+
+def count_param(query: Dict[str, str], name: str) -> Optional[int]:
+    """A non-negative integer query parameter (limit, timeoutSeconds), None when absent, or 400."""
+    text = query.get(name, "")
+    if text == "":
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise bad_request(f"{name}: invalid value {text[:40]!r}: must be a non-negative integer below 10**18")
+    return int(text)
 
 
 def _bool(query: Dict[str, str], name: str) -> Optional[bool]:
@@ -96,11 +111,7 @@ class ListRequest:
 
     @classmethod
     def parse(cls, query: Dict[str, str]) -> "ListRequest":
-        limit: Optional[int] = None
-        if query.get("limit", "") != "":
-            if not (query["limit"].isascii() and query["limit"].isdigit()):
-                raise bad_request(f"limit: invalid value {query['limit']!r}: must be a non-negative integer")
-            limit = int(query["limit"]) or None
+        limit = count_param(query, "limit") or None
         token = query.get("continue") or None
         if "sendInitialEvents" in query:
             raise APIError(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list")
@@ -342,12 +353,9 @@ class WatchRequest:
         # --min-request-timeout, so that watches opened together do not all end together
         cap = min_request_timeout * (1.0 + random.random())
         timeout = cap
-        text = query.get("timeoutSeconds", "")
-        if text != "":
-            if not (text.isascii() and text.isdigit()) or len(text) > 12:
-                raise bad_request("timeoutSeconds: must be a non-negative integer")
-            if int(text) > 0:
-                timeout = min(float(int(text)), cap)
+        seconds = count_param(query, "timeoutSeconds")
+        if seconds:
+            timeout = min(float(seconds), cap)
         # Legacy semantics: no sendInitialEvents and resourceVersion unset or "0" = current state first.
         initial = bool(send_initial) or (send_initial is None and rv == 0)
         return cls(rv, initial, bool(send_initial), allow_bookmarks, timeout, KeyFilter.parse(query))

@@ -52,8 +52,11 @@ _JSON_LAYOUT_PREFIX = b'{"metadata":{'
 _RV_KEY = b'"resourceVersion"'
 _PREFIX_LEN = len(_JSON_LAYOUT_PREFIX)
 
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_RESOURCE_RE = re.compile(r"^[a-z][a-z0-9]{0,62}$")
+# fullmatch: "$" would also match before a trailing newline ("evil\n")
+_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_RESOURCE_RE = re.compile(r"[a-z][a-z0-9]{0,62}")
+#: Integers Kubernetes carries (int64; its protobuf and Go JSON decoding refuse others).
+INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
 
 
 class Resource(NamedTuple):
@@ -105,7 +108,7 @@ def resource_info(name: str, resources: Dict[str, Resource]) -> Resource:
     known = resources.get(name)
     if known is not None:
         return known
-    if not _RESOURCE_RE.match(name):
+    if not _RESOURCE_RE.fullmatch(name):
         raise APIError(404, "NotFound", f"the server could not find the requested resource {name!r}")
     if name.endswith("ies"):
         singular = name[:-3] + "y"
@@ -119,7 +122,7 @@ def resource_info(name: str, resources: Dict[str, Resource]) -> Resource:
 
 
 def check_name(what: str, value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise APIError(
             422,
             "Invalid",
@@ -257,6 +260,50 @@ def decode_body(body: bytes, fmt: str) -> Dict[str, Any]:
     if not isinstance(obj.get("metadata", {}), dict):
         raise bad_request("metadata must be an object")
     return obj
+
+
+def check_values(obj: Any, where: str = "") -> None:
+    """422 for values Kubernetes objects cannot hold: ints outside int64, non-finite floats, lone surrogates.
+
+    Every served format must be able to carry a stored object: an int past int64 would break every
+    protobuf list and watch of its collection, a lone surrogate every UTF-8 format.
+    """
+    stack = [(obj, where)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str):
+                    _check_text(k, f"{path}.{k}" if path else k)
+                stack.append((v, f"{path}.{k}" if path else str(k)))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+                raise APIError(422, "Invalid", f"{path or 'object'}: Invalid value: the number is out of the int64 range")
+        elif isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise APIError(422, "Invalid", f"{path or 'object'}: Invalid value: not a finite number")
+        elif isinstance(value, str):
+            _check_text(value, path)
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(422, "Invalid", f"{path or 'object'}: Invalid value: a string holds a lone surrogate (not UTF-8)") from None
+
+
+def check_type_meta(obj: Dict[str, Any], resource: "Resource") -> None:
+    """400 when a body's kind or apiVersion names another type than the resource written to (as kube)."""
+    kind, api_version = obj.get("kind"), obj.get("apiVersion")
+    if api_version not in (None, "", "v1"):
+        raise bad_request(f"the API version in the data ({api_version}) does not match the expected API version (v1)")
+    if kind not in (None, "", resource.kind):
+        raise bad_request(f"the kind in the data ({kind}) does not match the expected kind ({resource.kind})")
 
 
 def prepare_for_storage(

@@ -363,6 +363,10 @@ def to_api_error(exc: BaseException) -> APIError:
         return from_storage_error(exc)
     if isinstance(exc, FrameTooLarge):
         return APIError(500, "InternalError", "an object is larger than the server's frame limit")
+    if isinstance(exc, EncodeError):
+        # a stored object this media type cannot carry (an int past 2**53 in the Struct protobuf):
+        # the client may ask for another; other streams are unaffected
+        return APIError(406, "NotAcceptable", f"an object cannot be represented in the requested media type: {exc}")
     log.error("unexpected error in a stream", exc_info=exc)
     return internal_error()
 
