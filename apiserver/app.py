@@ -53,6 +53,9 @@ log = logging.getLogger("apiserver")
 #: encoding), which client-go's decoder needs to take a byte string as bytes rather than base64 text.
 FORMAT_OPTIONS: Dict[str, Dict[str, Any]] = {"cbor": {"byte_string_tag": 22}}
 
+#: Tries of an unconditional update that meets concurrent writes (each a fresh read).
+UPDATE_RETRIES = 5
+
 #: kube-apiserver's default --max-requests-inflight: the stream cap of the buffered (classic) list mode.
 KUBE_MAX_REQUESTS_INFLIGHT = 400
 
@@ -436,16 +439,21 @@ class App:
             expected = _revision(str(precondition), "metadata.resourceVersion")
         store = await self.store()
         key = self._key(resource, namespace, name)
-        try:
-            current = await store.get(key)
-            if expected is None:
-                expected = int(current.mod_revision)  # unconditional PUT: still never lose a concurrent write silently
-            previous = objects.decode_stored(current.value, int(current.mod_revision))
-            stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=False, previous=previous)
-            value = objects.encode_for_storage(stored)
-            revision = await store.update(key, value, expected)
-        except storage_errors.StorageError as exc:
-            raise from_storage_error(exc, resource=resource.name, name=name) from None
+        # An unconditional PUT retries on a concurrent write, as kube's GuaranteedUpdate does: the
+        # server-owned fields come from the version it replaces, so it never loses that write's uid.
+        for attempt in range(UPDATE_RETRIES):
+            try:
+                current = await store.get(key)
+                previous = objects.decode_stored(current.value, int(current.mod_revision))
+                stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=False, previous=previous)
+                value = objects.encode_for_storage(stored)
+                revision = await store.update(key, value, int(current.mod_revision) if expected is None else expected)
+                break
+            except storage_errors.Conflict as exc:
+                if expected is not None or attempt == UPDATE_RETRIES - 1:
+                    raise from_storage_error(exc, resource=resource.name, name=name) from None
+            except storage_errors.StorageError as exc:
+                raise from_storage_error(exc, resource=resource.name, name=name) from None
         return self._kv_response(200, value, revision, fmt, resource)
 
     async def _delete(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":

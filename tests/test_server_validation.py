@@ -88,3 +88,26 @@ def test_an_int64_no_format_can_break_the_collection_for_the_formats_that_carry_
     assert c.post(NS, json={"metadata": {"name": "int64"}, "spec": {"n": 9007199254740993}}).status_code in (201, 409)
     r = c.get(NS, headers={"Accept": "application/vnd.kubernetes.protobuf"})
     assert r.status_code == 200 and kube_proto.decode_object(r.content)[1] == "SecretList"
+
+
+def test_unconditional_puts_under_contention_all_succeed_as_kube_retries_them(server: ServerThread) -> None:
+    import threading
+
+    c = httpx.Client(base_url=server.url, timeout=10)
+    assert c.post(NS, json={"metadata": {"name": "contended"}, "data": {"n": "MA=="}}).status_code in (201, 409)
+    codes = []
+
+    def put(i: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as own:
+            for j in range(5):
+                codes.append(own.put(f"{NS}/contended", json={"metadata": {"name": "contended"}, "data": {"n": "MQ=="}}).status_code)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert codes == [200] * 20
+    # with a precondition, a stale one is still a 409
+    r = c.put(f"{NS}/contended", json={"metadata": {"name": "contended", "resourceVersion": "1"}})
+    assert r.status_code == 409
