@@ -92,13 +92,16 @@ def from_storage_error(exc: storage_errors.StorageError, *, resource: str = "", 
             "please apply your changes to the latest version and try again",
             details=details,
         )
+    # The messages name the problem in kube's words; storage's own text (etcd keys, details of the
+    # token format) stays in the server's log.
     if isinstance(exc, storage_errors.Expired):
-        return APIError(410, "Expired", f"too old resource version: {exc}")
+        compacted = f" (compacted at {exc.compact_revision})" if exc.compact_revision else ""
+        return APIError(410, "Expired", f"too old resource version: the requested version was compacted{compacted}")
     if isinstance(exc, storage_errors.InvalidContinue):
-        return APIError(400, "BadRequest", f"invalid continue token: {exc}")
+        return APIError(400, "BadRequest", "invalid continue token: it was not issued by this server for this list, or it is damaged")
     if isinstance(exc, storage_errors.FutureRevision):
         return APIError(
-            504, "Timeout", f"Too large resource version: {exc}", retry_after=1,
+            504, "Timeout", "Too large resource version: the requested version is newer than the storage's", retry_after=1,
             details={"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]},
         )
     if isinstance(exc, storage_errors.Unavailable):

@@ -1,11 +1,13 @@
 """Opaque, signed continue tokens for paged lists.
 
-A token carries the listed prefix, the pinned revision and the next key to
-read; it is urlsafe base64 (no padding) of that payload plus an HMAC-SHA256
-tag (first 16 bytes) under a secret, so a client can neither forge nor alter
-one, nor reuse it on another prefix.  Layout of the payload::
+A token carries the pinned revision, a digest of the listed prefix and the
+next key to read, relative to the prefix (so the server's key layout is not
+shown to clients, as in kube's tokens); it is urlsafe base64 (no padding) of
+that payload plus an HMAC-SHA256 tag (first 16 bytes) under a secret, so a
+client can neither forge nor alter one, nor reuse it on another prefix.
+Layout of the payload::
 
-    version (1 byte, = 1) | revision (int64, big-endian) | len(prefix) (uint32, big-endian) | prefix | start key
+    version (1 byte, = 2) | revision (int64, big-endian) | sha256(prefix)[:8] | start key without the prefix
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from .errors import InvalidContinue
 
 __all__ = ["encode_continue", "decode_continue"]
 
-_VERSION = 1
-_HEAD = struct.Struct(">BqI")
+_VERSION = 2
+_HEAD = struct.Struct(">Bq8s")
 _TAG_BYTES = 16  # 128-bit tag: forging one takes ~2**128 tries
 _MAX_TOKEN_CHARS = 64 * 1024  # keys are at most a few KB; refuse to even decode anything bigger
 
@@ -33,7 +35,9 @@ def _tag(secret: bytes, payload: bytes) -> bytes:
 
 def encode_continue(secret: bytes, prefix: bytes, revision: int, start_key: bytes) -> str:
     """A token resuming the list of ``prefix`` at ``revision`` from ``start_key`` (inclusive)."""
-    payload = _HEAD.pack(_VERSION, revision, len(prefix)) + prefix + start_key
+    if not start_key.startswith(prefix):
+        raise ValueError("the start key is not under the prefix")
+    payload = _HEAD.pack(_VERSION, revision, _prefix_digest(prefix)) + start_key[len(prefix) :]
     return base64.urlsafe_b64encode(payload + _tag(secret, payload)).rstrip(b"=").decode("ascii")
 
 
@@ -55,13 +59,15 @@ def decode_continue(secret: bytes, token: str, prefix: bytes) -> Tuple[int, byte
     payload, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
     if not hmac.compare_digest(tag, _tag(secret, payload)):
         raise InvalidContinue("continue token signature does not match (tampered with or from another server)")
-    version, revision, prefix_len = _HEAD.unpack_from(payload)
+    version, revision, digest = _HEAD.unpack_from(payload)
     if version != _VERSION:
         raise InvalidContinue(f"continue token version {version} is not supported")
-    token_prefix = payload[_HEAD.size : _HEAD.size + prefix_len]
-    start_key = payload[_HEAD.size + prefix_len :]
-    if len(token_prefix) != prefix_len or token_prefix != prefix:
+    if not hmac.compare_digest(digest, _prefix_digest(prefix)):
         raise InvalidContinue("continue token was issued for another prefix")
-    if revision <= 0 or not start_key.startswith(prefix):
+    if revision <= 0:
         raise InvalidContinue("continue token is inconsistent")
-    return revision, start_key
+    return revision, prefix + payload[_HEAD.size :]
+
+
+def _prefix_digest(prefix: bytes) -> bytes:
+    return hashlib.sha256(prefix).digest()[:8]

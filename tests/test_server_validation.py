@@ -111,3 +111,31 @@ def test_unconditional_puts_under_contention_all_succeed_as_kube_retries_them(se
     # with a precondition, a stale one is still a 409
     r = c.put(f"{NS}/contended", json={"metadata": {"name": "contended", "resourceVersion": "1"}})
     assert r.status_code == 409
+
+
+def test_errors_and_continue_tokens_show_no_internals(server: ServerThread, etcd: Any) -> None:
+    import base64
+
+    c = httpx.Client(base_url=server.url, timeout=10)
+    for i in range(3):
+        c.post(NS, json={"metadata": {"name": f"page{i}"}})
+    token = c.get(NS, params={"limit": "1"}).json()["metadata"]["continue"]
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    assert b"/registry" not in raw and b"secrets/default" not in raw  # the key layout stays the server's
+    bad = c.get(NS, params={"continue": token[:-4] + "AAAA"})
+    assert bad.status_code == 400 and "signature" not in bad.text and "prefix" not in bad.text
+    rv = c.get(NS).json()["metadata"]["resourceVersion"]
+    for i in range(2):
+        c.put(f"{NS}/page0", json={"metadata": {"name": "page0"}, "data": {"i": "MA=="}})
+    import asyncio
+
+    from storage import EtcdStore
+
+    async def compact() -> None:
+        async with EtcdStore([etcd.endpoint]) as store:
+            await store.compact(await store.current_revision())
+
+    asyncio.run(compact())
+    gone = c.get(NS, params={"watch": "1", "resourceVersion": rv, "timeoutSeconds": "2"})
+    text = gone.text
+    assert ("410" in text or gone.status_code == 410) and "b'" not in text and "/registry" not in text, text
