@@ -405,6 +405,9 @@ def test_live_watch_lists_give_their_slot_back_at_the_bookmark(make_server: Any)
             while json.loads(next(lines))["type"] != "BOOKMARK":
                 pass
             streams.append((cm, lines))
+        deadline = time.monotonic() + 5  # the slot goes back right after the bookmark's send returns
+        while server.app.stats()["admission"]["active"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         stats = server.app.stats()
         assert stats["active_streams"] == 5 and stats["admission"]["active"] == 0 and stats["admission"]["rejected"] == 0
         assert httpx.get(server.url + NS, timeout=5).status_code == 200
