@@ -53,8 +53,9 @@ log = logging.getLogger("apiserver")
 #: encoding), which client-go's decoder needs to take a byte string as bytes rather than base64 text.
 FORMAT_OPTIONS: Dict[str, Dict[str, Any]] = {"cbor": {"byte_string_tag": 22}}
 
-#: Tries of an unconditional update that meets concurrent writes (each a fresh read).
-UPDATE_RETRIES = 5
+#: Tries of an unconditional update that meets concurrent writes (each a fresh read); kube's
+#: GuaranteedUpdate retries until its request times out, this until the tries run out.
+UPDATE_RETRIES = 100
 
 #: kube-apiserver's default --max-requests-inflight: the stream cap of the buffered (classic) list mode.
 KUBE_MAX_REQUESTS_INFLIGHT = 400
@@ -138,7 +139,11 @@ class App:
     Give either a ready ``store`` (its lifecycle stays yours) or
     ``etcd_endpoints`` (+ ``store_options`` for TLS/auth), in which case the
     App creates the EtcdStore on first use and closes it at lifespan shutdown
-    or :meth:`aclose`.
+    or :meth:`aclose`.  ``authenticator`` / ``authorizer``: callables of the
+    :class:`apiserver.security.Authenticator` / ``Authorizer`` protocols (the
+    built-in token-file, x509 and ABAC ones, or a host server's own);
+    ``audit``: an :class:`apiserver.audit.AuditSink`; none given, every
+    request is served unauthenticated, as before.
     """
 
     def __init__(
@@ -148,6 +153,9 @@ class App:
         etcd_endpoints: Optional[List[str]] = None,
         store_options: Optional[Dict[str, Any]] = None,
         config: Optional[ServerConfig] = None,
+        authenticator: Optional[Any] = None,
+        authorizer: Optional[Any] = None,
+        audit: Optional[Any] = None,
     ) -> None:
         if (store is None) == (etcd_endpoints is None):
             raise ValueError("give exactly one of store or etcd_endpoints")
@@ -185,6 +193,10 @@ class App:
         self.streams_started = 0
         self.outcomes: Dict[str, int] = {}
         self._responses: "set[StreamResponse]" = set()
+        #: authentication, authorization, audit (apiserver/security.py); None when none is given: served as before
+        from .security import security_gate
+
+        self.security = security_gate(self, authenticator, authorizer, audit)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -195,6 +207,8 @@ class App:
         return self._store
 
     async def aclose(self) -> None:
+        if self.security is not None:
+            self.security.flush()  # the audit log's buffered lines
         if self._owns_store and self._store is not None:
             store, self._store = self._store, None
             await store.close()
@@ -231,6 +245,12 @@ class App:
             return
         if scope["type"] != "http":
             return
+        if self.security is not None:  # authentication, authorization, audit: apiserver/security.py
+            await self.security.serve(scope, receive, send, self._http)
+            return
+        await self._http(scope, receive, send)
+
+    async def _http(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
         encoder = self.encoders.get("json")
         try:
             accept = _header(scope, b"accept")
