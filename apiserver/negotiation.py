@@ -37,7 +37,7 @@ class Format(NamedTuple):
 FORMATS: Dict[str, Format] = {
     "json": Format("json", "JSONEncoder", "JSONDecoder", ("application/json",)),
     "cbor": Format("cbor", "CBOREncoder", "CBORDecoder", ("application/cbor", "application/cbor-seq")),
-    "protobuf": Format("protobuf", "KubeProtoEncoder", "", ("application/vnd.kubernetes.protobuf",)),
+    "protobuf": Format("protobuf", "KubeProtoEncoder", "KubeProtoDecoder", ("application/vnd.kubernetes.protobuf",)),
     "protobuf-struct": Format(
         "protobuf-struct", "ProtoEncoder", "ProtoDecoder", ("application/vnd.streamcodec.struct+protobuf",)
     ),
@@ -104,10 +104,19 @@ def negotiate(accept: Optional[str], available: Optional[List[str]] = None) -> s
 
 
 def format_for_content_type(content_type: Optional[str], available: Optional[List[str]] = None) -> str:
-    """The format of a request body (missing Content-Type means JSON), or 415."""
+    """The format of a request body, or 415.
+
+    A missing Content-Type is 415 too (kube-apiserver would take JSON): a browser page can send a
+    cross-site POST without one (a typeless ``Blob`` body, no CORS preflight), which must not be taken
+    for a JSON write to a server on loopback.
+    """
     if available is None:
         available = available_formats()
-    media_type = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    if not content_type or not content_type.strip():
+        accepted = ", ".join(FORMATS[n].media_types[0] for n in FORMATS if n in available and FORMATS[n].decoder_class)
+        raise APIError(415, "UnsupportedMediaType",
+                       f"the request has no Content-Type header - accepted media types include: {accepted}")
+    media_type = content_type.split(";", 1)[0].strip().lower()
     name = _BY_MEDIA_TYPE.get(media_type)
     if name is None or name not in available or not FORMATS[name].decoder_class:
         raise APIError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {media_type}")

@@ -42,12 +42,12 @@ def _load(name: str) -> _ModuleType:
 if _TYPE_CHECKING:  # the stubs of the compiled modules describe both twins
     from ._cbor import CBORDecoder, CBOREncoder
     from ._json import JSONDecoder, JSONEncoder
-    from ._kubeproto import KubeProtoEncoder
+    from ._kubeproto import KubeProtoDecoder, KubeProtoEncoder
     from ._msgpack import MsgpackDecoder, MsgpackEncoder
     from ._proto import ProtoDecoder, ProtoEncoder
 else:
     _json, _cbor, _msgpack, _proto, _kubeproto = (_load(m) for m in ("_json", "_cbor", "_msgpack", "_proto", "_kubeproto"))
-    KubeProtoEncoder = _kubeproto.KubeProtoEncoder  # type: ignore[misc]
+    KubeProtoEncoder, KubeProtoDecoder = _kubeproto.KubeProtoEncoder, _kubeproto.KubeProtoDecoder  # type: ignore[misc]
     JSONEncoder, JSONDecoder = _json.JSONEncoder, _json.JSONDecoder  # type: ignore[misc]
     CBOREncoder, CBORDecoder = _cbor.CBOREncoder, _cbor.CBORDecoder  # type: ignore[misc]
     MsgpackEncoder, MsgpackDecoder = _msgpack.MsgpackEncoder, _msgpack.MsgpackDecoder  # type: ignore[misc]
@@ -69,6 +69,7 @@ __all__ = [
     "FrameTooLarge",
     "JSONDecoder",
     "JSONEncoder",
+    "KubeProtoDecoder",
     "KubeProtoEncoder",
     "MsgpackDecoder",
     "MsgpackEncoder",

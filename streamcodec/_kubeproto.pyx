@@ -24,9 +24,10 @@ from ._kubeproto_py import MAGIC, UNKNOWN_TAIL, OBJECT_META, parse_duration
 from .errors import BufferFull, EncodeError, FrameTooLarge
 from .kube_schema import KINDS, SHAPES
 
-__all__ = ["KubeProtoEncoder", "KindEncoder"]
+__all__ = ["KubeProtoEncoder", "KindEncoder", "KubeProtoDecoder"]
 
 KindEncoder = _kubeproto_py.KindEncoder
+KubeProtoDecoder = _kubeproto_py.KubeProtoDecoder  # request bodies: not a hot path
 
 cdef enum:
     K_STRING = 0

@@ -215,3 +215,36 @@ def test_default_schema_covers_the_server_kinds() -> None:
         assert DEFAULT_SCHEMA.message_name("v1", kind) is not None
     assert DEFAULT_SCHEMA.byte_paths("k8s.io.api.core.v1.Secret") == {"data": True}
     assert DEFAULT_SCHEMA.byte_paths("k8s.io.api.core.v1.ConfigMap") == {"binaryData": True}
+
+
+@pytest.mark.parametrize("name", sorted(KIND_OF))
+def test_decoding_a_typed_frame_gives_back_the_json_it_came_from(name: str) -> None:
+    from streamcodec import KubeProtoDecoder
+
+    obj = objects()[name]
+    frame = _compiled.KubeProtoEncoder().encode_stored("v1", KIND_OF[name], stored(obj), 99)
+    back = KubeProtoDecoder().decode(frame)
+    expected = json.loads(stored(obj))
+    expected["metadata"]["resourceVersion"] = "99"
+
+    def drop_nulls(v: Any) -> Any:  # JSON nulls are absent fields on the wire
+        if isinstance(v, dict):
+            return {k: drop_nulls(x) for k, x in v.items() if x is not None}
+        if isinstance(v, list):
+            return [drop_nulls(x) for x in v]
+        return v
+
+    assert back == drop_nulls(expected)
+
+
+def test_the_decoder_refuses_what_the_message_does_not_declare() -> None:
+    from streamcodec import DecodeError, KubeProtoDecoder
+
+    type_meta = b"\x0a\x02v1\x12\x06Secret"
+    undeclared = b"k8s\x00" + b"\x0a" + bytes([len(type_meta)]) + type_meta + b"\x12\x02\x78\x01" + b"\x1a\x00\x22\x00"
+    with pytest.raises(DecodeError, match="field 15"):
+        KubeProtoDecoder().decode(undeclared)  # a Secret with a field 15
+    with pytest.raises(DecodeError):
+        KubeProtoDecoder().decode(b"k8s\x00\x0a\x05")
+    with pytest.raises(DecodeError):
+        KubeProtoDecoder().decode(b"{}")

@@ -118,3 +118,31 @@ def test_watch_list_request_rules_as_kube_apiserver(server: ServerThread) -> Non
     assert r.status_code == 400 and "NotOlderThan" in r.json()["message"]
     r = c.get(NS, params={"watch": "1", "sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan"})
     assert r.status_code == 400 and "allowWatchBookmarks" in r.json()["message"]  # never a watch-list without its bookmark
+
+
+def test_writes_in_typed_protobuf_as_client_go_sends_them_by_default(server: ServerThread, kube_proto: Any) -> None:
+    """client-go writes built-in kinds in protobuf: a body built with Kubernetes' own classes is stored as JSON."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    Secret = kube_proto.message("k8s.io.api.core.v1.Secret")
+    secret = Secret()
+    secret.metadata.name = "from-proto"
+    secret.metadata.labels["app"] = "x"
+    secret.metadata.creationTimestamp.seconds = 1795860000
+    secret.data["k"] = b"\x00\x01binary"
+    secret.type = "Opaque"
+    body = kube_proto.encode_object(secret, "v1", "Secret")
+    r = c.post(NS, content=body, headers={"Content-Type": PROTO, "Accept": CLIENT_GO})
+    assert r.status_code == 201, r.content[:300]
+    _, kind, created = kube_proto.decode_object(r.content)
+    assert kind == "Secret" and created.data["k"] == b"\x00\x01binary" and created.metadata.labels["app"] == "x"
+    as_json = c.get(f"{NS}/from-proto").json()
+    assert as_json["data"] == {"k": base64.b64encode(b"\x00\x01binary").decode()} and as_json["type"] == "Opaque"
+    # an update in protobuf, with its resourceVersion precondition
+    created.data["k"] = b"changed"
+    r = c.put(f"{NS}/from-proto", content=kube_proto.encode_object(created, "v1", "Secret"), headers={"Content-Type": PROTO})
+    assert r.status_code == 200 and c.get(f"{NS}/from-proto").json()["data"]["k"] == base64.b64encode(b"changed").decode()
+    # a frame of another kind, or garbage, is a 400 Status, never a 500
+    cm = kube_proto.message("k8s.io.api.core.v1.ConfigMap")()
+    cm.metadata.name = "x"
+    assert c.post(NS, content=kube_proto.encode_object(cm, "v1", "ConfigMap"), headers={"Content-Type": PROTO}).status_code == 400
+    assert c.post(NS, content=b"k8s\x00\x0a\xff", headers={"Content-Type": PROTO}).status_code == 400
