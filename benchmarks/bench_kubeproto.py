@@ -46,8 +46,13 @@ def stored_value(name: str) -> bytes:
     return encode_for_storage(obj)
 
 
-@pytest.mark.parametrize("name", sorted(KINDS))
-@pytest.mark.parametrize("contender", ["typed_protobuf", "json_passthrough", "official_protobuf"])
+# The protobuf package's json_format cannot read Kubernetes' JSON of a Time ("2026-...Z" for a message
+# field), so its Pod would need a converter of our writing: it is measured on the Secret only.
+CASES = [(c, n) for n in sorted(KINDS) for c in ("typed_protobuf", "json_passthrough", "official_protobuf")
+         if not (c == "official_protobuf" and n == "pod")]
+
+
+@pytest.mark.parametrize("contender, name", CASES)
 def test_stored_object_to_watch_event(benchmark: Any, oracle: Any, name: str, contender: str) -> None:
     value = stored_value(name)
     kind = KINDS[name]
