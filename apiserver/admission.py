@@ -110,7 +110,11 @@ class Admission:
 
 
 def client_of(scope: Dict[str, object]) -> str:
-    """The fairness key of a request: its peer's address (per user once requests are authenticated)."""
+    """The fairness key of a request: its authenticated user (``scope["user"]``, set by
+    :mod:`apiserver.security`), else its peer's address."""
+    user = scope.get("user")
+    if getattr(user, "authenticated", False):
+        return "user:" + str(getattr(user, "name", ""))
     client = scope.get("client")
     if isinstance(client, (tuple, list)) and client:
         return str(client[0])

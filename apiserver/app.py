@@ -416,7 +416,8 @@ class App:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
-        body_format = format_for_content_type(_header(scope, b"content-type"), self.formats)
+        from_browser = _header(scope, b"origin") is not None or _header(scope, b"sec-fetch-mode") is not None
+        body_format = format_for_content_type(_header(scope, b"content-type"), self.formats, from_browser=from_browser)
         return b"".join(chunks), body_format
 
     async def _create(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], fmt: str) -> "PlainResponse":

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="etcd user; the password is read from the environment variable STREAMCODEC_ETCD_PASSWORD")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="log level of the server and uvicorn (default info)")
+    from . import secure_serving  # TLS, authentication, authorization, audit flags
+
+    secure_serving.add_arguments(serve)
 
     demo = sub.add_parser("demo", help="run the watch-list experiment (see `streamcodec demo --help`)", add_help=False)
     demo.add_argument("args", nargs=argparse.REMAINDER)
@@ -178,10 +181,19 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"streamcodec serve: {exc}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = App(etcd_endpoints=endpoints, store_options=store_options, config=config)
+    from . import secure_serving
+
+    try:  # before anything listens: a non-loopback --listen needs TLS and authentication
+        security = secure_serving.configure(args)
+    except ValueError as exc:
+        raise SystemExit(f"streamcodec serve: {exc}") from None
+    app = App(etcd_endpoints=endpoints, store_options=store_options, config=config, **security.app_options)
     host, port = args.listen
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, lifespan="on", access_log=args.log_level == "debug",
-                timeout_graceful_shutdown=args.shutdown_timeout, http=app.http_protocol())
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=args.log_level, lifespan="on", access_log=args.log_level == "debug",
+                    timeout_graceful_shutdown=args.shutdown_timeout, http=app.http_protocol(), **security.uvicorn_options)
+    finally:
+        security.close()
     return 0
 
 

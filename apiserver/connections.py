@@ -8,7 +8,9 @@ makes a protocol class that also
 * closes a connection whose request headers are not complete ``header_timeout`` seconds after the
   connection opened or its previous response ended (kube-apiserver: ``ReadHeaderTimeout`` 32 s);
 * closes one whose request body is not complete ``body_timeout`` seconds after its headers;
-* refuses connections past ``max_connections`` (closed at once: the client sees a reset and retries).
+* refuses connections past ``max_connections`` (closed at once: the client sees a reset and retries);
+* on TLS connections, gives the app the ASGI TLS extension with the verified client certificate
+  (``scope["extensions"]["tls"]``, :mod:`apiserver.tls`).
 
 Pass it as ``uvicorn.Config(app, http=guarded_h11(...))``; :meth:`apiserver.App.http_protocol` gives
 the one matching the App's config.
@@ -21,6 +23,8 @@ from typing import Optional, Type
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .tls import tls_extension, with_tls_extension
 
 __all__ = ["guarded_h11", "raise_open_files_limit"]
 
@@ -38,6 +42,9 @@ def guarded_h11(header_timeout: float, body_timeout: float, max_connections: int
                 self.logger.warning("refusing a connection: %d are open (the cap)", max_connections)
                 transport.abort()
                 return
+            tls = tls_extension(transport)  # the verified client certificate: scope["extensions"]["tls"]
+            if tls is not None:
+                self.app = with_tls_extension(self.app, tls)
             self._arm("headers", header_timeout)
 
         def _arm(self, phase: str, seconds: float) -> None:

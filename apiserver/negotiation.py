@@ -103,15 +103,20 @@ def negotiate(accept: Optional[str], available: Optional[List[str]] = None) -> s
     raise APIError(406, "NotAcceptable", f"only the following media types are accepted: {supported}")
 
 
-def format_for_content_type(content_type: Optional[str], available: Optional[List[str]] = None) -> str:
+def format_for_content_type(
+    content_type: Optional[str], available: Optional[List[str]] = None, *, from_browser: bool = False
+) -> str:
     """The format of a request body, or 415.
 
-    A missing Content-Type is 415 too (kube-apiserver would take JSON): a browser page can send a
-    cross-site POST without one (a typeless ``Blob`` body, no CORS preflight), which must not be taken
-    for a JSON write to a server on loopback.
+    A missing Content-Type means JSON, as kube-apiserver reads it (the official Python client sends
+    its creates without one), except from a browser (``from_browser``: the request has an ``Origin``
+    or ``Sec-Fetch-*`` header): a page can send a cross-site POST without a type (a typeless
+    ``Blob`` body, no CORS preflight), which must not be taken for a JSON write to a server on loopback.
     """
     if available is None:
         available = available_formats()
+    if (not content_type or not content_type.strip()) and not from_browser:
+        content_type = "application/json"
     if not content_type or not content_type.strip():
         accepted = ", ".join(FORMATS[n].media_types[0] for n in FORMATS if n in available and FORMATS[n].decoder_class)
         raise APIError(415, "UnsupportedMediaType",

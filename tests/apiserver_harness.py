@@ -54,18 +54,21 @@ class ServerThread:
     """``with ServerThread(endpoint, prefix, **config) as srv: srv.url``
 
     ``port``: listen there instead of on a free port (e.g. a restarted server on its predecessor's port).
+    ``ssl``: uvicorn's ``ssl_*`` keyword arguments (serve HTTPS; ``url`` is then https://);
+    ``app_options``: more App keyword arguments (``authenticator``, ``authorizer``, ``audit``).
     """
 
-    def __init__(self, etcd_endpoint: str, prefix: bytes, *, port: Optional[int] = None, **config: Any) -> None:
+    def __init__(self, etcd_endpoint: str, prefix: bytes, *, port: Optional[int] = None, ssl: Optional[dict] = None,
+                 app_options: Optional[dict] = None, **config: Any) -> None:
         key_root = prefix.decode().rstrip("/")
-        self.app = App(etcd_endpoints=[etcd_endpoint], config=ServerConfig(key_root=key_root, **config))
+        self.app = App(etcd_endpoints=[etcd_endpoint], config=ServerConfig(key_root=key_root, **config), **(app_options or {}))
         self.port = port if port is not None else free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl else 'http'}://127.0.0.1:{self.port}"
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self._server = uvicorn.Server(
             uvicorn.Config(
                 self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
-                http=self.app.http_protocol(),
+                http=self.app.http_protocol(), **(ssl or {}),
             )
         )
         self._thread = threading.Thread(target=self._run, name="uvicorn-test-server", daemon=True)
