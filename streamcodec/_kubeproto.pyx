@@ -17,7 +17,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcmp, memcpy, memmove, memchr
 from libc.stdlib cimport malloc, free, strtod
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint32_t, uint64_t
 
 from . import _kubeproto_py
 from ._kubeproto_py import MAGIC, UNKNOWN_TAIL, OBJECT_META, parse_duration
@@ -756,7 +756,7 @@ cdef class StoredTranscoder:
             if kind == K_INT32:
                 v = parse_int(s, i, end, -2147483648, 2147483647, f)
             else:
-                v = parse_int(s, i, end, -9223372036854775807 - 1, 9223372036854775807, f)
+                v = parse_int(s, i, end, INT64_MIN, INT64_MAX, f)
             put_tag(o, number, 0)
             put_varint(o, <uint64_t>v)
             return end
