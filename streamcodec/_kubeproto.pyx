@@ -70,7 +70,6 @@ ctypedef struct Out:
     Py_ssize_t pos
     Py_ssize_t cap
 
-cdef int8_t_table_init = 0
 cdef signed char B64DEC[256]
 # One table per position in a quad: the character's 6 bits already shifted to their place in the
 # 24-bit group, and bit 24 set for a character outside the alphabet, so a quad is four loads OR'ed.
@@ -843,7 +842,7 @@ cdef class StoredTranscoder:
 
     cdef int base64(self, Out* o, const uint8_t* t, Py_ssize_t k, int number, CField* f) except -1:
         cdef Py_ssize_t pad = 0, size, j
-        cdef int a, b, c2, d
+        cdef int a, b, c2
         if k % 4:
             raise EncodeError(f"{self.name(f)}: not valid base64")
         if k and t[k - 1] == 61:
