@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, Tuple
 import httpx
 import pytest
 
-from storage.etcd_process import EtcdProcess
+from streamcodec.local_etcd import EtcdProcess
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 from tests.clientgo_harness import informer_env, provision_client_go, run_informer
 from tests.kube_apiserver_harness import KubeAPIServer, provision_kube_apiserver
@@ -63,7 +63,7 @@ class _Ours:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "streamcodec", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{self.port}",
              "--key-root", prefix, "--log-level", "warning"],
         )
         wait_until_serving(self.port, self.proc)

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from apiserver.objects import DEFAULT_RESOURCES, encode_for_storage
-from apiserver.streams import _SplicedEventInto
+from streamcodec.server.objects import DEFAULT_RESOURCES, encode_for_storage
+from streamcodec.server.streams import _SplicedEventInto
 from streamcodec import JSONEncoder, KubeProtoEncoder, PoolBuffer
 from tests import kube_proto
 

@@ -45,9 +45,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 
-from apiserver.objects import encode_for_storage
-from storage import EtcdStore
-from storage.etcd_process import EtcdProcess
+from streamcodec.server.objects import encode_for_storage
+from streamcodec.storage import EtcdStore
+from streamcodec.local_etcd import EtcdProcess
 from tests.apiserver_harness import free_port
 
 WATCH_LIST = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
@@ -86,7 +86,7 @@ class Server:
         self.port = free_port()
         self.tls_ca = tls
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "streamcodec", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{self.port}",
              "--key-root", root, "--log-level", "warning", "--pool-bytes", "64M", *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -170,8 +170,8 @@ def watch_list(server: Server, objects: int, headers: Dict[str, str]) -> Tuple[f
 
 def micro(policy_file: str, tokens_file: str, audit_path: str) -> Dict[str, float]:
     """Microseconds per call of the gate's pieces."""
-    from apiserver.audit import AuditLog
-    from apiserver.security import AbacAuthorizer, TokenFileAuthenticator, request_attributes
+    from streamcodec.server.audit import AuditLog
+    from streamcodec.server.security import AbacAuthorizer, TokenFileAuthenticator, request_attributes
 
     authn = TokenFileAuthenticator.from_file(tokens_file)
     abac = AbacAuthorizer.from_file(policy_file)
@@ -198,7 +198,7 @@ def micro(policy_file: str, tokens_file: str, audit_path: str) -> Dict[str, floa
 def gate_overhead(authn: Any, abac: Any, audit: Any, scope: Dict[str, Any]) -> Dict[str, float]:
     """The whole gate (SecurityGate.serve around a request whose app sends a small response at once),
     less the same request without it: microseconds per request."""
-    from apiserver.security import SecurityGate
+    from streamcodec.server.security import SecurityGate
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})

@@ -31,9 +31,9 @@ from typing import Any, Dict, Iterator, List
 import psutil
 import pytest
 
-from apiserver.objects import encode_for_storage
-from storage import EtcdStore
-from storage.etcd_process import EtcdProcess
+from streamcodec.server.objects import encode_for_storage
+from streamcodec.storage import EtcdStore
+from streamcodec.local_etcd import EtcdProcess
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 
 OBJECTS = 400
@@ -84,7 +84,7 @@ def dataset(etcd: EtcdProcess) -> Dict[str, Any]:
 def server(etcd: EtcdProcess, dataset: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "streamcodec", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}",
          "--list-mode", "streaming", "--pool-bytes", str(POOL_BYTES), "--buffer-bytes", str(BUFFER_BYTES),
          "--etcd-page-bytes", str(PAGE_BYTES), "--key-root", dataset["root"], "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

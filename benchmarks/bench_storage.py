@@ -5,7 +5,7 @@ whole prefix per round, all measured in the same run.  The Python readers take e
 (they hold the bytes, as a server about to send them does); etcdctl formats and writes all 400 MB,
 so part of its time is output work a server-side reader does not do:
 
-* ``list_stream``  -- ``storage.EtcdStore.list_stream`` (the code under test)
+* ``list_stream``  -- ``streamcodec.storage.EtcdStore.list_stream`` (the code under test)
 * ``bare_paged``   -- the reference: a bare-bones paged Range reader in pure Python over grpc.aio,
                       hand-encoded requests, minimal parsing, same pinned-revision paging idea
 * ``etcdctl``      -- ``etcdctl get --prefix`` with its output sent to /dev/null (a new process per round,
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/bench_storage.py --rss ...` runs this file directly
     sys.path.insert(0, str(REPO))
 
-from storage.etcd_process import EtcdProcess  # noqa: E402
+from streamcodec.local_etcd import EtcdProcess  # noqa: E402
 
 VALUE_COUNT = 400
 VALUE_SIZE = 1_000_000
@@ -58,7 +58,7 @@ ETCD3_REQUIREMENTS = REPO / "scripts" / "etcd3-baseline" / "requirements.txt"
 
 
 # -- hand-written etcd wire encoding for the loader and the reference reader ------------------------------------
-# (deliberately independent of storage._wire: the reference must not share code with the thing it measures)
+# (deliberately independent of streamcodec.storage._wire: the reference must not share code with the thing it measures)
 
 
 def _varint(value: int) -> bytes:
@@ -268,7 +268,7 @@ async def list_stream_read(store: Any, prefix: bytes) -> Tuple[int, int]:
 
 
 def test_list_stream(benchmark: Any, loaded_etcd: EtcdProcess, loop: asyncio.AbstractEventLoop) -> None:
-    from storage import EtcdStore
+    from streamcodec.storage import EtcdStore
 
     async def open_store() -> Any:
         return EtcdStore([loaded_etcd.endpoint])
@@ -380,7 +380,7 @@ def _proc_status_bytes(field: str) -> int:
 def _rss_main(which: str, endpoint: str) -> None:
     async def run() -> Tuple[int, int, int]:
         if which == "list_stream":
-            from storage import EtcdStore
+            from streamcodec.storage import EtcdStore
 
             store = EtcdStore([endpoint])
             before = _proc_status_bytes("VmRSS")

@@ -22,7 +22,7 @@ from typing import Any, Iterator, List, Tuple
 import httpx
 import pytest
 
-from storage.etcd_process import EtcdProcess
+from streamcodec.local_etcd import EtcdProcess
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 
 WATCHES = int(os.environ.get("BENCH_WATCHES", "1000"))
@@ -34,7 +34,7 @@ def server() -> Iterator[Tuple[int, "subprocess.Popen[bytes]"]]:
     etcd = EtcdProcess("3.5").start()
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "streamcodec", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}",
          "--log-level", "warning"],
     )
     try:

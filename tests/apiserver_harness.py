@@ -14,7 +14,7 @@ from typing import Any, Coroutine, Optional
 
 import uvicorn
 
-from apiserver import App, ServerConfig
+from streamcodec.server import App, ServerConfig
 
 
 def free_port() -> int:

@@ -11,14 +11,14 @@ from typing import Iterator, List
 
 import pytest
 
-from storage.etcd_process import EtcdCluster, EtcdNotAvailable, EtcdProcess, EtcdStartError, etcd_bin_dir, installed_version
+from streamcodec.local_etcd import EtcdCluster, EtcdNotAvailable, EtcdProcess, EtcdStartError, etcd_bin_dir, installed_version
 
 
 def pytest_report_header(config: pytest.Config) -> List[str]:
-    import storage
+    import streamcodec.storage
     import streamcodec
 
-    lines = [f"streamcodec.IMPLEMENTATION: {streamcodec.IMPLEMENTATION}, storage.IMPLEMENTATION: {storage.IMPLEMENTATION}"]
+    lines = [f"streamcodec.IMPLEMENTATION: {streamcodec.IMPLEMENTATION}, streamcodec.storage.IMPLEMENTATION: {streamcodec.storage.IMPLEMENTATION}"]
     for version in ("3.5", "3.4"):
         try:
             lines.append(f"etcd {version}: {installed_version(version)} in {etcd_bin_dir(version)}")

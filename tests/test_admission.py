@@ -7,8 +7,8 @@ from typing import List
 
 import pytest
 
-from apiserver.admission import Admission
-from apiserver.status import APIError
+from streamcodec.server.admission import Admission
+from streamcodec.server.status import APIError
 
 
 def run(coro: object) -> object:

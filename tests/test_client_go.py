@@ -374,7 +374,7 @@ def test_demo_runs_client_go_informers(informer_bin: str, tmp_path: Any, content
     out = tmp_path / "out"
     env = dict(os.environ, STREAMCODEC_CLIENT_GO_INFORMER=informer_bin)
     proc = subprocess.run(
-        [sys.executable, "-m", "apiserver.demo", "--quick", "--informer", "client-go", "--content-type", content_type,
+        [sys.executable, "-m", "streamcodec.demo", "--quick", "--informer", "client-go", "--content-type", content_type,
          "--modes", "watch-list,streaming", "--out", str(out)],
         capture_output=True, text=True, timeout=300, env=env,
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.etcd_process import EtcdCluster, EtcdProcess, EtcdStartError, EtcdctlError
+from streamcodec.local_etcd import EtcdCluster, EtcdProcess, EtcdStartError, EtcdctlError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ _ORPHAN_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
     sys.path.insert(0, {repo!r})
-    from storage.etcd_process import EtcdProcess
+    from streamcodec.local_etcd import EtcdProcess
     server = EtcdProcess("3.5").start()
     print(server.pid, server.data_dir.parent, flush=True)
     if sys.argv[1] == "hang":

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from storage.etcd_process import EtcdNotAvailable, EtcdProcess, EtcdStartError
+from streamcodec.local_etcd import EtcdNotAvailable, EtcdProcess, EtcdStartError
 from tests.clientgo_harness import (
     RESPONSE_MEDIA_TYPES,
     BackgroundInformer,

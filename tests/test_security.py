@@ -1,7 +1,7 @@
 """TLS, authentication (bearer tokens, client certificates), ABAC authorization and the audit log.
 
 The servers are real uvicorn (tests/apiserver_harness.py ServerThread) over real etcd, configured by
-``streamcodec serve``'s own flags (parsed by its parser, checked by apiserver.secure_serving); the
+``streamcodec serve``'s own flags (parsed by its parser, checked by streamcodec.server.secure_serving); the
 clients are httpx, kubectl 1.32 and the official ``kubernetes`` Python client.  Certificates are
 made here with ``cryptography``.
 """
@@ -24,13 +24,14 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import httpx
 import pytest
 
-from apiserver import cli, secure_serving
-from apiserver.security import (
+from streamcodec import cli
+from streamcodec.server import secure_serving
+from streamcodec.server.security import (
     ANONYMOUS, AbacAuthorizer, Attributes, AuthenticationError, Decision, TokenFileAuthenticator, UnionAuthorizer,
     UserInfo, X509Authenticator, _CountingSend, bearer_token, forbidden, request_attributes,
 )
-from apiserver.streams import server_copies_body
-from apiserver.tls import parse_rfc4514, rfc4514_name
+from streamcodec.server.streams import server_copies_body
+from streamcodec.server.tls import parse_rfc4514, rfc4514_name
 from tests.apiserver_harness import ServerThread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -572,7 +573,7 @@ def test_no_security_configured_serves_everything_as_before(etcd: Any, prefix: b
 def test_audited_streams_keep_zero_copy_and_abort(etcd: Any, prefix: bytes, tmp_path: Path) -> None:
     """The audit's counting send keeps uvicorn's cycle visible to the stream code (memoryview bodies,
     transport abort of a stalled client)."""
-    from apiserver.audit import AuditLog
+    from streamcodec.server.audit import AuditLog
 
     class Cycle:
         transport = None
@@ -642,7 +643,7 @@ def test_inconsistent_security_flags_are_refused(pki: PKI, files: Dict[str, str]
     bad.write_text('{"apiVersion": "abac.authorization.kubernetes.io/v1beta1", "kind": "Policy", "spec": {"usr": "x"}}\n')
     refused("--authorization-mode", "ABAC", "--authorization-policy-file", str(bad), match="line 1: unknown spec field")
     refused("--tls-cert-file", pki.ca, "--tls-private-key-file", pki.server_key, match="tls-cert-file")
-    proc = subprocess.run([sys.executable, "-m", "apiserver.cli", "serve", "--etcd", "x:1", "--listen", "0.0.0.0:1"],
+    proc = subprocess.run([sys.executable, "-m", "streamcodec", "serve", "--etcd", "x:1", "--listen", "0.0.0.0:1"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "refusing to listen on 0.0.0.0" in proc.stderr and "Traceback" not in proc.stderr
 

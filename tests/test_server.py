@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List
 import httpx
 import pytest
 
-from storage import EtcdStore
+from streamcodec.storage import EtcdStore
 from tests.apiserver_harness import ServerThread
 
 NS = "/api/v1/namespaces/default/secrets"

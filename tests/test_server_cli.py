@@ -1,4 +1,4 @@
-"""``streamcodec serve`` as a real process (python -m apiserver.cli) against real etcd."""
+"""``streamcodec serve`` as a real process (python -m streamcodec.cli) against real etcd."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.apiserver_harness import free_port
 
 
 def test_help_explains_every_option() -> None:
-    out = subprocess.run([sys.executable, "-m", "apiserver.cli", "serve", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "streamcodec", "serve", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--etcd", "--listen", "--list-mode", "--pool-bytes", "--buffer-bytes", "--max-streams",
                    "--stall-timeout", "--key-root", "--etcd-cafile", "--etcd-username"):
         assert option in out
@@ -22,10 +22,10 @@ def test_help_explains_every_option() -> None:
 
 
 def test_bad_arguments_exit_non_zero_with_a_message() -> None:
-    proc = subprocess.run([sys.executable, "-m", "apiserver.cli", "serve", "--etcd", "x:1", "--listen", "nope"],
+    proc = subprocess.run([sys.executable, "-m", "streamcodec", "serve", "--etcd", "x:1", "--listen", "nope"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "HOST:PORT" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "apiserver.cli", "serve", "--etcd", "x:1", "--pool-bytes", "lots"],
+    proc = subprocess.run([sys.executable, "-m", "streamcodec", "serve", "--etcd", "x:1", "--pool-bytes", "lots"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "byte size" in proc.stderr
 
@@ -33,7 +33,7 @@ def test_bad_arguments_exit_non_zero_with_a_message() -> None:
 def test_serve_runs_and_serves_lists(etcd: Any, prefix: bytes) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", f"http://{etcd.endpoint}", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "streamcodec", "serve", "--etcd", f"http://{etcd.endpoint}", "--listen", f"127.0.0.1:{port}",
          "--list-mode", "buffered", "--pool-bytes", "8M", "--key-root", prefix.decode().rstrip("/"), "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )

@@ -158,7 +158,7 @@ def test_sixty_four_watch_lists_all_sync_by_queueing_within_the_memory_budget(et
     key_root = prefix.decode().rstrip("/")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "streamcodec", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}",
          "--key-root", key_root, "--pool-bytes", f"{pool_mib}M", "--log-level", "warning"],
     )
     try:
@@ -192,7 +192,7 @@ def test_sixty_four_watch_lists_all_sync_by_queueing_within_the_memory_budget(et
         growth = proc_status_bytes(proc.pid, "VmHWM") - baseline
         # the stream memory budget: the pool, and per admitted stream (one per 4 MiB buffer) its etcd page
         # (2 MiB, serve's default) twice (gRPC's receive buffer and the parsed page) and two 256 KiB send pieces
-        from apiserver.streams import SEND_PIECE_BYTES
+        from streamcodec.server.streams import SEND_PIECE_BYTES
 
         admitted = pool_mib // 4
         budget = pool_mib * 2**20 + admitted * (2 * 2 * 2**20 + 2 * SEND_PIECE_BYTES)

@@ -44,10 +44,10 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from apiserver.cli import DEFAULT_ETCD_PAGE_BYTES
-from apiserver.objects import encode_for_storage
-from storage import EtcdStore
-from storage.etcd_process import EtcdProcess
+from streamcodec.cli import DEFAULT_ETCD_PAGE_BYTES
+from streamcodec.server.objects import encode_for_storage
+from streamcodec.storage import EtcdStore
+from streamcodec.local_etcd import EtcdProcess
 from streamcodec.limits import DEFAULT_BUFFER_SIZE
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 
@@ -64,7 +64,7 @@ WATCH_LIST = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&a
 #: Runs ``streamcodec serve``; SIGUSR1 starts tracemalloc, SIGUSR2 writes its peak to argv[1] and stops it.
 SERVER = r"""
 import json, os, signal, sys, tracemalloc
-from apiserver.cli import main
+from streamcodec.cli import main
 
 report = sys.argv[1]
 

@@ -14,10 +14,10 @@ import pytest
 from streamcodec import BufferPool, FrameTooLarge, JSONEncoder
 from streamcodec.writer import FrameWriter
 
-from apiserver.objects import encode_for_storage, splice_resource_version
-from apiserver import streams
-from apiserver.objects import DEFAULT_RESOURCES
-from apiserver.streams import SEND_PIECE_BYTES, ItemWriter, StreamResponse, _find_key
+from streamcodec.server.objects import encode_for_storage, splice_resource_version
+from streamcodec.server import streams
+from streamcodec.server.objects import DEFAULT_RESOURCES
+from streamcodec.server.streams import SEND_PIECE_BYTES, ItemWriter, StreamResponse, _find_key
 
 
 def stored(obj: Dict[str, Any]) -> bytes:

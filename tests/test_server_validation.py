@@ -129,7 +129,7 @@ def test_errors_and_continue_tokens_show_no_internals(server: ServerThread, etcd
         c.put(f"{NS}/page0", json={"metadata": {"name": "page0"}, "data": {"i": "MA=="}})
     import asyncio
 
-    from storage import EtcdStore
+    from streamcodec.storage import EtcdStore
 
     async def compact() -> None:
         async with EtcdStore([etcd.endpoint]) as store:

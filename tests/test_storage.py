@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Dict, List, Tuple
 
 import pytest
 
-from storage import (
+from streamcodec.storage import (
     AlreadyExists,
     Conflict,
     EtcdStore,
@@ -28,7 +28,7 @@ from storage import (
     supports_watch_progress,
     wire,
 )
-from storage.etcd_process import EtcdProcess
+from streamcodec.local_etcd import EtcdProcess
 
 pytestmark = pytest.mark.etcd
 

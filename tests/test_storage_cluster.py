@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from storage import EtcdStore
-from storage.etcd_process import EtcdCluster, EtcdctlError
+from streamcodec.storage import EtcdStore
+from streamcodec.local_etcd import EtcdCluster, EtcdctlError
 
 #: small pages so a list of a few MB takes many Range calls (the kill lands mid-stream)
 PAGE_BYTES = 64 * 1024

@@ -12,7 +12,7 @@ Bounds (S_max = 1 MiB, page budget P = 2.5 MiB):
   <= 2 * S_max + 16 MiB;
 * client tracemalloc peak <= P + S_max + 256 KiB.  P covers a page in
   flight including grpc.aio's transient copy while receiving it (see
-  ``storage.etcd.RECEIVE_COPY_FACTOR``); S_max is the copy of a page's last
+  ``streamcodec.storage.etcd.RECEIVE_COPY_FACTOR``); S_max is the copy of a page's last
   value the consumer may still hold.  The 256 KiB constant covers the Python
   objects besides the bytes: a few KeyValue tuples and memoryviews (under
   1 KiB), grpc.aio call objects and asyncio bookkeeping (tens of KiB).  It is
@@ -44,8 +44,8 @@ from typing import Dict, List
 
 import pytest
 
-from storage import EtcdStore
-from storage.etcd_process import EtcdProcess
+from streamcodec.storage import EtcdStore
+from streamcodec.local_etcd import EtcdProcess
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
@@ -59,7 +59,7 @@ TRACEMALLOC_BOUND = PAGE_BYTES + OBJECT_BYTES + TRACEMALLOC_CONSTANT
 
 CHILD = r"""
 import asyncio, gc, json, sys, tracemalloc
-from storage import EtcdStore
+from streamcodec.storage import EtcdStore
 
 def status_bytes(field):
     with open("/proc/self/status") as f:

@@ -20,8 +20,8 @@ from typing import Any, Awaitable, Callable, Iterator, List, Sequence
 
 import pytest
 
-from storage import EtcdStore, WatchEvent, supports_watch_progress
-from storage.etcd_process import EtcdCluster, EtcdNotAvailable, EtcdProcess, EtcdStartError, installed_version
+from streamcodec.storage import EtcdStore, WatchEvent, supports_watch_progress
+from streamcodec.local_etcd import EtcdCluster, EtcdNotAvailable, EtcdProcess, EtcdStartError, installed_version
 
 pytestmark = pytest.mark.etcd
 

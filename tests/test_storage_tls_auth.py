@@ -12,8 +12,8 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from storage import EtcdStore, StorageError, Unauthorized, Unavailable
-from storage.etcd_process import EtcdProcess, EtcdStartError, TLSConfig, make_tls
+from streamcodec.storage import EtcdStore, StorageError, Unauthorized, Unavailable
+from streamcodec.local_etcd import EtcdProcess, EtcdStartError, TLSConfig, make_tls
 
 ROOT_PASSWORD = "root-Pa55"
 ALICE_PASSWORD = "alice-Pa55"

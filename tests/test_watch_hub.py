@@ -1,4 +1,4 @@
-"""Shared watches (storage.watch_hub) on real etcd 3.5 and 3.4: N watchers, one etcd watch."""
+"""Shared watches (streamcodec.storage.watch_hub) on real etcd 3.5 and 3.4: N watchers, one etcd watch."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import AsyncIterator, List
 import httpx
 import pytest
 
-from storage import EtcdStore, Expired, WatchEvent
-from storage.etcd_process import EtcdProcess
-from storage.watch_hub import WatchHub
+from streamcodec.storage import EtcdStore, Expired, WatchEvent
+from streamcodec.local_etcd import EtcdProcess
+from streamcodec.storage.watch_hub import WatchHub
 from tests.apiserver_harness import ServerThread
 
 

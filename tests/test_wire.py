@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import storage
-from storage import MalformedResponse
-from storage import _wire_py
+import streamcodec.storage
+from streamcodec.storage import MalformedResponse
+from streamcodec.storage import _wire_py
 
-wire = storage.wire
+wire = streamcodec.storage.wire
 
 ETCD_SUBSET_PROTO = r"""
 syntax = "proto3";
@@ -508,7 +508,7 @@ def _plain(obj: Any) -> Any:
 @settings(max_examples=300, deadline=None)
 @given(raw=st.binary(max_size=120), parser=st.sampled_from(PARSERS))
 def test_twins_agree_on_arbitrary_bytes(raw: bytes, parser: str) -> None:
-    from storage import _wire  # the compiled twin; the test command builds it
+    from streamcodec.storage import _wire  # the compiled twin; the test command builds it
 
     assert _outcome(_wire, parser, raw) == _outcome(_wire_py, parser, raw)
 
@@ -516,7 +516,7 @@ def test_twins_agree_on_arbitrary_bytes(raw: bytes, parser: str) -> None:
 @SETTINGS
 @given(data=st.data())
 def test_twins_agree_on_valid_messages(pb: Any, data: Any) -> None:
-    from storage import _wire
+    from streamcodec.storage import _wire
 
     draw = data.draw
     ref = pb.RangeResponse(header=make_header(pb, draw), kvs=[make_kv(pb, draw) for _ in range(3)], count=draw(int64s))

@@ -17,8 +17,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from streamcodec import BufferPool
 from streamcodec.writer import FrameWriter
 
-from storage import EtcdStore
-from storage import errors as storage_errors
+from streamcodec.storage import EtcdStore
+from streamcodec.storage import errors as storage_errors
 
 from .objects import Resource
 from .status import APIError, bad_request

@@ -1,4 +1,4 @@
-"""Pure-Python twin of :mod:`storage._wire`: etcd's protobuf messages, by hand.
+"""Pure-Python twin of :mod:`streamcodec.storage._wire`: etcd's protobuf messages, by hand.
 
 Only the etcd gRPC messages the store needs, encoded and parsed directly from
 the field numbers of etcd's ``api/etcdserverpb/rpc.proto`` and
@@ -6,7 +6,7 @@ the field numbers of etcd's ``api/etcdserverpb/rpc.proto`` and
 (they are small and get compared and hashed) and values as ``memoryview``
 slices of the response bytes (no copy).  Unknown fields are skipped, so newer
 etcd versions parse.  Malformed input raises
-:class:`~storage.errors.MalformedResponse`; no read ever leaves the message.
+:class:`~streamcodec.storage.errors.MalformedResponse`; no read ever leaves the message.
 """
 
 from __future__ import annotations

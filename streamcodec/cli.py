@@ -1,7 +1,7 @@
 """The ``streamcodec`` command.
 
 ``streamcodec serve``  runs the API server (this package's ASGI app) under uvicorn.
-``streamcodec demo``   runs the watch-list experiment (:mod:`apiserver.demo`).
+``streamcodec demo``   runs the watch-list experiment (:mod:`streamcodec.demo`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
             "buffer while idle, and one whose client does not keep up is cut off after --slow-watcher-timeout."
         ),
     )
-    from .app import ServerConfig  # its defaults are the flags' defaults
+    from .server.app import ServerConfig  # its defaults are the flags' defaults
 
     serve.add_argument("--etcd", required=True, metavar="URL[,URL...]",
                        help="etcd client endpoints, comma-separated (http://host:port or host:port; https:// needs --etcd-cafile)")
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="etcd user; the password is read from the environment variable STREAMCODEC_ETCD_PASSWORD")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="log level of the server and uvicorn (default info)")
-    from . import secure_serving  # TLS, authentication, authorization, audit flags
+    from .server import secure_serving  # TLS, authentication, authorization, audit flags
 
     secure_serving.add_arguments(serve)
 
@@ -141,7 +141,7 @@ def serve(args: argparse.Namespace) -> int:
     limit_malloc_arenas()  # before uvicorn and gRPC start their threads
     import uvicorn
 
-    from .app import App, ServerConfig
+    from .server.app import App, ServerConfig
 
     endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
     if not endpoints:
@@ -181,7 +181,7 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"streamcodec serve: {exc}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from . import secure_serving
+    from .server import secure_serving
 
     try:  # before anything listens: a non-loopback --listen needs TLS and authentication
         security = secure_serving.configure(args)

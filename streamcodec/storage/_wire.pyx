@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled twin of :mod:`storage._wire_py`: etcd's protobuf messages, by hand.
+"""Compiled twin of :mod:`streamcodec.storage._wire_py`: etcd's protobuf messages, by hand.
 
 Same functions, same results, same exceptions as the pure-Python twin (see
 its docstring); the parser walks a raw pointer with explicit bounds checks

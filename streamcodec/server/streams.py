@@ -47,7 +47,7 @@ from .objects import (
 )
 from .status import APIError, from_storage_error, internal_error
 
-from storage import errors as storage_errors
+from streamcodec.storage import errors as storage_errors
 
 __all__ = ["StreamResponse", "ClientStalled", "ItemWriter"]
 

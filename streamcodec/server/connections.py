@@ -10,9 +10,9 @@ makes a protocol class that also
 * closes one whose request body is not complete ``body_timeout`` seconds after its headers;
 * refuses connections past ``max_connections`` (closed at once: the client sees a reset and retries);
 * on TLS connections, gives the app the ASGI TLS extension with the verified client certificate
-  (``scope["extensions"]["tls"]``, :mod:`apiserver.tls`).
+  (``scope["extensions"]["tls"]``, :mod:`streamcodec.server.tls`).
 
-Pass it as ``uvicorn.Config(app, http=guarded_h11(...))``; :meth:`apiserver.App.http_protocol` gives
+Pass it as ``uvicorn.Config(app, http=guarded_h11(...))``; :meth:`streamcodec.server.App.http_protocol` gives
 the one matching the App's config.
 """
 

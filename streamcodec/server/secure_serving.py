@@ -9,13 +9,13 @@ Authorization:  ``--authorization-mode`` ``AlwaysAllow`` (default), ``AlwaysDeny
                 comma-separated list tried in order (kube's); ``ABAC`` needs
                 ``--authorization-policy-file``.  Members of ``system:masters`` may do anything
                 whenever authorization is not AlwaysAllow alone (as kube's).
-Audit:          ``--audit-log-path FILE``: one JSON line per request (:mod:`apiserver.audit`).
+Audit:          ``--audit-log-path FILE``: one JSON line per request (:mod:`streamcodec.server.audit`).
 
 Safe by default: unless the server serves TLS *and* authenticates, it refuses a ``--listen`` address
 other than loopback; ``--insecure-allow-remote-unauthenticated`` overrides that.
 
 :func:`add_arguments` adds the flags to the ``serve`` parser; :func:`configure` checks them and
-returns a :class:`SecureServing`: keyword arguments for :class:`apiserver.App` and for
+returns a :class:`SecureServing`: keyword arguments for :class:`streamcodec.server.App` and for
 ``uvicorn.run``.
 """
 
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 
 __all__ = ["add_arguments", "configure", "SecureServing", "is_loopback", "INSECURE_REMOTE_FLAG", "AUTHORIZATION_MODES"]
 
-log = logging.getLogger("apiserver.security")
+log = logging.getLogger("streamcodec.server.security")
 
 INSECURE_REMOTE_FLAG = "--insecure-allow-remote-unauthenticated"
 AUTHORIZATION_MODES = ("AlwaysAllow", "AlwaysDeny", "ABAC")
@@ -79,7 +79,7 @@ def is_loopback(host: str) -> bool:
 class SecureServing:
     """What the security flags configure."""
 
-    app_options: Dict[str, Any]  #: ``authenticator``, ``authorizer``, ``audit`` for :class:`apiserver.App`
+    app_options: Dict[str, Any]  #: ``authenticator``, ``authorizer``, ``audit`` for :class:`streamcodec.server.App`
     uvicorn_options: Dict[str, Any]  #: ``ssl_*`` for ``uvicorn.run`` / ``uvicorn.Config``
     tls: bool
     authenticates: bool

@@ -1,8 +1,8 @@
 """The ASGI application: Kubernetes-style core/v1 REST over etcd.
 
-Mount it in any ASGI server (``uvicorn apiserver.app:...`` via
+Mount it in any ASGI server (``uvicorn streamcodec.server.app:...`` via
 :func:`create_app`, or ``Starlette(routes=[Mount("/", app)])``).  One
-:class:`App` owns one :class:`storage.EtcdStore` (created in the running loop
+:class:`App` owns one :class:`streamcodec.storage.EtcdStore` (created in the running loop
 on first use, or given) and one :class:`streamcodec.BufferPool` that every
 streaming response writes through.
 
@@ -26,8 +26,8 @@ from streamcodec import BufferPool
 from streamcodec.kube_schema import DEFAULT_SCHEMA, KubeSchema
 from streamcodec.limits import DEFAULT_BUFFER_SIZE, DEFAULT_POOL_BYTES
 
-from storage import EtcdStore
-from storage import errors as storage_errors
+from streamcodec.storage import EtcdStore
+from streamcodec.storage import errors as storage_errors
 
 from . import objects
 from .admission import Admission, client_of
@@ -92,7 +92,7 @@ class ServerConfig:
     it and twice it, and no watch lasts longer than that.
     ``continue_secret``: the key continue tokens are signed with (at least 32
     bytes; default: a random one per process).  ``header_timeout`` /
-    ``body_timeout`` / ``max_connections``: see :mod:`apiserver.connections`
+    ``body_timeout`` / ``max_connections``: see :mod:`streamcodec.server.connections`
     (used through :meth:`App.http_protocol`).
     """
 
@@ -140,9 +140,9 @@ class App:
     ``etcd_endpoints`` (+ ``store_options`` for TLS/auth), in which case the
     App creates the EtcdStore on first use and closes it at lifespan shutdown
     or :meth:`aclose`.  ``authenticator`` / ``authorizer``: callables of the
-    :class:`apiserver.security.Authenticator` / ``Authorizer`` protocols (the
+    :class:`streamcodec.server.security.Authenticator` / ``Authorizer`` protocols (the
     built-in token-file, x509 and ABAC ones, or a host server's own);
-    ``audit``: an :class:`apiserver.audit.AuditSink`; none given, every
+    ``audit``: an :class:`streamcodec.server.audit.AuditSink`; none given, every
     request is served unauthenticated, as before.
     """
 

@@ -1,8 +1,8 @@
 """Asyncio etcd storage for a Kubernetes-style API server, within a fixed memory budget.
 
 ``EtcdStore`` talks to etcd's gRPC API over grpcio with hand-written wire
-encoding (``storage._wire``, compiled, or its pure-Python twin
-``storage._wire_py`` when ``STREAMCODEC_PURE_PYTHON=1``).  It hands out raw
+encoding (``streamcodec.storage._wire``, compiled, or its pure-Python twin
+``streamcodec.storage._wire_py`` when ``STREAMCODEC_PURE_PYTHON=1``).  It hands out raw
 keys and values (bytes / memoryview) and revisions; it knows nothing of HTTP or
 output formats.
 """

@@ -1,4 +1,4 @@
-"""Types of the compiled etcd wire codec (same API as storage._wire_py)."""
+"""Types of the compiled etcd wire codec (same API as streamcodec.storage._wire_py)."""
 
 from typing import Sequence, Tuple, Union
 

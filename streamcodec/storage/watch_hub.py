@@ -3,7 +3,7 @@
 Without this, N watchers of a collection are N etcd watch streams, and each event crosses gRPC,
 is parsed and is buffered N times (measured: ~50 KiB of server memory per idle watch, 1,000 of
 them took 211 ms for a write to reach half).  A :class:`WatchHub` keeps one upstream
-:class:`~storage.etcd.WatchStream` per prefix and fans its events out:
+:class:`~streamcodec.storage.etcd.WatchStream` per prefix and fans its events out:
 
 * a watcher from revision S joins the shared stream when the hub can serve every event from S on:
   S at or after the upstream's start, and nothing from S evicted from the hub's short history
@@ -109,7 +109,7 @@ class _Upstream:
 
 
 class SharedWatch:
-    """A watcher's view of a shared upstream: the same interface as :class:`~storage.etcd.WatchStream`."""
+    """A watcher's view of a shared upstream: the same interface as :class:`~streamcodec.storage.etcd.WatchStream`."""
 
     def __init__(self, hub: "WatchHub", prefix: bytes, start_revision: Optional[int]) -> None:
         self.hub = hub
@@ -229,7 +229,7 @@ class SharedWatch:
 
 
 class WatchHub:
-    """The shared upstreams of one :class:`~storage.etcd.EtcdStore` (see the module doc)."""
+    """The shared upstreams of one :class:`~streamcodec.storage.etcd.EtcdStore` (see the module doc)."""
 
     def __init__(
         self, store: "EtcdStore", *, history_events: int = HISTORY_EVENTS, history_bytes: int = HISTORY_BYTES,

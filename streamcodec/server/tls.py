@@ -1,7 +1,7 @@
 """TLS serving: the verified client certificate in the ASGI scope, and uvicorn's TLS options.
 
 The ASGI TLS extension (``scope["extensions"]["tls"]``) is how an application learns about the
-connection's TLS session; uvicorn does not fill it in, so :mod:`apiserver.connections`' protocol
+connection's TLS session; uvicorn does not fill it in, so :mod:`streamcodec.server.connections`' protocol
 class calls :func:`tls_extension` once per connection (after the handshake) and
 :func:`with_tls_extension` wraps that connection's application so every request's scope carries:
 
@@ -18,7 +18,7 @@ class calls :func:`tls_extension` once per connection (after the handshake) and
     None (Python's ``ssl`` does not expose them in the extension's form).
 
 :func:`parse_rfc4514` turns ``client_cert_name`` back into attributes; the x509 authenticator
-(:class:`apiserver.security.X509Authenticator`) takes ``CN`` as the user and every ``O`` as a group,
+(:class:`streamcodec.server.security.X509Authenticator`) takes ``CN`` as the user and every ``O`` as a group,
 as kube-apiserver does.  Any ASGI server that fills in the extension works the same way.
 
 Client certificates are *verified by the TLS layer*: :func:`uvicorn_ssl_options` asks for one

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from storage import errors as storage_errors
+from streamcodec.storage import errors as storage_errors
 
 __all__ = ["APIError", "status_object", "from_storage_error", "internal_error"]
 

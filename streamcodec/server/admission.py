@@ -111,7 +111,7 @@ class Admission:
 
 def client_of(scope: Dict[str, object]) -> str:
     """The fairness key of a request: its authenticated user (``scope["user"]``, set by
-    :mod:`apiserver.security`), else its peer's address."""
+    :mod:`streamcodec.server.security`), else its peer's address."""
     user = scope.get("user")
     if getattr(user, "authenticated", False):
         return "user:" + str(getattr(user, "name", ""))

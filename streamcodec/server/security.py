@@ -4,11 +4,11 @@ A request is first **authenticated**: an :class:`Authenticator` turns its creden
 token, a client certificate ...) into a :class:`UserInfo`; then **authorized**: an
 :class:`Authorizer` judges the request's :class:`Attributes` (user, verb, namespace, resource,
 name, or a non-resource path) and answers a :class:`Decision`.  Both are plain callables, so a host
-server embedding :class:`apiserver.App` passes its own::
+server embedding :class:`streamcodec.server.App` passes its own::
 
     App(etcd_endpoints=[...], authenticator=my_authenticator, authorizer=my_authorizer)
 
-Built in (what ``streamcodec serve``'s flags configure, :mod:`apiserver.secure_serving`):
+Built in (what ``streamcodec serve``'s flags configure, :mod:`streamcodec.server.secure_serving`):
 
 * :class:`TokenFileAuthenticator`: ``--token-auth-file``, kube's static token CSV
   (``token,user,uid,"group1,group2"``), tokens sent as ``Authorization: Bearer TOKEN``;
@@ -81,7 +81,7 @@ __all__ = [
     "unauthorized",
 ]
 
-log = logging.getLogger("apiserver.security")
+log = logging.getLogger("streamcodec.server.security")
 
 AUTHENTICATED_GROUP = "system:authenticated"
 UNAUTHENTICATED_GROUP = "system:unauthenticated"
@@ -130,7 +130,7 @@ class Authenticator(Protocol):
     """Turns a request's credentials into a user.
 
     Called with the request's ASGI scope (headers in ``scope["headers"]``, a TLS client
-    certificate in ``scope["extensions"]["tls"]``, see :mod:`apiserver.tls`).  Returns the
+    certificate in ``scope["extensions"]["tls"]``, see :mod:`streamcodec.server.tls`).  Returns the
     :class:`UserInfo`, or None when the request carries no credentials this authenticator knows
     (then the request is anonymous, and refused unless its path is public); raises
     :class:`AuthenticationError` for credentials it knows and rejects.  May be a coroutine function
@@ -221,7 +221,7 @@ class TokenFileAuthenticator:
 class X509Authenticator:
     """A client certificate the TLS layer verified against ``--client-ca-file``: ``CN`` is the user,
     each ``O`` a group (kube's ``CommonNameUserConversion``).  Reads
-    ``scope["extensions"]["tls"]["client_cert_name"]`` (see :mod:`apiserver.tls`); a certificate without
+    ``scope["extensions"]["tls"]["client_cert_name"]`` (see :mod:`streamcodec.server.tls`); a certificate without
     a CN gives no user (as kube's)."""
 
     def __call__(self, scope: Mapping[str, Any]) -> Optional[UserInfo]:
@@ -598,7 +598,7 @@ def forbidden(a: Attributes, reason: str = "") -> APIError:
 class _CountingSend:
     """``send`` that notes the status code and the body bytes for the audit line.
 
-    Keeps ``__self__`` (uvicorn's request cycle), which :mod:`apiserver.streams` reads to know whether
+    Keeps ``__self__`` (uvicorn's request cycle), which :mod:`streamcodec.server.streams` reads to know whether
     the server copies bodies and to abort a stalled client's transport: wrapped, a stream behaves as
     unwrapped.
     """
@@ -627,7 +627,7 @@ class SecurityGate:
     """Authentication, authorization and audit in front of the App's request handling.
 
     ``error_encoder(scope)``: the encoder of a ``Status`` response in the format the request accepts
-    (the App's negotiation).  ``audit``: an :class:`apiserver.audit.AuditSink` (``record(dict)``), or
+    (the App's negotiation).  ``audit``: an :class:`streamcodec.server.audit.AuditSink` (``record(dict)``), or
     None.
     """
 
@@ -731,7 +731,7 @@ async def _send_status(send: Any, error: APIError, encoder: Any) -> None:
 
 
 def status_encoder_of(app: Any) -> Callable[[Mapping[str, Any]], Any]:
-    """``error_encoder`` for :class:`SecurityGate` from an :class:`apiserver.App`: its negotiation of a
+    """``error_encoder`` for :class:`SecurityGate` from an :class:`streamcodec.server.App`: its negotiation of a
     ``Status`` for the request's ``Accept`` (JSON when nothing acceptable is offered)."""
     from .negotiation import negotiate
 
@@ -748,7 +748,7 @@ def status_encoder_of(app: Any) -> Callable[[Mapping[str, Any]], Any]:
 def security_gate(
     app: Any, authenticator: Optional[Authenticator], authorizer: Optional[Authorizer], audit: Any,
 ) -> Optional[SecurityGate]:
-    """The gate of ``app`` (an :class:`apiserver.App`), or None when nothing is configured (its requests
+    """The gate of ``app`` (an :class:`streamcodec.server.App`), or None when nothing is configured (its requests
     are then served exactly as before)."""
     if authenticator is None and authorizer is None and audit is None:
         return None
@@ -756,5 +756,5 @@ def security_gate(
         if value is not None and not callable(value):
             raise TypeError(f"{what} must be callable, not {type(value).__name__}")
     if audit is not None and not callable(getattr(audit, "record", None)):
-        raise TypeError("audit must have a record(entry) method (apiserver.audit.AuditLog)")
+        raise TypeError("audit must have a record(entry) method (streamcodec.server.audit.AuditLog)")
     return SecurityGate(authenticator, authorizer, audit, status_encoder_of(app))

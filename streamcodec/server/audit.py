@@ -11,7 +11,7 @@ end, so a stream costs one line, not one per event)::
 ``time`` is when the request arrived (UTC); ``code`` is null when no response was started (the
 client went away first); ``responseBytes`` counts body bytes sent; ``seconds`` runs to the end of the
 response.  ``verb``/``resource``/``namespace``/``name`` are the request's authorization attributes
-(:func:`apiserver.security.request_attributes`).
+(:func:`streamcodec.server.security.request_attributes`).
 
 Writes are buffered: lines go to an in-memory file buffer (``buffer_bytes``, 256 KiB) that the OS
 gets when it fills and at most ``flush_interval`` seconds (1 s) after a line was written, and at
@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Protocol, runtime_checkable
 
 __all__ = ["AuditLog", "AuditSink"]
 
-log = logging.getLogger("apiserver.audit")
+log = logging.getLogger("streamcodec.server.audit")
 
 
 @runtime_checkable

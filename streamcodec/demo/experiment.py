@@ -273,7 +273,7 @@ class Server:
         # and a full pipe would stall the server.
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apiserver.cli", "serve", "--etcd", etcd_url,
+            [sys.executable, "-m", "streamcodec", "serve", "--etcd", etcd_url,
              "--listen", f"127.0.0.1:{self.port}", "--list-mode", list_mode]
             # the server's own defaults: its admission queue serves every informer
             + (["--buffer-bytes", str(buffer_bytes)] if buffer_bytes else []),
@@ -435,7 +435,7 @@ def run_once(etcd_url: str, mode: str, informers: int, manifest_path: str, args:
         t0 = time.time()
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "apiserver.demo", "informer", "--url", server.url, "--mode", mode,
+                [sys.executable, "-m", "streamcodec.demo", "informer", "--url", server.url, "--mode", mode,
                  "--manifest", manifest_path],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
@@ -595,7 +595,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.etcd:
         etcd_url = args.etcd
     else:
-        from storage.etcd_process import EtcdProcess
+        from streamcodec.local_etcd import EtcdProcess
 
         etcd = EtcdProcess("3.5").start()
         etcd_url = "http://" + etcd.endpoint
@@ -652,6 +652,3 @@ def _informer_main(argv: List[str]) -> int:
     print(json.dumps(asdict(run_informer(a.url, a.mode, manifest))))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,7 @@ generated ``_pb2``).  What it promises:
 * **Lists** (:meth:`EtcdStore.list_stream`) read one pinned revision in pages
   sized by a byte budget (``page_bytes``): the first page pins the revision,
   every later page asks for exactly that revision, so the result is one
-  consistent snapshot or :class:`~storage.errors.Expired` -- never partial or
+  consistent snapshot or :class:`~streamcodec.storage.errors.Expired` -- never partial or
   mixed.  At most one page is held at a time (plus one copied object, see
   :class:`ListStream`), and etcd is never asked for more than a page either.
 * **Watches** (:meth:`EtcdStore.watch`) map etcd events to Kubernetes event
@@ -17,7 +17,7 @@ generated ``_pb2``).  What it promises:
   watch-list contract (initial ADDED events, an end bookmark, then changes).
 * **CRUD** with compare-and-swap on mod revisions (resourceVersions).
 
-Every error raised on purpose is a :class:`~storage.errors.StorageError`.
+Every error raised on purpose is a :class:`~streamcodec.storage.errors.StorageError`.
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ class EtcdStore:
     member; when it fails with a retryable error the store moves to the next
     endpoint, with exponential backoff (``backoff`` doubling up to
     ``max_backoff``), for at most ``retries`` further attempts, then raises
-    :class:`~storage.errors.Unavailable`.
+    :class:`~streamcodec.storage.errors.Unavailable`.
 
     ``page_bytes`` is the Python-memory budget of one list page in flight,
     including gRPC's transient copy while receiving it (so responses aim at
@@ -478,7 +478,7 @@ class EtcdStore:
 
         A member that does not answer is left out, so with one down this may be
         higher than the cluster's true lowest version (see :meth:`member_versions`).
-        Raises :class:`~storage.errors.Unavailable` when none answers.
+        Raises :class:`~streamcodec.storage.errors.Unavailable` when none answers.
         """
         versions = await self.member_versions()
         answered = [v for v in versions.values() if v is not None]
@@ -495,7 +495,7 @@ class EtcdStore:
         down may be below the gate and serve watches once it is back, so while
         any is silent the answer is False, sending nothing, and the question is
         asked again on a later call (at most every ``gate_recheck_interval``
-        seconds).  Raises :class:`~storage.errors.Unavailable` when no member answers.
+        seconds).  Raises :class:`~streamcodec.storage.errors.Unavailable` when no member answers.
         """
         if self._progress_gate is not None:
             return self._progress_gate
@@ -598,7 +598,7 @@ class EtcdStore:
         )
 
     def shared_watch(self, prefix: bytes, start_revision: Optional[int] = None) -> "SharedWatch":
-        """Like :meth:`watch`, but every watcher of ``prefix`` reads one etcd watch (see :mod:`storage.watch_hub`)."""
+        """Like :meth:`watch`, but every watcher of ``prefix`` reads one etcd watch (see :mod:`streamcodec.storage.watch_hub`)."""
         if self._hub is None:
             self._hub = WatchHub(self)
         return self._hub.watch(prefix, start_revision)
@@ -836,14 +836,14 @@ def _to_watch_event(event: RawEvent) -> WatchEvent:
 
 
 class WatchStream:
-    """Async iterator of :class:`~storage.types.WatchEvent` for one prefix.
+    """Async iterator of :class:`~streamcodec.storage.types.WatchEvent` for one prefix.
 
     Delivered in revision order, each change exactly once, across member
     failures: on a broken stream it re-creates the watch on another member
     from the last received revision + 1 (bounded retries with backoff, then
-    :class:`~storage.errors.Unavailable`).  A compacted start revision, or
+    :class:`~streamcodec.storage.errors.Unavailable`).  A compacted start revision, or
     etcd cancelling the watch for compaction, raises
-    :class:`~storage.errors.Expired`.
+    :class:`~streamcodec.storage.errors.Expired`.
 
     Progress notifications become BOOKMARK events.  :meth:`request_progress`
     asks for one on demand, but only at or above the watch-progress gate
@@ -851,7 +851,7 @@ class WatchStream:
 
     Fragmented responses (etcd splits a huge revision) are reassembled so a
     revision is never delivered in part; at most ``max_fragment_bytes`` of one
-    revision are buffered (:class:`~storage.errors.TooLarge` beyond).
+    revision are buffered (:class:`~streamcodec.storage.errors.TooLarge` beyond).
     """
 
     def __init__(
@@ -1124,7 +1124,7 @@ class WatchListStream:
 
     ``resource_version``: the initial state must be at least this recent
     (Kubernetes' NotOlderThan); newer than etcd's revision raises
-    :class:`~storage.errors.FutureRevision`.
+    :class:`~streamcodec.storage.errors.FutureRevision`.
     """
 
     def __init__(self, store: EtcdStore, prefix: bytes, resource_version: Optional[int]) -> None:

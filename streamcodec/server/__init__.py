@@ -7,7 +7,7 @@ through streamcodec's bounded buffer pool.
   that turns a producer writing through a FrameWriter into an ASGI streaming
   response; :func:`list_producer` / :func:`watch_producer` make producers
   from the storage streams.
-* ``streamcodec serve`` (:mod:`apiserver.cli`): run it.
+* ``streamcodec serve`` (:mod:`streamcodec.cli`): run it.
 """
 
 from .app import App, ServerConfig, create_app
