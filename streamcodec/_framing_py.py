@@ -25,12 +25,11 @@ import collections
 from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optional, Tuple, Type
 
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
-from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
+from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH, MAX_DEPTH_LIMIT
 from .pool import PoolBuffer
 from .protocol import BytesLike, Event
 
 __all__ = [
-    "HARD_MAX_DEPTH",
     "check_limits",
     "check_event_type",
     "check_list_header",
@@ -46,18 +45,14 @@ __all__ = [
     "close_item",
 ]
 
-#: The largest ``max_depth`` a codec accepts.  The encoders recurse once per
-#: container level (the pure-Python twins on the Python stack, whose default
-#: limit is 1000 frames), so the limit must stay well below that.
-HARD_MAX_DEPTH = 512
 
 
 def check_limits(max_frame_size: int, max_depth: int) -> None:
     """ValueError unless both limits are usable ints."""
     if type(max_frame_size) is not int or max_frame_size <= 0:
         raise ValueError(f"max_frame_size must be a positive int, got {max_frame_size!r}")
-    if type(max_depth) is not int or not 1 <= max_depth <= HARD_MAX_DEPTH:
-        raise ValueError(f"max_depth must be an int in [1, {HARD_MAX_DEPTH}], got {max_depth!r}")
+    if type(max_depth) is not int or not 1 <= max_depth <= MAX_DEPTH_LIMIT:
+        raise ValueError(f"max_depth must be an int in [1, {MAX_DEPTH_LIMIT}], got {max_depth!r}")
 
 
 def check_event_type(type_: Any) -> str:

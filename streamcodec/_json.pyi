@@ -5,9 +5,8 @@ from typing import Any, ClassVar, Iterator, Optional
 from .pool import PoolBuffer
 from .protocol import BytesLike, Event
 
-__all__ = ["JSONEncoder", "JSONDecoder", "MAX_DEPTH_LIMIT"]
+__all__ = ["JSONEncoder", "JSONDecoder"]
 
-MAX_DEPTH_LIMIT: int
 
 class JSONEncoder:
     content_type: ClassVar[str]

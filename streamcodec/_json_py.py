@@ -17,15 +17,12 @@ from json.encoder import encode_basestring as _quote_str  # json's own escaping 
 from typing import Any, Iterator, List, Optional
 
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
-from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
+from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH, MAX_DEPTH_LIMIT
 from .pool import PoolBuffer
 from .protocol import BytesLike, Event
 
-__all__ = ["JSONEncoder", "JSONDecoder", "MAX_DEPTH_LIMIT"]
+__all__ = ["JSONEncoder", "JSONDecoder"]
 
-#: Highest ``max_depth`` accepted.  The compiled encoder recurses on the C
-#: stack and the twin on the Python stack (default recursion limit 1000).
-MAX_DEPTH_LIMIT = 900
 
 _EVENT_HEADERS = {t: ('{"type":"%s","object":' % t).encode() for t in EVENT_TYPES}
 _BYTES_TYPES = (bytes, bytearray, memoryview)

@@ -323,16 +323,15 @@ class KubeProtoDecoder:
                     continue
                 if f is None:
                     raise DecodeError(f"{name}: field {number} is not in the message", s)
-                value = self._value(f, data, s, e, wire, depth)
-                if f.shape == "REPEATED":
-                    out.setdefault(f.json_name, []).append(value)
-                elif f.shape == "MAP":
+                if f.shape == "MAP":  # an entry message: key = 1, value = 2
                     entry = _fields(data, s, e)
                     key = _text(data, entry.get(1))
                     v = entry.get(2)
                     out.setdefault(f.json_name, {})[key] = self._value(f, data, v[-1][0], v[-1][1], v[-1][2], depth) if v else None
+                elif f.shape == "REPEATED":
+                    out.setdefault(f.json_name, []).append(self._value(f, data, s, e, wire, depth))
                 else:
-                    out[f.json_name] = value
+                    out[f.json_name] = self._value(f, data, s, e, wire, depth)
 
     def _value(self, f: Field, data: bytes, s: int, e: int, wire: int, depth: int) -> Any:
         kind = f.kind
@@ -351,7 +350,7 @@ class KubeProtoDecoder:
         if kind == "STRING":
             return _text(data, [(s, e, 2)])
         if kind == "BYTES":
-            return base64.b64encode(data[s:e]).decode("ascii")
+            return base64.b64encode(memoryview(data)[s:e]).decode("ascii")  # a view: no 1 MiB slice copy
         if kind == "MESSAGE":
             assert f.message is not None
             return self._message(f.message, data, s, e, depth + 1)

@@ -33,7 +33,6 @@ MAGIC: bytes
 CONTENT_TYPE: str
 STREAM_CONTENT_TYPE: str
 #: Largest max_depth accepted (keeps the compiled codec's recursion shallow).
-HARD_MAX_DEPTH: int
 
 class ProtoEncoder:
     """Encodes objects, watch events and list bodies in Kubernetes' protobuf framing.

@@ -27,7 +27,7 @@ from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
-from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
+from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH, MAX_DEPTH_LIMIT
 from .protocol import Event
 
 __all__ = ["ProtoEncoder", "ProtoDecoder"]
@@ -49,7 +49,6 @@ cdef extern from "Python.h":
 MAGIC = b"k8s\x00"
 CONTENT_TYPE = "application/vnd.streamcodec.struct+protobuf"
 STREAM_CONTENT_TYPE = "application/vnd.streamcodec.struct+protobuf;stream=watch"
-HARD_MAX_DEPTH = 1000
 cdef Py_ssize_t MAX_PREFIXED = 0xFFFFFFFF  # the most a 4-byte length prefix describes
 cdef long long INT_LIMIT = 9007199254740992  # 2**53: larger ints are not all exact doubles
 
@@ -77,8 +76,8 @@ cdef struct Entry:
 cdef void _check_limits(object max_frame_size, object max_depth) except *:
     if type(max_frame_size) is not int or max_frame_size < 1:
         raise ValueError("max_frame_size must be a positive int")
-    if type(max_depth) is not int or not 1 <= max_depth <= HARD_MAX_DEPTH:
-        raise ValueError(f"max_depth must be an int in 1..{HARD_MAX_DEPTH}")
+    if type(max_depth) is not int or not 1 <= max_depth <= MAX_DEPTH_LIMIT:
+        raise ValueError(f"max_depth must be an int in 1..{MAX_DEPTH_LIMIT}")
 
 
 cdef inline int varint_len(uint64_t v) noexcept nogil:

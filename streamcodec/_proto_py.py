@@ -32,7 +32,7 @@ import struct
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
-from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
+from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH, MAX_DEPTH_LIMIT
 from .pool import PoolBuffer
 from .protocol import Event
 
@@ -43,8 +43,6 @@ BytesLike = Union[bytes, bytearray, memoryview]
 MAGIC = b"k8s\x00"
 CONTENT_TYPE = "application/vnd.streamcodec.struct+protobuf"
 STREAM_CONTENT_TYPE = "application/vnd.streamcodec.struct+protobuf;stream=watch"
-#: Largest max_depth accepted: keeps the compiled codec's C recursion small.
-HARD_MAX_DEPTH = 1000
 #: A 4-byte length prefix cannot describe a longer frame body.
 _MAX_PREFIXED = 0xFFFFFFFF
 _INT_LIMIT = 1 << 53
@@ -63,8 +61,8 @@ _UNKNOWN_TAIL = b"\x1a\x00\x22\x00"
 def _check_limits(max_frame_size: int, max_depth: int) -> None:
     if type(max_frame_size) is not int or max_frame_size < 1:
         raise ValueError("max_frame_size must be a positive int")
-    if type(max_depth) is not int or not 1 <= max_depth <= HARD_MAX_DEPTH:
-        raise ValueError(f"max_depth must be an int in 1..{HARD_MAX_DEPTH}")
+    if type(max_depth) is not int or not 1 <= max_depth <= MAX_DEPTH_LIMIT:
+        raise ValueError(f"max_depth must be an int in 1..{MAX_DEPTH_LIMIT}")
 
 
 def _varint(n: int) -> bytes:

@@ -2,6 +2,8 @@
 
 ``streamcodec serve``  runs the API server (this package's ASGI app) under uvicorn.
 ``streamcodec demo``   runs the watch-list experiment (:mod:`streamcodec.demo`).
+``streamcodec informer`` keeps a resource in sync and prints its events (:mod:`streamcodec.informer`).
+``streamcodec etcd provision 3.5`` finds or fetches local etcd binaries (:mod:`streamcodec.etcd_provision`).
 """
 
 from __future__ import annotations
@@ -12,16 +14,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from streamcodec.limits import DEFAULT_BUFFER_SIZE, DEFAULT_POOL_BYTES
 
-__all__ = ["main", "build_parser", "DEFAULT_ETCD_PAGE_BYTES"]
-
-#: etcd page budget of the server (the storage layer's own default is 8 MiB).
-#: Every concurrent stream holds about one page, so the server takes pages of
-#: about one ~1 MB object: with 8 MiB pages (three objects) a watch-list of
-#: 1 MB Secrets grew the server by ~9 MB per stream against a median ~5.7 MB
-#: with 2 MiB, for ~15 % more throughput (benchmarks/bench_server.py).
-DEFAULT_ETCD_PAGE_BYTES = 2 * 1024 * 1024
+__all__ = ["main", "build_parser"]
 
 
 def _size(text: str) -> int:
@@ -70,15 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="etcd client endpoints, comma-separated (http://host:port or host:port; https:// needs --etcd-cafile)")
     serve.add_argument("--listen", default="127.0.0.1:8080", type=_listen, metavar="HOST:PORT",
                        help="address to serve HTTP on (default 127.0.0.1:8080)")
-    serve.add_argument("--list-mode", choices=("streaming", "buffered"), default="streaming",
+    serve.add_argument("--list-mode", choices=("streaming", "buffered"), default=ServerConfig.list_mode,
                        help="streaming: list items leave as etcd delivers them, memory bounded by the pool; "
                             "buffered: read the whole list and build the whole response before sending (the classic way). "
-                            "Default streaming")
-    serve.add_argument("--pool-bytes", type=_size, default=DEFAULT_POOL_BYTES, metavar="N",
-                       help=f"total bytes of the shared stream buffer pool (default {DEFAULT_POOL_BYTES}; K/M/G suffixes allowed)")
-    serve.add_argument("--buffer-bytes", type=_size, default=DEFAULT_BUFFER_SIZE, metavar="N",
-                       help=f"bytes of one stream's buffer, which must hold the largest encoded object (default {DEFAULT_BUFFER_SIZE})")
-    serve.add_argument("--max-streams", type=int, default=None, metavar="N",
+                            f"Default {ServerConfig.list_mode}")
+    serve.add_argument("--pool-bytes", type=_size, default=ServerConfig.pool_bytes, metavar="N",
+                       help=f"total bytes of the shared stream buffer pool (default {ServerConfig.pool_bytes}; K/M/G suffixes allowed)")
+    serve.add_argument("--buffer-bytes", type=_size, default=ServerConfig.buffer_bytes, metavar="N",
+                       help=f"bytes of one stream's buffer, which must hold the largest encoded object (default {ServerConfig.buffer_bytes})")
+    serve.add_argument("--max-streams", type=int, default=ServerConfig.max_streams, metavar="N",
                        help="most concurrent bulk streams: lists and watch-lists' initial events (default: the number of buffers "
                             "in the pool; buffered list mode: 400, kube-apiserver's --max-requests-inflight); live watches do not count")
     serve.add_argument("--queue-wait", type=float, default=ServerConfig.queue_wait, metavar="SECONDS",
@@ -87,10 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cut off a live watch whose client has not taken an event for this long "
                             f"(default {ServerConfig.slow_watcher_timeout:g})")
     serve.add_argument("--stall-timeout", type=float, default=ServerConfig.stall_timeout, metavar="SECONDS",
-                       help="disconnect a client that reads nothing for this long while a stream waits on it (default 30)")
-    serve.add_argument("--etcd-page-bytes", type=_size, default=DEFAULT_ETCD_PAGE_BYTES, metavar="N",
-                       help=f"byte budget of one etcd range page a list or watch-list reads at a time (default {DEFAULT_ETCD_PAGE_BYTES}); "
+                       help=f"disconnect a client that reads nothing for this long while a stream waits on it (default {ServerConfig.stall_timeout:g})")
+    from streamcodec.storage.etcd import DEFAULT_PAGE_BYTES
+
+    serve.add_argument("--etcd-page-bytes", type=_size, default=DEFAULT_PAGE_BYTES, metavar="N",
+                       help=f"byte budget of one etcd range page a list or watch-list reads at a time (default {DEFAULT_PAGE_BYTES}); "
                             "each concurrent stream holds about one page")
+    serve.add_argument("--shared-scans", action=argparse.BooleanOptionalAction, default=ServerConfig.shared_scans,
+                       help="concurrent watch-lists of one collection share one paged etcd read "
+                            f"(default {'on' if ServerConfig.shared_scans else 'off'})")
     serve.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
                        help="on SIGTERM/SIGINT, wait this long for open streams before closing them (default 5)")
     serve.add_argument("--continue-secret-file", default=None, metavar="FILE",
@@ -99,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--min-request-timeout", type=int, default=ServerConfig.min_request_timeout, metavar="SECONDS",
                        help="a watch without timeoutSeconds ends after a random time between this and twice this, as "
                             f"kube-apiserver's flag (default {ServerConfig.min_request_timeout})")
-    serve.add_argument("--key-root", default="/registry", metavar="PREFIX",
-                       help="etcd key prefix of all objects (default /registry)")
+    serve.add_argument("--key-root", default=ServerConfig.key_root, metavar="PREFIX",
+                       help=f"etcd key prefix of all objects (default {ServerConfig.key_root})")
     serve.add_argument("--etcd-cafile", default=None, metavar="FILE", help="CA bundle: talk TLS to etcd")
     serve.add_argument("--etcd-certfile", default=None, metavar="FILE", help="client certificate for etcd (with --etcd-keyfile)")
     serve.add_argument("--etcd-keyfile", default=None, metavar="FILE", help="client key for etcd (with --etcd-certfile)")
@@ -114,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the watch-list experiment (see `streamcodec demo --help`)", add_help=False)
     demo.add_argument("args", nargs=argparse.REMAINDER)
+    informer = sub.add_parser("informer", help="keep a resource in sync and print its events (see `streamcodec informer --help`)",
+                              add_help=False)
+    informer.add_argument("args", nargs=argparse.REMAINDER)
+    etcd = sub.add_parser("etcd", help="find or fetch local etcd binaries: `streamcodec etcd provision 3.5|3.4`", add_help=False)
+    etcd.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -177,6 +181,7 @@ def serve(args: argparse.Namespace) -> int:
             continue_secret=continue_secret,
             min_request_timeout=args.min_request_timeout,
             key_root=args.key_root.rstrip("/") or "/registry",
+            shared_scans=args.shared_scans,
         )
     except ValueError as exc:
         raise SystemExit(f"streamcodec serve: {exc}") from None
@@ -204,6 +209,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         from . import demo
 
         return int(demo.main(argv[1:]) or 0)
+    if argv[:1] == ["etcd"]:  # before build_parser: scripts/provision-etcd runs this with the stdlib only
+        from . import etcd_provision
+
+        return etcd_provision.main(argv[1:])
+    if argv[:1] == ["informer"]:
+        from .informer import cli as informer_cli
+
+        return informer_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)

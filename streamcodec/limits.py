@@ -12,6 +12,13 @@ from __future__ import annotations
 #: caught by this limit as well as by the explicit cycle check.
 MAX_DEPTH = 256
 
+#: Highest ``max_depth`` any encoder or decoder accepts.  The encoders recurse
+#: per container level (the compiled ones on the C stack, the pure-Python twins
+#: on the Python stack, whose default limit is 1000 frames, some of them in use
+#: by the caller): the JSON and Struct-protobuf twins reach ~490 levels from an
+#: empty stack, so 400 leaves a caller ~200 frames (tests/test_formats.py).
+MAX_DEPTH_LIMIT = 400
+
 #: Largest frame an encoder emits or a decoder accepts.  etcd refuses values
 #: over 1.5 MiB by default (--max-request-bytes), and a frame carries one
 #: object plus a small envelope, so 4 MiB leaves room for raising etcd's limit

@@ -4,7 +4,7 @@ Every server runs as a child process on free ``127.0.0.1`` ports with its own
 temporary data directory.  Servers are context managers, and every one still
 running when the interpreter exits is stopped by an ``atexit`` hook, so a
 failing test never leaves an etcd behind.  Binaries come from
-``scripts/provision-etcd`` (see :func:`etcd_bin_dir`).
+:mod:`streamcodec.etcd_provision` (see :func:`etcd_bin_dir`).
 
 Example::
 
@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .etcd_provision import SUPPORTED_VERSIONS, EtcdNotAvailable, provision
+
 __all__ = [
     "EtcdNotAvailable",
     "EtcdStartError",
@@ -47,14 +49,6 @@ __all__ = [
     "EtcdProcess",
     "EtcdCluster",
 ]
-
-SUPPORTED_VERSIONS = ("3.5", "3.4")
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-_PROVISION_SCRIPT = _REPO_ROOT / "scripts" / "provision-etcd"
-
-
-class EtcdNotAvailable(RuntimeError):
-    """No etcd binaries of the asked version could be found or provisioned."""
 
 
 class EtcdStartError(RuntimeError):
@@ -101,28 +95,16 @@ _bin_dirs_lock = threading.Lock()
 def etcd_bin_dir(version: str) -> Path:
     """The directory holding ``etcd`` and ``etcdctl`` of ``version`` ("3.5" or "3.4").
 
-    Runs ``scripts/provision-etcd VERSION`` (``ETCD_BIN``, then PATH, then the
-    cache, then Debian packages); the answer is remembered for the process.
-    Raises :class:`EtcdNotAvailable` with the script's message on failure.
+    Asks :func:`streamcodec.etcd_provision.provision` (``ETCD_BIN``, then PATH,
+    then the cache, then Debian packages); the answer is remembered for the process.
+    Raises :class:`EtcdNotAvailable` saying why on failure.
     """
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"etcd version must be one of {SUPPORTED_VERSIONS}, not {version!r}")
     with _bin_dirs_lock:
         if version in _bin_dirs:
             return _bin_dirs[version]
-        if not _PROVISION_SCRIPT.exists():
-            raise EtcdNotAvailable(f"{_PROVISION_SCRIPT} is missing (storage/ used outside its source tree?)")
-        proc = subprocess.run(
-            [str(_PROVISION_SCRIPT), version], capture_output=True, text=True, timeout=600
-        )
-        if proc.returncode != 0:
-            raise EtcdNotAvailable(f"scripts/provision-etcd {version} failed: {proc.stderr.strip()}")
-        lines = proc.stdout.strip().splitlines()
-        if not lines:
-            raise EtcdNotAvailable(f"scripts/provision-etcd {version} printed no directory")
-        path = Path(lines[-1])
-        if not (path / "etcd").is_file() or not (path / "etcdctl").is_file():
-            raise EtcdNotAvailable(f"{path} holds no etcd + etcdctl")
+        path = provision(version)
         _bin_dirs[version] = path
         return path
 

@@ -14,6 +14,23 @@ import pytest
 from streamcodec.local_etcd import EtcdCluster, EtcdNotAvailable, EtcdProcess, EtcdStartError, etcd_bin_dir, installed_version
 
 
+#: fixtures and harness classes that start a real etcd
+_ETCD_FIXTURES = {"etcd", "etcd_cluster", "etcd_version"}
+_ETCD_CLASSES = (EtcdProcess, EtcdCluster)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Marks ``etcd`` every test that starts etcd: through a fixture of this file, or because its
+    module uses the etcd harness itself (its own fixtures start EtcdProcess / EtcdCluster)."""
+    for item in items:
+        module = getattr(item, "module", None)
+        uses_harness = module is not None and any(
+            getattr(module, name, None) in _ETCD_CLASSES for name in ("EtcdProcess", "EtcdCluster")
+        )
+        if uses_harness or _ETCD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.etcd)
+
+
 def pytest_report_header(config: pytest.Config) -> List[str]:
     import streamcodec.storage
     import streamcodec

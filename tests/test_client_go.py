@@ -32,7 +32,7 @@ from tests.clientgo_harness import (
     secret_checksum,
 )
 
-pytestmark = [pytest.mark.clientgo, pytest.mark.etcd]
+pytestmark = pytest.mark.clientgo
 
 CONTENT_TYPES = ["json", "default", "cbor"]
 WATCH_LIST = ["on", "off"]

@@ -35,7 +35,7 @@ from tests.clientgo_harness import (
 )
 from tests.kube_apiserver_harness import KubeAPIServer, provision_kube_apiserver
 
-pytestmark = [pytest.mark.clientgo, pytest.mark.etcd]
+pytestmark = pytest.mark.clientgo
 
 PROTO = "application/vnd.kubernetes.protobuf"
 CLIENT_GO = "application/vnd.kubernetes.protobuf,application/json"  # what client-go asks for built-in kinds

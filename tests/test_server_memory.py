@@ -1,7 +1,8 @@
 """The server's memory promise per concurrent watch-list stream, measured, on real etcd.
 
-``streamcodec serve`` runs as a separate process (uvicorn, the real CLI, its
-default buffer and page sizes) over a collection of N Secrets of ~S bytes;
+``streamcodec serve`` runs as a separate process (uvicorn, the real CLI) at its
+defaults (shared scans on) and at one other setting (a pool of exactly 4 buffers
+per stream, private scans) over a collection of N Secrets of ~S bytes;
 STREAMS clients read a watch-list each concurrently until the
 initial-events-end BOOKMARK.  The server process's peak
 RSS growth (kernel VmHWM, reset before the streams start) and its tracemalloc
@@ -40,25 +41,31 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from streamcodec.cli import DEFAULT_ETCD_PAGE_BYTES
+from streamcodec.storage.etcd import DEFAULT_PAGE_BYTES
 from streamcodec.server.objects import encode_for_storage
 from streamcodec.storage import EtcdStore
 from streamcodec.local_etcd import EtcdProcess
 from streamcodec.limits import DEFAULT_BUFFER_SIZE
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 
-pytestmark = [pytest.mark.etcd, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 KiB, MiB = 1 << 10, 1 << 20
 PAYLOAD_BYTES = 768 * KiB  # base64 -> a ~1 MiB stored Secret, the size of the issue's Secrets
 BUFFER_BYTES = DEFAULT_BUFFER_SIZE  # what `streamcodec serve` uses unless told otherwise
-PAGE_BYTES = DEFAULT_ETCD_PAGE_BYTES
+PAGE_BYTES = DEFAULT_PAGE_BYTES
 STREAMS = 8
 SMALL, LARGE = 40, 200  # the second collection is 5x the first
+#: (name, flags): the defaults, and one other setting with every size given
+SETTINGS = [
+    ("defaults", []),
+    ("private scans", ["--buffer-bytes", str(BUFFER_BYTES), "--pool-bytes", str(4 * STREAMS * BUFFER_BYTES),
+                       "--etcd-page-bytes", str(PAGE_BYTES), "--no-shared-scans"]),
+]
 WATCH_LIST = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
 
 #: Runs ``streamcodec serve``; SIGUSR1 starts tracemalloc, SIGUSR2 writes its peak to argv[1] and stops it.
@@ -126,15 +133,14 @@ def _watch_list(port: int, expected: int) -> int:
 
 
 @contextlib.contextmanager
-def serve(etcd: EtcdProcess, prefix: bytes, tmp_path: Path) -> Iterator[Dict[str, Any]]:
+def serve(etcd: EtcdProcess, prefix: bytes, tmp_path: Path, flags: List[str]) -> Iterator[Dict[str, Any]]:
     """A fresh ``streamcodec serve`` process: each collection size is measured from the same start."""
     port = free_port()
     report = tmp_path / "tracemalloc.json"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(report), "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}",
-         "--key-root", prefix.decode().rstrip("/"), "--buffer-bytes", str(BUFFER_BYTES),
-         "--pool-bytes", str(4 * STREAMS * BUFFER_BYTES), "--etcd-page-bytes", str(PAGE_BYTES), "--log-level", "warning"],
+         "--key-root", prefix.decode().rstrip("/"), "--log-level", "warning", *flags],
         env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -199,16 +205,17 @@ def test_watch_list_memory_per_stream_is_flat_in_collection_size(
     for count in (SMALL, LARGE):
         if count > SMALL:
             largest = max(largest, asyncio.run(_load(etcd.endpoint, store_prefix, SMALL, count)))
-        with serve(etcd, prefix, tmp_path) as server:
-            result = measure_streams(server, count)
-        rss_per_stream = result["rss_growth"] / STREAMS
-        traced_per_stream = result["traced_peak"] / STREAMS
-        rss_bound = 2 * largest + BUFFER_BYTES
-        traced_bound = BUFFER_BYTES + PAGE_BYTES + largest + 256 * KiB
-        print(f"N={count} x {largest} B, {STREAMS} streams: RSS {rss_per_stream / MiB:.2f} MiB/stream "
-              f"(bound {rss_bound / MiB:.2f}), tracemalloc {traced_per_stream / MiB:.2f} MiB/stream "
-              f"(bound {traced_bound / MiB:.2f})")  # fmt: skip
-        assert rss_per_stream <= rss_bound, f"N={count}: server RSS grew {rss_per_stream / MiB:.2f} MiB per stream"
-        assert traced_per_stream <= traced_bound, (
-            f"N={count}: server tracemalloc peak {traced_per_stream / MiB:.2f} MiB per stream"
-        )
+        for name, flags in SETTINGS:
+            with serve(etcd, prefix, tmp_path, flags) as server:
+                result = measure_streams(server, count)
+            rss_per_stream = result["rss_growth"] / STREAMS
+            traced_per_stream = result["traced_peak"] / STREAMS
+            rss_bound = 2 * largest + BUFFER_BYTES
+            traced_bound = BUFFER_BYTES + PAGE_BYTES + largest + 256 * KiB
+            print(f"{name}: N={count} x {largest} B, {STREAMS} streams: RSS {rss_per_stream / MiB:.2f} MiB/stream "
+                  f"(bound {rss_bound / MiB:.2f}), tracemalloc {traced_per_stream / MiB:.2f} MiB/stream "
+                  f"(bound {traced_bound / MiB:.2f})")  # fmt: skip
+            assert rss_per_stream <= rss_bound, f"{name}, N={count}: server RSS grew {rss_per_stream / MiB:.2f} MiB per stream"
+            assert traced_per_stream <= traced_bound, (
+                f"{name}, N={count}: server tracemalloc peak {traced_per_stream / MiB:.2f} MiB per stream"
+            )

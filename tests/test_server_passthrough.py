@@ -17,7 +17,8 @@ from streamcodec.writer import FrameWriter
 from streamcodec.server.objects import encode_for_storage, splice_resource_version
 from streamcodec.server import streams
 from streamcodec.server.objects import DEFAULT_RESOURCES
-from streamcodec.server.streams import SEND_PIECE_BYTES, ItemWriter, StreamResponse, _find_key
+from streamcodec.server.items import ItemWriter, _find_key
+from streamcodec.server.streams import SEND_PIECE_BYTES, StreamResponse
 
 
 def stored(obj: Dict[str, Any]) -> bytes:

@@ -30,7 +30,6 @@ from streamcodec.storage import (
 )
 from streamcodec.local_etcd import EtcdProcess
 
-pytestmark = pytest.mark.etcd
 
 KiB = 1024
 

@@ -23,7 +23,6 @@ import pytest
 from streamcodec.storage import EtcdStore, WatchEvent, supports_watch_progress
 from streamcodec.local_etcd import EtcdCluster, EtcdNotAvailable, EtcdProcess, EtcdStartError, installed_version
 
-pytestmark = pytest.mark.etcd
 
 #: every wait on the cluster is bounded by this (seconds)
 EVENT_TIMEOUT = 10.0

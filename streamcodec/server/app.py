@@ -2,8 +2,8 @@
 
 Mount it in any ASGI server (``uvicorn streamcodec.server.app:...`` via
 :func:`create_app`, or ``Starlette(routes=[Mount("/", app)])``).  One
-:class:`App` owns one :class:`streamcodec.storage.EtcdStore` (created in the running loop
-on first use, or given) and one :class:`streamcodec.BufferPool` that every
+:class:`App` serves one :class:`streamcodec.storage.interface.Store` (given, or an
+EtcdStore it creates in the running loop on first use) and one :class:`streamcodec.BufferPool` that every
 streaming response writes through.
 
 Routes: ``/api``, ``/api/v1``, ``/apis``, ``/version``, ``/healthz``;
@@ -13,7 +13,6 @@ Routes: ``/api``, ``/api/v1``, ``/apis``, ``/version``, ``/healthz``;
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -24,30 +23,26 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import streamcodec
 from streamcodec import BufferPool
 from streamcodec.kube_schema import DEFAULT_SCHEMA, KubeSchema
+from streamcodec.formats import FORMATS
 from streamcodec.limits import DEFAULT_BUFFER_SIZE, DEFAULT_POOL_BYTES
-
 from streamcodec.storage import EtcdStore
 from streamcodec.storage import errors as storage_errors
+from streamcodec.storage.interface import Store
 
 from . import objects
 from .admission import Admission, client_of
-from .negotiation import FORMATS, available_formats, format_for_content_type, negotiate
+from .bodies import ListBody, WatchBody, buffered_list_body, watch_error_event
+from .defaults import POOL_BYTES, QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT
+from .handlers import ListRequest, WatchRequest, resource_version
+from .items import ItemWriter
+from .negotiation import available_formats, format_for_content_type, negotiate
 from .objects import DEFAULT_RESOURCES, Resource
 from .status import APIError, bad_request, from_storage_error, internal_error
-from .streams import ItemWriter, StreamResponse, close_iterator, send_error_response
-from .handlers import (
-    ListRequest,
-    WatchRequest,
-    buffered_list_body,
-    list_producer,
-    resource_version,
-    watch_error_event,
-    watch_producer,
-)
+from .streams import ResponseBody, StreamResponse, send_error_response
 
 __all__ = ["App", "ServerConfig", "create_app", "KUBERNETES_VERSION"]
 
-log = logging.getLogger("apiserver")
+log = logging.getLogger("streamcodec.server")
 
 #: Encoder options of Kubernetes' conventions: CBOR encloses []byte in tag 22 ("expected later base64"
 #: encoding), which client-go's decoder needs to take a byte string as bytes rather than base64 text.
@@ -70,8 +65,23 @@ class ServerConfig:
 
     ``list_mode``: ``streaming`` (items leave as etcd delivers them, through
     the pool) or ``buffered`` (read all, build the whole body, then send).
-    ``pool_bytes`` / ``buffer_bytes``: the shared pool every bulk stream (a
-    list, a watch-list's initial events) writes through; one buffer each.
+    Sizes, each with one job:
+
+    * ``pool_bytes`` / ``buffer_bytes``: the shared pool every bulk stream (a
+      list, a watch-list's initial events) writes through, one buffer of
+      ``buffer_bytes`` each; the live pool's buffers are as large.
+    * ``max_frame_bytes`` (:attr:`frame_bytes`): the largest frame (one
+      encoded object and its envelope) an encoder writes; default a whole
+      buffer, since frames never span buffers.
+    * ``list_prefetch_bytes`` (:attr:`prefetch_bytes`): what a list that must
+      read its items before its metadata (a continue token, a count, typed
+      protobuf's size) keeps in memory; past it the items are read twice.
+      Default one buffer: the memory of one stream.
+    * :attr:`buffered_buffer_bytes` / :attr:`buffered_pool_bytes`: the private
+      pool of each buffered-mode list body (outside the shared budget by design).
+    * ``send_piece_bytes``: the largest ASGI body message a stream sends.
+    * ``max_body_bytes``: the largest request body read.
+
     ``max_streams``: concurrent bulk streams (default: as many as the pool
     has buffers); past it a request waits its turn, fairly across clients,
     in a queue of at most ``queue_limit`` for at most ``queue_wait`` seconds,
@@ -83,7 +93,7 @@ class ServerConfig:
     another.  ``stall_timeout``: seconds one send of a bulk stream may wait
     on a client that reads nothing before it is disconnected;
     ``contended_stall_timeout`` when other streams wait for a slot (one send
-    is at most 256 KiB: a client slower than ~128 KB/s then gives its slot up).  ``key_root``: etcd key prefix of all
+    is at most ``send_piece_bytes``, 256 KiB: a client slower than ~128 KB/s then gives its slot up).  ``key_root``: etcd key prefix of all
     objects.  ``passthrough``: JSON values in this server's stored layout go
     out without decode/re-encode.  ``kube_schema``: the kinds served in
     Kubernetes' typed protobuf (others get the client's next acceptable type).
@@ -91,22 +101,27 @@ class ServerConfig:
     without ``timeoutSeconds`` (or with 0) ends after a random time between
     it and twice it, and no watch lasts longer than that.
     ``continue_secret``: the key continue tokens are signed with (at least 32
-    bytes; default: a random one per process).  ``header_timeout`` /
+    bytes; default: a random one per process).  ``shared_scans``: concurrent
+    watch-lists of one collection share one paged etcd read (see
+    :mod:`streamcodec.storage.shared_scan`).  ``header_timeout`` /
     ``body_timeout`` / ``max_connections``: see :mod:`streamcodec.server.connections`
     (used through :meth:`App.http_protocol`).
     """
 
     list_mode: str = "streaming"
-    pool_bytes: int = DEFAULT_POOL_BYTES
+    pool_bytes: int = POOL_BYTES
     buffer_bytes: int = DEFAULT_BUFFER_SIZE
+    max_frame_bytes: Optional[int] = None
+    list_prefetch_bytes: Optional[int] = None
+    send_piece_bytes: int = SEND_PIECE_BYTES
     max_streams: Optional[int] = None
     queue_limit: int = 1024
-    queue_wait: float = 60.0
+    queue_wait: float = QUEUE_WAIT
     live_pool_bytes: int = DEFAULT_POOL_BYTES
     slow_watcher_timeout: float = 5.0
-    stall_timeout: float = 30.0
+    stall_timeout: float = STALL_TIMEOUT
     contended_stall_timeout: float = 2.0
-    retry_after: int = 1
+    retry_after: int = RETRY_AFTER
     key_root: str = "/registry"
     resources: Dict[str, Resource] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESOURCES))
     max_body_bytes: int = 3 * 1024 * 1024
@@ -117,6 +132,7 @@ class ServerConfig:
     max_connections: int = 20000
     passthrough: bool = True
     kube_schema: KubeSchema = DEFAULT_SCHEMA
+    shared_scans: bool = True
 
     def __post_init__(self) -> None:
         if self.list_mode not in ("streaming", "buffered"):
@@ -127,18 +143,43 @@ class ServerConfig:
             raise ValueError("stall_timeout and slow_watcher_timeout must be positive")
         if self.live_pool_bytes < self.buffer_bytes:
             raise ValueError("live_pool_bytes must hold at least one buffer of buffer_bytes")
+        if not 0 < self.frame_bytes <= self.buffer_bytes:
+            raise ValueError("max_frame_bytes must be positive and fit one buffer of buffer_bytes")
+        if self.prefetch_bytes < 0 or self.send_piece_bytes <= 0:
+            raise ValueError("list_prefetch_bytes must not be negative, send_piece_bytes must be positive")
         if self.continue_secret is not None and len(self.continue_secret) < 32:
             raise ValueError("continue_secret must be at least 32 bytes")
         if not self.key_root.startswith("/") or self.key_root.endswith("/"):
             raise ValueError("key_root must start with '/' and not end with it")
 
+    @property
+    def frame_bytes(self) -> int:
+        """The largest frame any encoder writes: ``max_frame_bytes``, or one buffer."""
+        return self.buffer_bytes if self.max_frame_bytes is None else self.max_frame_bytes
+
+    @property
+    def prefetch_bytes(self) -> int:
+        """What a read-ahead list keeps in memory: ``list_prefetch_bytes``, or one buffer."""
+        return self.buffer_bytes if self.list_prefetch_bytes is None else self.list_prefetch_bytes
+
+    @property
+    def buffered_buffer_bytes(self) -> int:
+        """One buffer of a buffered list body's private pool: one frame."""
+        return self.frame_bytes
+
+    @property
+    def buffered_pool_bytes(self) -> int:
+        """A buffered list body's private pool: two frames' buffers."""
+        return 2 * self.buffered_buffer_bytes
+
 
 class App:
     """The API server as an ASGI application.
 
-    Give either a ready ``store`` (its lifecycle stays yours) or
-    ``etcd_endpoints`` (+ ``store_options`` for TLS/auth), in which case the
-    App creates the EtcdStore on first use and closes it at lifespan shutdown
+    Give either a ready ``store`` (any :class:`streamcodec.storage.interface.Store`;
+    its lifecycle stays yours; with ``shared_scans`` a
+    :class:`~.bodies.SharedScanStore`) or ``etcd_endpoints`` (+ ``store_options``
+    for TLS/auth), in which case the App creates an EtcdStore on first use and closes it at lifespan shutdown
     or :meth:`aclose`.  ``authenticator`` / ``authorizer``: callables of the
     :class:`streamcodec.server.security.Authenticator` / ``Authorizer`` protocols (the
     built-in token-file, x509 and ABAC ones, or a host server's own);
@@ -148,7 +189,7 @@ class App:
 
     def __init__(
         self,
-        store: Optional[EtcdStore] = None,
+        store: Optional[Store] = None,
         *,
         etcd_endpoints: Optional[List[str]] = None,
         store_options: Optional[Dict[str, Any]] = None,
@@ -160,6 +201,8 @@ class App:
         if (store is None) == (etcd_endpoints is None):
             raise ValueError("give exactly one of store or etcd_endpoints")
         self.config = config or ServerConfig()
+        if self.config.shared_scans and store is not None and not hasattr(store, "shared_watch_list"):
+            raise ValueError("shared_scans needs a store with shared_watch_list (a SharedScanStore)")
         self._store = store
         self._owns_store = store is None
         self._endpoints = etcd_endpoints
@@ -179,28 +222,29 @@ class App:
             retry_after=self.config.retry_after,
         )
         self.formats = available_formats()
-        mfs = self.config.buffer_bytes
+        mfs = self.config.frame_bytes
         self.encoders: Dict[str, Any] = {
-            name: getattr(streamcodec, FORMATS[name].encoder_class)(max_frame_size=mfs, **FORMAT_OPTIONS.get(name, {}))
+            name: FORMATS[name].encoder(max_frame_size=mfs, **FORMAT_OPTIONS.get(name, {}))
             for name in self.formats
             if name != "protobuf"
         }
         #: Kubernetes' typed protobuf, per kind (only kinds of its schema registry)
         self.kube_proto = streamcodec.KubeProtoEncoder(self.config.kube_schema, max_frame_size=mfs)
         #: formats whose list bodies need the item count before the items
-        self.needs_count = {name for name, enc in self.encoders.items() if _needs_count(enc)}
+        self.needs_count = {name for name in self.encoders if FORMATS[name].list_needs == "count"}
         self.active_streams = 0
         self.streams_started = 0
         self.outcomes: Dict[str, int] = {}
         self._responses: "set[StreamResponse]" = set()
-        #: authentication, authorization, audit (apiserver/security.py); None when none is given: served as before
+        #: authentication, authorization, audit (security.py); None when none is given: served as before
         from .security import security_gate
 
         self.security = security_gate(self, authenticator, authorizer, audit)
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def store(self) -> EtcdStore:
+    async def store(self) -> Store:
+        """The store; the EtcdStore of ``etcd_endpoints`` is made here, in the running loop, on first use."""
         if self._store is None:
             assert self._endpoints is not None
             self._store = EtcdStore(self._endpoints, **self._store_options)
@@ -245,7 +289,7 @@ class App:
             return
         if scope["type"] != "http":
             return
-        if self.security is not None:  # authentication, authorization, audit: apiserver/security.py
+        if self.security is not None:  # authentication, authorization, audit: security.py
             await self.security.serve(scope, receive, send, self._http)
             return
         await self._http(scope, receive, send)
@@ -515,7 +559,7 @@ class App:
         self._responses.discard(response)
 
     def _stream(
-        self, producer: Any, encoder: Any, fmt: str, release: Callable[[], None], *, watch: bool, cleanup: Any,
+        self, body: ResponseBody, encoder: Any, fmt: str, release: Callable[[], None], *, watch: bool,
         on_error: Any = None,
     ) -> StreamResponse:
         if watch:
@@ -524,20 +568,21 @@ class App:
         else:
             content_type = encoder.content_type
         response = StreamResponse(
-            producer,
+            body,
             encoder=encoder,
             pool=self.pool,
             content_type=content_type,
             headers_first=watch,
             stall_timeout=self.config.stall_timeout,
             acquire_timeout=self.config.queue_wait,
+            retry_after=self.config.retry_after,
             on_error=on_error,
-            cleanup=cleanup,
             live_pool=self.live_pool,
             on_live=release,
             live_stall_timeout=self.config.slow_watcher_timeout,
             contended=lambda: self.admission.waiting > 0,
             contended_stall_timeout=self.config.contended_stall_timeout,
+            send_piece_bytes=self.config.send_piece_bytes,
         )
         response.on_close = lambda: self._stream_closed(response, release)
         self._responses.add(response)
@@ -554,16 +599,21 @@ class App:
         release = await self._admit(client, True)
         try:
             if self.config.list_mode == "buffered":
-                body = await buffered_list_body(store, prefix, request, resource, items)
+                body = await buffered_list_body(
+                    store, prefix, request, resource, items,
+                    pool_bytes=self.config.buffered_pool_bytes, buffer_bytes=self.config.buffered_buffer_bytes,
+                )
                 self._unadmit(release)
                 return PlainResponse(200, body, encoder.content_type)
-            producer, cleanup = await list_producer(
-                store, prefix, request, resource, items, self.config.buffer_bytes, needs_count=fmt in self.needs_count,
+            list_body = ListBody(
+                store, prefix, request, resource, items,
+                prefetch_bytes=self.config.prefetch_bytes, needs_count=fmt in self.needs_count,
             )
+            await list_body.prepare()  # errors known up front are plain Status responses
         except BaseException:
             self._unadmit(release)
             raise
-        return self._stream(producer, encoder, fmt, release, watch=False, cleanup=cleanup)
+        return self._stream(list_body, encoder, fmt, release, watch=False)
 
     def _unadmit(self, release: Callable[[], None]) -> None:
         """A stream that ended before it became a response."""
@@ -580,11 +630,12 @@ class App:
         items = self._item_writer(encoder, fmt, resource)
         release = await self._admit(client, request.initial_events)  # a live-only watch is cheap
         try:
-            producer, cleanup = await watch_producer(store, prefix, request, resource, items)
+            body = WatchBody(store, prefix, request, resource, items, shared_scans=self.config.shared_scans)
+            await body.prepare()  # errors known up front are plain Status responses
         except BaseException:
             self._unadmit(release)
             raise
-        return self._stream(producer, encoder, fmt, release, watch=True, cleanup=cleanup, on_error=watch_error_event)
+        return self._stream(body, encoder, fmt, release, watch=True, on_error=watch_error_event)
 
 
 class PlainResponse:
@@ -609,15 +660,6 @@ def create_app(etcd_endpoints: List[str], **config: Any) -> App:
 
 
 # -- helpers ---------------------------------------------------------------
-
-
-def _needs_count(encoder: Any) -> bool:
-    """Whether ``encoder`` refuses a list body of unknown length (the contract's ValueError)."""
-    try:
-        encoder.encode_list_start_into(streamcodec.PoolBuffer(4096), kind="List", api_version="v1", metadata={}, count=None)
-    except ValueError:
-        return True
-    return False
 
 
 def _header(scope: Dict[str, Any], name: bytes) -> Optional[str]:

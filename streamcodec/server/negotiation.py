@@ -18,32 +18,15 @@ what it cannot serve, so kubectl's
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import streamcodec
+from streamcodec.formats import FORMATS, by_media_type
 
 from .status import APIError
 
-__all__ = ["Format", "FORMATS", "negotiate", "parse_accept", "format_for_content_type"]
+__all__ = ["negotiate", "parse_accept", "format_for_content_type", "available_formats"]
 
-
-class Format(NamedTuple):
-    name: str
-    encoder_class: str  #: attribute of ``streamcodec``
-    decoder_class: str
-    media_types: Tuple[str, ...]  #: accepted in Accept / Content-Type, the first is the canonical one
-
-
-FORMATS: Dict[str, Format] = {
-    "json": Format("json", "JSONEncoder", "JSONDecoder", ("application/json",)),
-    "cbor": Format("cbor", "CBOREncoder", "CBORDecoder", ("application/cbor", "application/cbor-seq")),
-    "protobuf": Format("protobuf", "KubeProtoEncoder", "KubeProtoDecoder", ("application/vnd.kubernetes.protobuf",)),
-    "protobuf-struct": Format(
-        "protobuf-struct", "ProtoEncoder", "ProtoDecoder", ("application/vnd.streamcodec.struct+protobuf",)
-    ),
-    "msgpack": Format("msgpack", "MsgpackEncoder", "MsgpackDecoder", ("application/vnd.msgpack", "application/msgpack")),
-}
-_BY_MEDIA_TYPE = {mt: f.name for f in FORMATS.values() for mt in f.media_types}
 _WILDCARDS = {"*/*", "application/*"}
 # Parameters that do not change the representation we send.
 _HARMLESS_PARAMS = {"q", "stream", "charset"}
@@ -96,7 +79,8 @@ def negotiate(accept: Optional[str], available: Optional[List[str]] = None) -> s
         if media_type in _WILDCARDS:
             name = "json"
         else:
-            name = _BY_MEDIA_TYPE.get(media_type, "")
+            found = by_media_type(media_type)
+            name = found.name if found else ""
         if name in available:
             return name
     supported = ", ".join(FORMATS[n].media_types[0] for n in FORMATS if n in available)
@@ -122,7 +106,8 @@ def format_for_content_type(
         raise APIError(415, "UnsupportedMediaType",
                        f"the request has no Content-Type header - accepted media types include: {accepted}")
     media_type = content_type.split(";", 1)[0].strip().lower()
-    name = _BY_MEDIA_TYPE.get(media_type)
+    found = by_media_type(media_type)
+    name = found.name if found else None
     if name is None or name not in available or not FORMATS[name].decoder_class:
         raise APIError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {media_type}")
     return name

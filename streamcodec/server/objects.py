@@ -32,8 +32,8 @@ import uuid
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import streamcodec
+from streamcodec.formats import CBOR_MAGIC, FORMATS, PROTOBUF_MAGIC
 
-from .negotiation import FORMATS
 from .status import APIError, bad_request
 
 __all__ = [
@@ -46,8 +46,6 @@ __all__ = [
     "encode_for_storage",
 ]
 
-CBOR_PREFIX = b"\xd9\xd9\xf7"
-PROTO_PREFIX = b"k8s\x00"
 _JSON_LAYOUT_PREFIX = b'{"metadata":{'
 _RV_KEY = b'"resourceVersion"'
 _PREFIX_LEN = len(_JSON_LAYOUT_PREFIX)
@@ -135,9 +133,9 @@ def check_name(what: str, value: str) -> str:
 def detect_format(value: Any) -> str:
     """``cbor``, ``protobuf-struct`` or ``json`` from the first bytes of a stored value."""
     head = bytes(value[:4])
-    if head[:3] == CBOR_PREFIX:
+    if head[:3] == CBOR_MAGIC:
         return "cbor"
-    if head == PROTO_PREFIX:
+    if head == PROTOBUF_MAGIC:
         return "protobuf-struct"  # this project's own Struct protobuf (it never stores typed messages)
     return "json"
 

@@ -12,6 +12,8 @@ from typing import Any, Dict, Optional
 
 from streamcodec.storage import errors as storage_errors
 
+from .defaults import RETRY_AFTER
+
 __all__ = ["APIError", "status_object", "from_storage_error", "internal_error"]
 
 
@@ -68,10 +70,6 @@ def bad_request(message: str) -> APIError:
     return APIError(400, "BadRequest", message)
 
 
-def not_found(resource: str, name: str) -> APIError:
-    return APIError(404, "NotFound", f'{resource} "{name}" not found', details={"name": name, "kind": resource})
-
-
 def internal_error() -> APIError:
     """A 500 that says nothing about the cause (the cause goes to the server log)."""
     return APIError(500, "InternalError", "Internal error occurred: the server could not complete the request")
@@ -101,11 +99,11 @@ def from_storage_error(exc: storage_errors.StorageError, *, resource: str = "", 
         return APIError(400, "BadRequest", "invalid continue token: it was not issued by this server for this list, or it is damaged")
     if isinstance(exc, storage_errors.FutureRevision):
         return APIError(
-            504, "Timeout", "Too large resource version: the requested version is newer than the storage's", retry_after=1,
+            504, "Timeout", "Too large resource version: the requested version is newer than the storage's", retry_after=RETRY_AFTER,
             details={"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]},
         )
     if isinstance(exc, storage_errors.Unavailable):
-        return APIError(503, "ServiceUnavailable", "storage is unavailable", retry_after=1)
+        return APIError(503, "ServiceUnavailable", "storage is unavailable", retry_after=RETRY_AFTER)
     if isinstance(exc, storage_errors.TooLarge):
         return APIError(413, "RequestEntityTooLarge", "object or response is too large")
     if isinstance(exc, storage_errors.Unauthorized):

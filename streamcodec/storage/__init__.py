@@ -2,15 +2,18 @@
 
 ``EtcdStore`` talks to etcd's gRPC API over grpcio with hand-written wire
 encoding (``streamcodec.storage._wire``, compiled, or its pure-Python twin
-``streamcodec.storage._wire_py`` when ``STREAMCODEC_PURE_PYTHON=1``).  It hands out raw
-keys and values (bytes / memoryview) and revisions; it knows nothing of HTTP or
-output formats.
+``streamcodec.storage._wire_py`` when ``STREAMCODEC_PURE_PYTHON=1``; chosen once in
+``_implementation``).  The parts: ``transport`` (members, auth, retry, failover),
+``etcd`` (the store), ``list_stream`` and ``watch_stream`` (the streams),
+``version_gate`` (when watch-progress requests are safe), ``paging`` (page budgets),
+``watch_hub`` and ``shared_scan`` (sharing), ``interface`` (the ``Store`` protocol).
+It hands out raw keys and values (bytes / memoryview) and revisions; it knows
+nothing of HTTP or output formats.
 """
 
 from __future__ import annotations
 
-import os as _os
-
+from ._implementation import IMPLEMENTATION, PURE_PYTHON, wire
 from .errors import (
     AlreadyExists,
     Conflict,
@@ -25,22 +28,10 @@ from .errors import (
     Unavailable,
 )
 from .types import KeyValue, WatchEvent
-
-#: same switch as streamcodec's: a non-empty value other than "0" forces the twins
-PURE_PYTHON: bool = _os.environ.get("STREAMCODEC_PURE_PYTHON", "") not in ("", "0")
-
-if PURE_PYTHON:
-    from . import _wire_py as wire
-else:
-    try:
-        from . import _wire as wire  # type: ignore[no-redef]
-    except ImportError:  # not built: fall back to the twin, and say so in IMPLEMENTATION
-        from . import _wire_py as wire  # type: ignore[no-redef]
-
-#: "cython" when the compiled wire codec is in use, else "python"
-IMPLEMENTATION: str = "python" if wire.__name__.endswith("_py") else "cython"
-
-from .etcd import EtcdStore, ListStream, WatchStream, supports_watch_progress  # noqa: E402
+from .etcd import EtcdStore
+from .list_stream import ListStream
+from .version_gate import supports_watch_progress
+from .watch_stream import WatchStream
 
 __all__ = [
     "IMPLEMENTATION",

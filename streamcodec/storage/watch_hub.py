@@ -3,7 +3,7 @@
 Without this, N watchers of a collection are N etcd watch streams, and each event crosses gRPC,
 is parsed and is buffered N times (measured: ~50 KiB of server memory per idle watch, 1,000 of
 them took 211 ms for a write to reach half).  A :class:`WatchHub` keeps one upstream
-:class:`~streamcodec.storage.etcd.WatchStream` per prefix and fans its events out:
+:class:`~streamcodec.storage.watch_stream.WatchStream` per prefix and fans its events out:
 
 * a watcher from revision S joins the shared stream when the hub can serve every event from S on:
   S at or after the upstream's start, and nothing from S evicted from the hub's short history
@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Deque, Dict, Optional, Set
 from .types import WatchEvent
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .etcd import EtcdStore, WatchStream
+    from .etcd import EtcdStore
+    from .watch_stream import WatchStream
 
 __all__ = ["WatchHub", "SharedWatch", "HISTORY_EVENTS", "HISTORY_BYTES", "BACKLOG_EVENTS", "BACKLOG_BYTES"]
 
-log = logging.getLogger("storage")
+log = logging.getLogger("streamcodec.storage")
 
 #: Events kept for watchers that join a little late (a re-watch from the last resourceVersion seen).
 HISTORY_EVENTS = 1024
@@ -109,7 +110,7 @@ class _Upstream:
 
 
 class SharedWatch:
-    """A watcher's view of a shared upstream: the same interface as :class:`~streamcodec.storage.etcd.WatchStream`."""
+    """A watcher's view of a shared upstream: the same interface as :class:`~streamcodec.storage.watch_stream.WatchStream`."""
 
     def __init__(self, hub: "WatchHub", prefix: bytes, start_revision: Optional[int]) -> None:
         self.hub = hub
