@@ -48,6 +48,7 @@ __all__ = [
     "installed_version",
     "EtcdProcess",
     "EtcdCluster",
+    "die_with_parent_prefix",
 ]
 
 
@@ -271,8 +272,10 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
-def _die_with_parent_prefix() -> List[str]:
-    """A command prefix that makes etcd get SIGKILL when the spawning thread dies (Linux), or nothing.
+def die_with_parent_prefix() -> List[str]:
+    """A command prefix that makes a child (etcd, or any server a test starts) get SIGKILL when the
+    spawning thread dies (Linux), or nothing.  Use it from the main thread only: the signal follows
+    the thread that spawned, not the process.
 
     Covers a test process killed without running atexit (SIGKILL, crash).
     PR_SET_PDEATHSIG is set by util-linux's ``setpriv`` and survives its exec
@@ -407,7 +410,7 @@ class EtcdProcess:
         self._log_handle.flush()
         in_main_thread = threading.current_thread() is threading.main_thread()
         # PDEATHSIG fires when the spawning *thread* exits, so only use it from the main thread.
-        prefix = _die_with_parent_prefix() if in_main_thread else []
+        prefix = die_with_parent_prefix() if in_main_thread else []
         self._proc = subprocess.Popen(
             prefix + self.command(),
             stdin=subprocess.DEVNULL,

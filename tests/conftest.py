@@ -15,7 +15,7 @@ from streamcodec.local_etcd import EtcdCluster, EtcdNotAvailable, EtcdProcess, E
 
 
 #: fixtures and harness classes that start a real etcd
-_ETCD_FIXTURES = {"etcd", "etcd_cluster", "etcd_version"}
+_ETCD_FIXTURES = {"etcd", "etcd35", "etcd_cluster", "etcd_version"}
 _ETCD_CLASSES = (EtcdProcess, EtcdCluster)
 
 
@@ -58,6 +58,21 @@ def etcd(etcd_version: str) -> Iterator[EtcdProcess]:
         server.start()
     except (EtcdNotAvailable, EtcdStartError) as exc:
         pytest.fail(f"etcd {etcd_version} unavailable: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def etcd35() -> Iterator[EtcdProcess]:
+    """An etcd 3.5 of the module's own, for tests that need 3.5 only (Kubernetes' watch-list from a watch
+    cache needs its watch progress requests, which 3.4.23 is below the gate for)."""
+    try:
+        server = EtcdProcess("3.5")
+        server.start()
+    except (EtcdNotAvailable, EtcdStartError) as exc:
+        pytest.fail(f"etcd 3.5 unavailable: {exc}", pytrace=False)
     try:
         yield server
     finally:

@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
+from streamcodec.local_etcd import die_with_parent_prefix
 from tests.apiserver_harness import free_port, proc_status_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,14 +45,6 @@ def provision_kube_apiserver(timeout: float = 1800) -> str:
     if proc.returncode != 0 or len(lines) != 1 or not os.access(lines[0], os.X_OK):
         pytest.fail(f"kube-apiserver peer unavailable (scripts/provision-kube-apiserver): {proc.stderr.strip()}", pytrace=False)
     return lines[0]
-
-
-def _die_with_parent_prefix() -> List[str]:
-    """SIGKILL for the server when the spawning thread dies (util-linux setpriv), where that is the main thread."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 class KubeAPIServerError(RuntimeError):
@@ -124,7 +116,8 @@ class KubeAPIServer:
             raise RuntimeError(f"already running (pid {self.pid})")
         with open(self.log_file, "ab") as log, open(self._out_file, "wb") as out:
             self._proc = subprocess.Popen(
-                _die_with_parent_prefix() + self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=log,
+                (die_with_parent_prefix() if threading.current_thread() is threading.main_thread() else [])
+                + self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=log,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tempfile.gettempdir()},
             )
         try:

@@ -20,7 +20,7 @@ import pytest
 
 import streamcodec
 from streamcodec.informer import InformerError, InformerEvent, Reflector
-from streamcodec.local_etcd import EtcdNotAvailable, EtcdProcess, EtcdStartError
+from streamcodec.local_etcd import EtcdProcess
 from tests.apiserver_harness import ServerThread, free_port
 from tests.kube_apiserver_harness import KubeAPIServer, provision_kube_apiserver
 
@@ -30,19 +30,6 @@ SECRETS = "/api/v1/namespaces/default/secrets"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {"backoff": (0.05, 0.5), "connect_timeout": 10.0}  # tests restart servers: retry quickly
 
-
-@pytest.fixture(scope="module")
-def etcd35() -> Iterator[EtcdProcess]:
-    """etcd 3.5 (the peer's watch-list from its watch cache needs its watch progress requests)."""
-    try:
-        server = EtcdProcess("3.5")
-        server.start()
-    except (EtcdNotAvailable, EtcdStartError) as exc:
-        pytest.fail(f"etcd 3.5 unavailable: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="session")

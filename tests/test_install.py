@@ -234,12 +234,6 @@ def test_installed_demo_quick(installed: Venv, tmp_path: Path) -> None:
     assert "watch-list" in proc.stdout and "peak RSS growth" in proc.stdout
 
 
-@pytest.fixture(scope="module")
-def etcd35() -> Iterator[EtcdProcess]:
-    with EtcdProcess("3.5") as server:
-        yield server
-
-
 def test_installed_serve_answers_health_and_lists(installed: Venv, etcd35: EtcdProcess, prefix: bytes) -> None:
     port = free_port()
     server = subprocess.Popen(

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from streamcodec.local_etcd import EtcdNotAvailable, EtcdProcess, EtcdStartError
+from streamcodec.local_etcd import EtcdProcess
 from tests.clientgo_harness import (
     RESPONSE_MEDIA_TYPES,
     BackgroundInformer,
@@ -53,19 +53,6 @@ def kube_bin() -> str:
 def informer_bin() -> str:
     return provision_client_go()
 
-
-@pytest.fixture(scope="module")
-def etcd35() -> Iterator[EtcdProcess]:
-    """An etcd 3.5 of this module's own (watch-list needs its watch progress requests; see the module doc)."""
-    try:
-        server = EtcdProcess("3.5")
-        server.start()
-    except (EtcdNotAvailable, EtcdStartError) as exc:
-        pytest.fail(f"etcd 3.5 unavailable: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def new_prefix() -> str:
