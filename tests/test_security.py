@@ -763,3 +763,43 @@ def test_client_certificate_names_round_trip() -> None:
     with pytest.raises(AuthenticationError):
         x509({"extensions": {"tls": {"client_cert_name": "CN=x", "client_cert_error": "not verified"}}})
     assert secure_serving.is_loopback("127.0.0.53") and not secure_serving.is_loopback("::ffff:10.0.0.1")
+
+
+# -- the Python informer against the secure server ---------------------------------------
+
+
+def _informer_sync(secure: Secure, path: str, **options: Any) -> Any:
+    from streamcodec.informer import Reflector
+
+    reflector = Reflector(secure.url, path, ca_file=secure.pki.ca, watch_list="on", backoff=(0.05, 0.2), **options)
+    asyncio.run(reflector.run_until_synced(timeout=30))
+    return reflector
+
+
+def test_python_informer_over_tls_with_a_token_sees_what_the_policy_allows(secure: Secure) -> None:
+    alice = _informer_sync(secure, "/api/v1/namespaces/team-a/secrets", token="alice-token")
+    assert sorted(alice.store) == ["team-a/s1", "team-a/s2"] and alice.used_watch_list
+    from streamcodec.informer import InformerError
+
+    with pytest.raises(InformerError, match="403|[Ff]orbidden"):  # alice is not allowed in team-b
+        _informer_sync(secure, "/api/v1/namespaces/team-b/secrets", token="alice-token")
+    with pytest.raises(InformerError, match="401|[Uu]nauthorized"):
+        _informer_sync(secure, "/api/v1/namespaces/team-a/secrets", token="wrong-token")
+
+
+def test_python_informer_with_a_client_certificate(secure: Secure, pki: PKI) -> None:
+    cert, key = pki.dave  # type: ignore[attr-defined]
+    dave = _informer_sync(secure, "/api/v1/namespaces/team-b/secrets", cert_file=cert, key_file=key, content_type="protobuf")
+    assert sorted(dave.store) == ["team-b/s1", "team-b/s2"]
+    assert all(obj["data"] == {"k": "dg=="} for obj in dave.store.values())
+
+
+def test_python_informer_refuses_a_server_its_ca_did_not_sign(secure: Secure, other_pki: PKI) -> None:
+    from streamcodec.informer import Reflector
+
+    reflector = Reflector(secure.url, "/api/v1/namespaces/team-a/secrets", ca_file=other_pki.ca, token="alice-token",
+                          watch_list="on", backoff=(0.05, 0.1))
+    # a certificate that does not verify is a connection failure: retried (a CA may be rotated), never trusted
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(reflector.run_until_synced(timeout=3))
+    assert not reflector.synced and reflector.store == {} and reflector.stats["retries"] >= 2
