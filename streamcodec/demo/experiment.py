@@ -8,11 +8,19 @@ watch-list it stayed flat.  This demo runs the same experiment against
 1. starts etcd (3.5, above the watch-progress gate) unless ``--etcd`` is given;
 2. loads ``--objects`` Secrets of ``--object-bytes`` into namespace ``default``;
 3. for each mode — ``buffered`` (classic list), ``streaming`` (streamed list),
-   ``watch-list`` — and each informer count, starts a fresh server, runs that
+   ``watch-list``, ``watch-list-shared`` (the same informers, the server with
+   ``--shared-scans``) — and each informer count, starts a fresh server, runs that
    many informer processes at once (list-then-watch, or one watch-list request,
    as client-go's reflector does), checks every object they receive against its
    checksum, and samples the server's RSS throughout;
-4. prints a table, writes ``results.json`` and ``memory.png``.
+4. with ``--kube-apiserver BINARY`` (the peer built by the source tree's
+   ``scripts/provision-kube-apiserver``: a minimal API server on the real
+   k8s.io/apiserver code, its watch cache on as kube-apiserver runs), the same
+   runs against that real Kubernetes server, in the same run, on the same etcd
+   and the same data (loaded through the peer's own API into its own key
+   prefix), with the same informers: modes ``kube-apiserver-list`` (list then
+   watch) and ``kube-apiserver-watch-list``;
+5. prints a table, writes ``results.json`` and ``memory.png``.
 
 The server runs under a memory limit enforced by this demo's RSS watchdog
 (the role the kernel's OOM killer played in the Kubernetes test): when it
@@ -40,9 +48,20 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from streamcodec.limits import DEFAULT_BUFFER_SIZE
 
-MODES = ("buffered", "streaming", "watch-list")
+MODES = ("buffered", "streaming", "watch-list", "watch-list-shared")
+#: the real k8s.io/apiserver's modes (with --kube-apiserver): informers that list then watch, or watch-list
+PEER_MODES = ("kube-apiserver-list", "kube-apiserver-watch-list")
+#: what the informers of each mode do (run_informer's mode): the peer's informers are ours' informers
+INFORMER_MODE = {**{m: m for m in MODES}, "kube-apiserver-list": "streaming", "kube-apiserver-watch-list": "watch-list"}
+#: The peer's etcd key prefix: its own storage layout (protobuf), apart from our server's /registry.
+PEER_PREFIX = "/streamcodec-demo-kube-apiserver"
 #: server --list-mode for each demo mode
-SERVER_LIST_MODE = {"buffered": "buffered", "streaming": "streaming", "watch-list": "streaming"}
+SERVER_LIST_MODE = {"buffered": "buffered", "streaming": "streaming", "watch-list": "streaming", "watch-list-shared": "streaming"}
+#: the modes whose server runs with --shared-scans (their informers are watch-list ones)
+SHARED_SCAN_MODES = ("watch-list-shared",)
+#: how the table and the plot name each mode
+MODE_LABELS = {"watch-list-shared": "watch-list (shared)", "kube-apiserver-list": "kube-apiserver list",
+               "kube-apiserver-watch-list": "kube-apiserver watch-list"}
 NAMESPACE = "default"
 MiB = 1 << 20
 #: How often the watchdog reads the server's RSS.  Fast enough to see the
@@ -188,63 +207,58 @@ def _check(item: Dict[str, Any], manifest: Dict[str, str], seen: Dict[str, bool]
 
 
 def run_informer(url: str, mode: str, manifest: Dict[str, str]) -> InformerResult:
-    """One informer: sync the initial state, verify it, then watch briefly."""
+    """One informer (:class:`streamcodec.informer.Reflector`): sync the initial state, verify it, then watch briefly.
+
+    ``watch-list``: the reflector's watch-list (no fallback: a refusal is an error).  ``buffered`` /
+    ``streaming``: what those modes measure is ONE unpaginated LIST, then a short watch from its
+    resourceVersion, so the reflector lists without ``limit`` and watches with ``timeoutSeconds=1``.
+    """
+    import asyncio
+
+    from streamcodec.informer import Reflector
+
     res = InformerResult(ok=False, started=time.time())
     seen: Dict[str, bool] = {}
-    base = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+
+    def check(item: Dict[str, Any]) -> Dict[str, Any]:
+        _check(item, manifest, seen)
+        # the demo measures the server: 16 informers keeping 400 MB each would measure the clients
+        return {"metadata": item.get("metadata") or {}}
+
+    async def sync() -> None:
+        listing = not mode.startswith("watch-list")
+        reflector = Reflector(
+            url, f"/api/v1/namespaces/{NAMESPACE}/secrets", watch_list="off" if listing else "on", page_size=0,
+            transform=check, watch_timeout=(1, 1) if listing else (600, 600), bookmark_timeout=600, connect_timeout=600,
+        )
+        events = reflector.events()
+        rest: Optional["asyncio.Future[None]"] = None
+        try:
+            async for ev in events:
+                if ev.type == "synced":
+                    res.synced = time.time()
+                    break
+            if listing:  # the watch from the list's resourceVersion, to its end (a second one has then begun)
+                async def drain() -> None:
+                    async for _ in events:
+                        pass
+
+                rest = asyncio.ensure_future(drain())
+                deadline = time.monotonic() + 5
+                while reflector.stats["watch"] < 2 and time.monotonic() < deadline and not rest.done():
+                    await asyncio.sleep(0.02)
+                if rest.done():
+                    rest.result()
+        finally:
+            reflector.close()
+            if rest is not None:
+                rest.cancel()
+                await asyncio.gather(rest, return_exceptions=True)
+            await events.aclose()
+            res.bytes = reflector.bytes_received
+
     try:
-        conn = _conn(url)
-        if mode == "watch-list":
-            conn.request("GET", base + "?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
-                         "&allowWatchBookmarks=true&timeoutSeconds=600", headers={"Accept": "application/json"})
-            resp = conn.getresponse()
-            if resp.status != 200:
-                raise ValueError(f"watch-list: HTTP {resp.status}: {resp.read(300)!r}")
-            while True:
-                line = resp.readline(64 * MiB)
-                if not line:
-                    raise ValueError("watch-list ended before the initial-events-end bookmark")
-                res.bytes += len(line)
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if event["type"] == "ADDED":
-                    _check(event["object"], manifest, seen)
-                elif event["type"] == "BOOKMARK":
-                    ann = (event["object"].get("metadata") or {}).get("annotations") or {}
-                    if ann.get("k8s.io/initial-events-end") == "true":
-                        break
-                else:
-                    raise ValueError(f"unexpected {event['type']} event during the initial sync")
-            res.synced = time.time()
-            conn.close()
-        else:
-            conn.request("GET", base, headers={"Accept": "application/json"})
-            resp = conn.getresponse()
-            if resp.status != 200:
-                raise ValueError(f"list: HTTP {resp.status}: {resp.read(300)!r}")
-            reader = ListBodyReader()
-            while not reader.done:
-                chunk = resp.read1(1 * MiB)
-                if not chunk:
-                    raise ValueError("list body ended early")
-                res.bytes += len(chunk)
-                for item in reader.feed(chunk):
-                    _check(item, manifest, seen)
-            rv = (reader.head or {}).get("metadata", {}).get("resourceVersion")
-            if not rv:
-                raise ValueError("list carried no metadata.resourceVersion")
-            res.synced = time.time()
-            conn.close()
-            # A reflector then watches from the list's resourceVersion.
-            conn = _conn(url)
-            conn.request("GET", f"{base}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1",
-                         headers={"Accept": "application/json"})
-            resp = conn.getresponse()
-            if resp.status != 200:
-                raise ValueError(f"watch from {rv}: HTTP {resp.status}")
-            resp.read()
-            conn.close()
+        asyncio.run(sync())
         missing = len(manifest) - len(seen)
         if missing:
             raise ValueError(f"{missing} objects missing from the initial state")
@@ -262,23 +276,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """``streamcodec serve`` as a child process, with an RSS watchdog."""
+class WatchedServer:
+    """An API server as a child process on a loopback port, with an RSS watchdog (ours, or the peer)."""
 
-    def __init__(self, etcd_url: str, list_mode: str, buffer_bytes: Optional[int], memory_limit: int) -> None:
-        self.port = free_port()
+    #: the path that answers 200 once the server serves
+    ready_path = "/version"
+    #: who serves (results.json's ``server``)
+    kind = "streamcodec"
+
+    def __init__(self, argv: List[str], port: int, memory_limit: int) -> None:
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.memory_limit = memory_limit
         # A file, not a pipe: nobody reads the server's log while it runs,
         # and a full pipe would stall the server.
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamcodec", "serve", "--etcd", etcd_url,
-             "--listen", f"127.0.0.1:{self.port}", "--list-mode", list_mode]
-            # the server's own defaults: its admission queue serves every informer
-            + (["--buffer-bytes", str(buffer_bytes)] if buffer_bytes else []),
-            stdout=subprocess.DEVNULL, stderr=self.log,
-        )
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.log, stdin=subprocess.DEVNULL)
         self.killed_at_rss = 0
         self.peak = 0
         self._stop = threading.Event()
@@ -288,16 +301,22 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.log.seek(0)
-                err = self.log.read().decode(errors="replace")
-                raise SystemExit(f"server exited at start-up (code {self.proc.returncode}):\n{err[-2000:]}")
+                raise SystemExit(f"{self.kind} exited at start-up (code {self.proc.returncode}):\n{self.log_tail()}")
             try:
-                if _request(self.url, "GET", "/version")[0] == 200:
+                if _request(self.url, "GET", self.ready_path)[0] == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.1)
-        raise SystemExit("server did not become ready in time")
+        raise SystemExit(f"{self.kind} did not become ready in time:\n{self.log_tail()}")
+
+    def settle(self) -> int:
+        """Wait until the server holds what it holds before any client (nothing, for ours); returns the RSS before."""
+        return self.rss()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-chars:]
 
     def rss(self) -> int:
         import psutil
@@ -306,6 +325,17 @@ class Server:
             return psutil.Process(self.proc.pid).memory_info().rss
         except psutil.Error:
             return 0
+
+    def kernel_peak(self) -> int:
+        """The process's peak RSS so far as the kernel counts it (VmHWM; 0 where there is no /proc)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
 
     def start_sampling(self) -> int:
         """Start the watchdog; returns the baseline RSS."""
@@ -344,6 +374,69 @@ class Server:
         self.log.close()
 
 
+class Server(WatchedServer):
+    """``streamcodec serve`` as a child process, with an RSS watchdog."""
+
+    def __init__(self, etcd_url: str, list_mode: str, buffer_bytes: Optional[int], memory_limit: int,
+                 shared_scans: bool = False, key_root: Optional[str] = None) -> None:
+        port = free_port()
+        super().__init__(
+            [sys.executable, "-m", "streamcodec", "serve", "--etcd", etcd_url,
+             "--listen", f"127.0.0.1:{port}", "--list-mode", list_mode]
+            # the server's own defaults: its admission queue serves every informer
+            + (["--buffer-bytes", str(buffer_bytes)] if buffer_bytes else [])
+            + ["--shared-scans" if shared_scans else "--no-shared-scans"]  # the server shares by default
+            + (["--key-root", key_root] if key_root else []),
+            port, memory_limit,
+        )
+
+
+class KubeAPIServerPeer(WatchedServer):
+    """The real k8s.io/apiserver peer binary as a child process, its watch cache on, with the same RSS watchdog.
+
+    Its ``/healthz`` answers 200 before its watch cache has filled (measured: 50 MiB at /healthz, the cache
+    of 100 × 1 MiB in place a second or two later), so a baseline taken then would race the fill;
+    :meth:`settle` waits for the cache, so a run's baseline holds it and its growth does not.
+    ``max_seconds``: the peer exits by itself after that long, whatever happens to this process.
+    """
+
+    ready_path = "/healthz"
+    kind = "k8s.io/apiserver"
+
+    def __init__(self, binary: str, etcd_url: str, prefix: str, memory_limit: int, max_seconds: float = 7200) -> None:
+        port = free_port()
+        # the peer wants URLs; our --etcd also takes bare host:port
+        servers = ",".join(u if "://" in u else f"http://{u}" for u in etcd_url.split(",") if u.strip())
+        super().__init__(
+            [binary, f"--etcd-servers={servers}", f"--etcd-prefix={prefix}", f"--listen=127.0.0.1:{port}",
+             "--watch-cache=on", f"--max-seconds={max_seconds:g}"],
+            port, memory_limit,
+        )
+
+    #: A watch the cache alone serves (resourceVersion 0), selecting nothing: cheap, and answered (200, not
+    #: 429 "storage is (re)initializing") only once the watch cache is ready.
+    PRIME_PATH = (f"/api/v1/namespaces/{NAMESPACE}/secrets?watch=1&resourceVersion=0&timeoutSeconds=1"
+                  "&labelSelector=streamcodec-demo%3Dnothing")
+
+    def settle(self, timeout: float = 300.0) -> int:
+        """Wait until the watch cache is ready and the RSS has stopped moving; returns the RSS before the wait."""
+        idle = self.rss()
+        deadline = time.monotonic() + timeout
+        while _request(self.url, "GET", self.PRIME_PATH)[0] != 200:
+            if time.monotonic() > deadline or self.died():
+                raise SystemExit(f"{self.kind}: the watch cache did not become ready:\n{self.log_tail()}")
+            time.sleep(0.2)
+        # ready is flagged once the cache is filled; let the Go heap settle (two samples 0.5 s apart within 1 MiB)
+        last = self.rss()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.rss()
+            if abs(now - last) < MiB:
+                break
+            last = now
+        return idle
+
+
 # --------------------------------------------------------------------------- one run
 @dataclass
 class RunResult:
@@ -356,6 +449,12 @@ class RunResult:
     server_died: bool
     killed_at_rss: int
     failures: List[str] = field(default_factory=list)
+    #: who served the run: "streamcodec" or "k8s.io/apiserver"
+    server: str = "streamcodec"
+    #: the server's kernel peak RSS (VmHWM) when the baseline was taken: for the peer, its watch cache's fill
+    startup_peak_rss: int = 0
+    #: the RSS once the server answered, before :meth:`WatchedServer.settle` (the peer: before its watch cache)
+    idle_rss: int = 0
 
     @property
     def growth(self) -> int:
@@ -383,7 +482,9 @@ def client_go_informer() -> str:
     given = os.environ.get("STREAMCODEC_CLIENT_GO_INFORMER")
     if given:
         return given
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "provision-client-go")
+    # this file is <tree>/streamcodec/demo/experiment.py
+    tree = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = os.path.join(tree, "scripts", "provision-client-go")
     if not os.path.exists(script):
         raise SystemExit("--informer client-go needs the source tree's scripts/provision-client-go, "
                          "or STREAMCODEC_CLIENT_GO_INFORMER naming a built informer")
@@ -394,12 +495,13 @@ def client_go_informer() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def run_client_go(server: Server, mode: str, informers: int, args: argparse.Namespace) -> Tuple[List["InformerResult"], float]:
+def run_client_go(server: WatchedServer, mode: str, informers: int, args: argparse.Namespace) -> Tuple[List["InformerResult"], float]:
     """``informers`` client-go informers in one Go process (default content type: protobuf); (results, t0)."""
     expected = expected_client_go_checksum(args.objects, args.object_bytes)
+    watch_list = INFORMER_MODE[mode].startswith("watch-list")
     cmd = [args.client_go_bin, "--server", server.url, "--namespace", NAMESPACE, "--informers", str(informers),
            "--content-type", args.content_type,
-           "--watch-list", "on" if mode == "watch-list" else "off", "--sync-timeout", str(args.run_timeout),
+           "--watch-list", "on" if watch_list else "off", "--sync-timeout", str(args.run_timeout),
            "--expect-objects", str(args.objects)]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.run_timeout + 60)
@@ -412,10 +514,10 @@ def run_client_go(server: Server, mode: str, informers: int, args: argparse.Name
         if event.get("event") != "synced":
             continue
         got = {k: event.get(k) for k in ("objects", "bytes", "checksum")}
-        watch_list_ok = (event.get("lists", 0) == 0) == (mode == "watch-list")
+        watch_list_ok = (event.get("lists", 0) == 0) == watch_list
         ok = got == expected and watch_list_ok
         error = "" if ok else (f"informer {event.get('informer')}: got {got}, lists {event.get('lists')}, "
-                               f"expected {expected} ({'no LIST' if mode == 'watch-list' else 'a LIST'})")
+                               f"expected {expected} ({'no LIST' if watch_list else 'a LIST'})")
         results.append(InformerResult(ok=ok, synced=t0 + float(event.get("seconds", 0.0)), bytes=int(got["bytes"] or 0),
                                       error=error))
     while len(results) < informers:
@@ -424,18 +526,30 @@ def run_client_go(server: Server, mode: str, informers: int, args: argparse.Name
     return results, t0
 
 
+def start_server(etcd_url: str, mode: str, args: argparse.Namespace) -> WatchedServer:
+    """A fresh server for one run of ``mode``: ours, or the peer (``args.kube_apiserver``) for its modes."""
+    if mode in PEER_MODES:
+        return KubeAPIServerPeer(args.kube_apiserver, etcd_url, getattr(args, "peer_prefix", PEER_PREFIX),
+                                 args.memory_limit, max_seconds=args.run_timeout + 900)
+    return Server(etcd_url, SERVER_LIST_MODE[mode], args.buffer_bytes, args.memory_limit,
+                  shared_scans=mode in SHARED_SCAN_MODES, key_root=getattr(args, "key_root", None))
+
+
 def run_once(etcd_url: str, mode: str, informers: int, manifest_path: str, args: argparse.Namespace) -> RunResult:
-    server = Server(etcd_url, SERVER_LIST_MODE[mode], args.buffer_bytes, args.memory_limit)
+    """One run: a fresh server for ``mode``, ``informers`` informers at once, the server's RSS sampled throughout."""
+    server = start_server(etcd_url, mode, args)
     try:
         server.wait_ready()
+        idle = server.settle()
+        startup_peak = server.kernel_peak()
         baseline = server.start_sampling()
         if args.informer == "client-go":
             results, t0 = run_client_go(server, mode, informers, args)
-            return _result(server, mode, informers, baseline, results, t0)
+            return _result(server, mode, informers, baseline, results, t0, startup_peak, idle)
         t0 = time.time()
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "streamcodec.demo", "informer", "--url", server.url, "--mode", mode,
+                [sys.executable, "-m", "streamcodec.demo", "informer", "--url", server.url, "--mode", INFORMER_MODE[mode],
                  "--manifest", manifest_path],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
@@ -459,12 +573,13 @@ def run_once(etcd_url: str, mode: str, informers: int, manifest_path: str, args:
                 if p.poll() is None:
                     p.kill()
                     p.wait()
-        return _result(server, mode, informers, baseline, results, t0)
+        return _result(server, mode, informers, baseline, results, t0, startup_peak, idle)
     finally:
         server.close()
 
 
-def _result(server: Server, mode: str, informers: int, baseline: int, results: List["InformerResult"], t0: float) -> RunResult:
+def _result(server: WatchedServer, mode: str, informers: int, baseline: int, results: List["InformerResult"], t0: float,
+            startup_peak: int = 0, idle: int = 0) -> RunResult:
     """The run's figures once its informers are done (the server is still up: its peak is read here)."""
     server.stop_sampling()
     died = server.died()
@@ -475,17 +590,30 @@ def _result(server: Server, mode: str, informers: int, baseline: int, results: L
         mode=mode, informers=informers, baseline_rss=baseline, peak_rss=server.peak,
         sync_seconds=sync_seconds, mb_per_s=total / MiB / sync_seconds if sync_seconds == sync_seconds else 0.0,
         server_died=died, killed_at_rss=server.killed_at_rss,
-        failures=[r.error for r in results if not r.ok],
+        failures=[r.error for r in results if not r.ok], server=server.kind, startup_peak_rss=startup_peak,
+        idle_rss=idle,
     )
 
 
 # --------------------------------------------------------------------------- report
+#: The table's footnote when the peer ran: what its baseline holds, and so what "growth" leaves out.
+PEER_BASELINE_NOTE = ("kube-apiserver rows: baseline = the peer's RSS once its watch cache has filled with the whole "
+                      "collection (it fills at start-up, just after /healthz, before any informer; the demo waits "
+                      "for it); growth is over that baseline, so it EXCLUDES the watch cache (peak RSS = baseline "
+                      "+ growth; the note gives the cache's share of the baseline)")
+
+
 def print_table(runs: List[RunResult]) -> None:
-    print(f"{'mode':<11} {'informers':>9} {'peak RSS growth':>16} {'synced after':>13} {'MB/s':>8}  note")
+    print(f"{'mode':<26} {'informers':>9} {'baseline RSS':>13} {'peak RSS growth':>16} {'synced after':>13} {'MB/s':>8}  note")
     for r in runs:
         note = "server killed by the memory limit" if r.server_died else ("FAILED: " + r.failures[0] if r.failures else "ok")
+        if r.mode in PEER_MODES and r.idle_rss:
+            note += f" (watch cache: +{(r.baseline_rss - r.idle_rss) / MiB:.0f} MiB of the baseline)"
         sync = f"{r.sync_seconds:.2f} s" if r.sync_seconds == r.sync_seconds else "-"
-        print(f"{r.mode:<11} {r.informers:>9} {r.growth / MiB:>12.1f} MiB {sync:>13} {r.mb_per_s:>8.0f}  {note}")
+        print(f"{MODE_LABELS.get(r.mode, r.mode):<26} {r.informers:>9} {r.baseline_rss / MiB:>9.1f} MiB "
+              f"{r.growth / MiB:>12.1f} MiB {sync:>13} {r.mb_per_s:>8.0f}  {note}")
+    if any(r.mode in PEER_MODES for r in runs):
+        print(PEER_BASELINE_NOTE)
 
 
 def write_plot(runs: List[RunResult], path: str, title: str) -> None:
@@ -495,16 +623,19 @@ def write_plot(runs: List[RunResult], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for mode in MODES:
+    for mode in MODES + PEER_MODES:
         pts = [r for r in runs if r.mode == mode]
         if not pts:
             continue
         ok = [r for r in pts if not r.server_died]
-        line = ax.plot([r.informers for r in ok], [r.peak_rss / MiB for r in ok], marker="o", label=mode)[0]
+        label = MODE_LABELS.get(mode, mode)
+        # the peer dashed: the same axes, told apart at a glance
+        line = ax.plot([r.informers for r in ok], [r.peak_rss / MiB for r in ok], marker="o", label=label,
+                       linestyle="--" if mode in PEER_MODES else "-")[0]
         dead = [r for r in pts if r.server_died]
         if dead:
             ax.scatter([r.informers for r in dead], [r.killed_at_rss / MiB for r in dead], marker="x", s=80,
-                       color=line.get_color(), label=f"{mode}: server killed")
+                       color=line.get_color(), label=f"{label}: server killed")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent informers")
     ax.set_ylabel("peak server RSS (MiB)")
@@ -532,6 +663,40 @@ def check_targets(runs: List[RunResult]) -> List[str]:
         same = [b for b in buf if b.informers == top_wl.informers] or [top_buf]
         lines.append(f"watch-list synced in {top_wl.sync_seconds:.2f} s vs buffered {same[0].sync_seconds:.2f} s "
                      f"at {same[0].informers} informers ({'met' if top_wl.sync_seconds <= same[0].sync_seconds * 1.05 else 'missed'})")
+    shared = [r for r in runs if r.mode == "watch-list-shared" and not r.server_died and not r.failures]
+    if shared:
+        top = max(shared, key=lambda r: r.informers)
+        one = [r for r in shared if r.informers == 1]
+        if one and top.informers > 1:
+            ratio = top.sync_seconds / max(one[0].sync_seconds, 1e-9)
+            lines.append(f"watch-list (shared): {top.informers} informers synced in {top.sync_seconds:.2f} s, "
+                         f"{ratio:.2f} × one informer ({'met' if ratio <= 2 else 'missed'}: target ≤ 2)")
+        private = [r for r in wl if r.informers == top.informers]
+        if private:
+            lines.append(f"watch-list (shared) at {top.informers} informers: {top.sync_seconds:.2f} s vs "
+                         f"{private[0].sync_seconds:.2f} s unshared, growth {top.growth / MiB:.1f} MiB vs "
+                         f"{private[0].growth / MiB:.1f} MiB")
+    return lines
+
+
+#: our mode compared with each of the peer's: the same informers (watch-list; one unpaginated LIST then watch)
+PEER_COUNTERPART = {"kube-apiserver-watch-list": "watch-list", "kube-apiserver-list": "streaming"}
+
+
+def compare_with_peer(runs: List[RunResult]) -> List[str]:
+    """Ours over the real k8s.io/apiserver, per informer count both ran: peak RSS, growth, sync time (no verdict)."""
+    lines = []
+    good = {(r.mode, r.informers): r for r in runs if not r.server_died and not r.failures}
+    for peer_mode, ours_mode in PEER_COUNTERPART.items():
+        for (mode, n), peer in sorted(good.items(), key=lambda kv: kv[0][1]):
+            ours = good.get((ours_mode, n))
+            if mode != peer_mode or ours is None:
+                continue
+            lines.append(
+                f"{MODE_LABELS.get(ours_mode, ours_mode)} / {MODE_LABELS[peer_mode]} at {n} informer(s): peak RSS "
+                f"{ours.peak_rss / MiB:.0f} / {peer.peak_rss / MiB:.0f} MiB = {ours.peak_rss / max(peer.peak_rss, 1):.2f}, "
+                f"growth {ours.growth / MiB:.1f} / {peer.growth / MiB:.1f} MiB, sync {ours.sync_seconds:.2f} / "
+                f"{peer.sync_seconds:.2f} s = {ours.sync_seconds / max(peer.sync_seconds, 1e-9):.2f}")
     return lines
 
 
@@ -554,7 +719,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", type=int, default=400, help="number of Secrets to load (default 400)")
     p.add_argument("--object-bytes", type=parse_size, default=MiB, help="size of each Secret's data (default 1MiB)")
     p.add_argument("--informers", default="1,2,4,8,16", help="comma-separated informer counts (default 1,2,4,8,16)")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated modes among {', '.join(MODES)}")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated modes among {', '.join(MODES + PEER_MODES)} (the last two need "
+                        "--kube-apiserver, which adds both unless --modes names one)")
+    p.add_argument("--kube-apiserver", metavar="BINARY",
+                   help="also run the experiment against the real k8s.io/apiserver: the peer binary built by the "
+                        "source tree's scripts/provision-kube-apiserver (its watch cache on, as kube-apiserver runs), "
+                        "over the same etcd, the Secrets loaded through its own API into its own key prefix")
     p.add_argument("--memory-limit", type=parse_size, default=8 << 30,
                    help="the server is killed when its RSS passes this (default 8GiB)")
     p.add_argument("--buffer-bytes", type=parse_size, default=None,
@@ -587,8 +758,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     counts = [int(x) for x in args.informers.split(",") if x.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
-        if m not in MODES:
-            raise SystemExit(f"unknown mode {m!r}; expected one of {', '.join(MODES)}")
+        if m not in MODES + PEER_MODES:
+            raise SystemExit(f"unknown mode {m!r}; expected one of {', '.join(MODES + PEER_MODES)}")
+    if args.kube_apiserver:
+        if not os.access(args.kube_apiserver, os.X_OK):
+            raise SystemExit(f"--kube-apiserver {args.kube_apiserver!r} is not an executable")
+        if not any(m in PEER_MODES for m in modes):
+            modes += list(PEER_MODES)
+    elif any(m in PEER_MODES for m in modes):
+        raise SystemExit("the kube-apiserver modes need --kube-apiserver BINARY")
     os.makedirs(args.out, exist_ok=True)
 
     etcd = None
@@ -608,6 +786,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             manifest = load_secrets(loader.url, args.objects, args.object_bytes)
         finally:
             loader.close()
+        if any(m in PEER_MODES for m in modes):
+            # the same Secrets, written by the peer in its own layout (protobuf) under its own prefix
+            peer = KubeAPIServerPeer(args.kube_apiserver, etcd_url, PEER_PREFIX, 1 << 62)
+            try:
+                peer.wait_ready()
+                print(f"loading the same Secrets through k8s.io/apiserver ({PEER_PREFIX})", file=sys.stderr)
+                if load_secrets(peer.url, args.objects, args.object_bytes) != manifest:
+                    raise SystemExit("the peer's data set differs from ours")
+            finally:
+                peer.close()
         manifest_path = os.path.join(workdir, "manifest.json")
         with open(manifest_path, "w") as f:
             json.dump(manifest, f)
@@ -625,10 +813,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         targets = check_targets(runs)
         for line in targets:
             print(line)
+        comparison = compare_with_peer(runs)
+        for line in comparison:
+            print(line)
         title = f"{args.objects} Secrets × {args.object_bytes / MiB:g} MiB: peak server RSS"
         write_plot(runs, os.path.join(args.out, "memory.png"), title)
         with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"objects": args.objects, "object_bytes": args.object_bytes, "targets": targets,
+            peer_info = None if not args.kube_apiserver else {
+                "binary": args.kube_apiserver, "etcd_prefix": PEER_PREFIX, "watch_cache": True,
+                "modes": [m for m in modes if m in PEER_MODES], "baseline": PEER_BASELINE_NOTE,
+                "comparison": comparison,
+            }
+            json.dump({"objects": args.objects, "object_bytes": args.object_bytes, "informer": args.informer,
+                       "targets": targets, "kube_apiserver": peer_info,
                        "runs": [dict(asdict(r), growth=r.growth) for r in runs]}, f, indent=2)
         print(f"wrote {args.out}/results.json and {args.out}/memory.png")
         bad = [r for r in runs if r.failures and not r.server_died]
