@@ -43,12 +43,14 @@ if str(REPO) not in sys.path:  # `python benchmarks/bench_storage.py --rss ...` 
     sys.path.insert(0, str(REPO))
 
 from streamcodec.local_etcd import EtcdProcess  # noqa: E402
+from streamcodec.storage.paging import DEFAULT_PAGE_BYTES, RECEIVE_COPY_FACTOR  # noqa: E402
 
 VALUE_COUNT = 400
 VALUE_SIZE = 1_000_000
 PREFIX = b"/registry/bench/"
-#: keys per Range page of the bare reader: 8 MB pages, the same budget as EtcdStore's default page_bytes (8 MiB)
-BARE_PAGE_KEYS = 8
+#: keys per Range page of the bare reader: the response size EtcdStore aims at with its default page_bytes
+#: (the budget over RECEIVE_COPY_FACTOR, at least one key), so both ask etcd for the same pages
+BARE_PAGE_KEYS = max(1, int(DEFAULT_PAGE_BYTES / RECEIVE_COPY_FACTOR) // VALUE_SIZE)
 #: large enough for one 400 MB response (python-etcd3 asks for the whole prefix in one Range)
 ETCD3_MAX_RECEIVE = 1 << 30
 CACHE = Path(os.environ.get("STREAMCODEC_CACHE") or Path.home() / ".cache" / "streamcodec")

@@ -10,8 +10,14 @@ import uuid
 from typing import Iterator, List
 
 import pytest
+from hypothesis import settings
 
 from streamcodec.local_etcd import EtcdCluster, EtcdNotAvailable, EtcdProcess, EtcdStartError, etcd_bin_dir, installed_version
+from tests.fuzz import QUICK
+
+if QUICK:  # tests without their own max_examples: 10 instead of hypothesis' 100
+    settings.register_profile("quick", max_examples=10)
+    settings.load_profile("quick")
 
 
 #: fixtures and harness classes that start a real etcd

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
+
 import streamcodec
 from benchmarks.fixtures import FIXTURES
 from streamcodec import (
@@ -30,7 +32,7 @@ from streamcodec.limits import EVENT_TYPES
 from streamcodec.protocol import Event
 
 TAG = b"\xd9\xd9\xf7"
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def thaw(x: Any) -> Any:

@@ -18,6 +18,8 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
+
 from streamcodec import CBORDecoder, DecodeError, MsgpackDecoder
 
 CBOR_TOKENS = [
@@ -67,7 +69,7 @@ def _cbor2_value(data: bytes) -> Any:
     return strip(cbor2.loads(data))
 
 
-@settings(max_examples=20000, deadline=None)
+@settings(max_examples=examples(20000), deadline=None)
 @given(st.lists(st.sampled_from(CBOR_TOKENS), min_size=1, max_size=12))
 def test_cbor_token_sequences(tokens: list) -> None:
     data = b"".join(tokens)
@@ -78,7 +80,7 @@ def test_cbor_token_sequences(tokens: list) -> None:
     assert _same(ours, _cbor2_value(data)), data.hex()
 
 
-@settings(max_examples=20000, deadline=None)
+@settings(max_examples=examples(20000), deadline=None)
 @given(st.lists(st.sampled_from(MSGPACK_TOKENS), min_size=1, max_size=12))
 def test_msgpack_token_sequences(tokens: list) -> None:
     data = b"".join(tokens)

@@ -15,6 +15,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
+
 from streamcodec import (
     BufferFull,
     DecodeError,
@@ -70,7 +72,7 @@ def normalise(x: Any) -> Any:
 # -- encoding: byte-identical to json.dumps ----------------------------------------
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
 def test_encode_is_byte_identical_to_stdlib_json(obj: Any) -> None:
     enc = JSONEncoder()
@@ -214,7 +216,7 @@ def test_bad_constructor_arguments() -> None:
         JSONEncoder(1024)  # type: ignore[misc]  # keyword-only
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(json_values, st.sampled_from([{1, 2}, object(), 1j, float("nan"), "\ud800", {5: 1}]))
 def test_compiled_and_twin_agree_on_output_and_errors(obj: Any, bad: Any) -> None:
     """The twin is checked against the compiled module (in the pure-Python
@@ -238,7 +240,7 @@ def test_compiled_and_twin_agree_on_output_and_errors(obj: Any, bad: Any) -> Non
 _shared_encoder = JSONEncoder()
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
 def test_a_reused_encoder_stays_byte_identical_to_stdlib(obj: Any) -> None:
     assert _shared_encoder.encode(obj) == stdlib(obj)
@@ -304,7 +306,7 @@ def test_a_key_that_failed_is_reported_again() -> None:
         assert enc.encode({"ok": 1}) == b'{"ok":1}'
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(json_values, st.integers(min_value=0, max_value=200))
 def test_a_warmed_encoder_at_every_room_fits_exactly_or_raises_buffer_full(obj: Any, room: int) -> None:
     enc = JSONEncoder()
@@ -516,7 +518,7 @@ def test_frame_filling_the_buffer_exactly() -> None:
     assert short.length == 0 and len(short.data) == len(frame) - 1  # nothing written, never resized
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(json_values, st.integers(min_value=0, max_value=200))
 def test_into_at_every_room_either_fits_exactly_or_raises_buffer_full(obj: Any, room: int) -> None:
     frame = stdlib(obj)
@@ -689,7 +691,7 @@ event_lists = st.lists(st.tuples(st.sampled_from(EVENT_TYPES), json_values), min
 cut_points = st.lists(st.integers(min_value=0, max_value=10**6), max_size=8)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(event_lists, cut_points)
 def test_fuzz_valid_streams_at_random_split_points(events: List[Any], cuts: List[int]) -> None:
     expected = [Event(t, normalise(o)) for t, o in events]
@@ -713,13 +715,13 @@ def _only_events_or_decode_error(stream: bytes, cuts: List[int]) -> None:
     assert all(e.type in EVENT_TYPES and isinstance(e, Event) for e in got)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=300), cut_points)
 def test_fuzz_random_bytes(data: bytes, cuts: List[int]) -> None:
     _only_events_or_decode_error(data, cuts)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(event_lists, st.data(), cut_points)
 def test_fuzz_truncated_and_mutated_streams(events: List[Any], data: st.DataObject, cuts: List[int]) -> None:
     stream = _stream([Event(t, o) for t, o in events])
@@ -732,7 +734,7 @@ def test_fuzz_truncated_and_mutated_streams(events: List[Any], data: st.DataObje
     _only_events_or_decode_error(bytes(mutated), cuts)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.binary(max_size=200))
 def test_fuzz_decode_of_arbitrary_frames(data: bytes) -> None:
     try:

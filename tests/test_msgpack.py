@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
+
 import streamcodec
 from benchmarks.fixtures import FIXTURES
 from streamcodec import (
@@ -28,7 +30,7 @@ from streamcodec import _msgpack, _msgpack_py
 from streamcodec.limits import EVENT_TYPES
 from streamcodec.protocol import Event
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def packb(obj: Any) -> bytes:

@@ -24,6 +24,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
+
 import streamcodec
 from streamcodec import (
     BufferFull,
@@ -295,7 +297,7 @@ def test_fixture_frames_verified_by_protobuf(pb: Any, name: str) -> None:
     assert ProtoDecoder().decode(frame) == obj
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), suppress_health_check=[HealthCheck.too_slow])
 @given(obj=objects)
 def test_random_objects_verified_by_protobuf(pb: Any, obj: Dict[str, Any]) -> None:
     frame = ProtoEncoder().encode(obj)
@@ -533,7 +535,7 @@ def test_frame_too_large_and_buffer_full_leave_buffer_unchanged() -> None:
 # watch events
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), suppress_health_check=[HealthCheck.too_slow])
 @given(obj=objects, type_=event_types)
 def test_event_frames_verified_by_protobuf(pb: Any, obj: Dict[str, Any], type_: str) -> None:
     enc = ProtoEncoder()
@@ -613,7 +615,7 @@ def stream_of(events: List[Tuple[str, Dict[str, Any]]]) -> bytes:
     return b"".join(enc.encode_event(t, o) for t, o in events)
 
 
-@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=st.lists(st.tuples(event_types, objects), min_size=1, max_size=4),
     cuts=st.lists(st.integers(0, 10_000), max_size=8),
@@ -744,7 +746,7 @@ def test_decoder_skips_unknown_fields_and_takes_last_value() -> None:
     assert ProtoDecoder().decode(frame) == {"k": True}
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=200))
 def test_random_bytes_never_crash(data: bytes) -> None:
     for blob in (data, MAGIC + data):
@@ -764,7 +766,7 @@ def test_random_bytes_never_crash(data: bytes) -> None:
         assert 0 <= exc.offset <= len(data)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), suppress_health_check=[HealthCheck.too_slow])
 @given(obj=objects, cut=st.integers(0, 10_000), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=3))
 def test_truncations_and_mutations(obj: Dict[str, Any], cut: int, flips: List[Tuple[int, int]]) -> None:
     frame = ProtoEncoder().encode(obj)
@@ -814,7 +816,7 @@ def test_public_api_uses_the_requested_implementation() -> None:
         assert module in ("streamcodec._proto", "streamcodec._proto_py")
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), suppress_health_check=[HealthCheck.too_slow])
 @given(obj=values, type_=event_types)
 def test_twins_emit_identical_bytes_and_errors(obj: Any, type_: str) -> None:
     compiled, python = _implementations()
@@ -828,7 +830,7 @@ def test_twins_emit_identical_bytes_and_errors(obj: Any, type_: str) -> None:
     assert outcomes[0] == outcomes[1]
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(obj=objects, data=st.binary(max_size=60), at=st.integers(0, 10_000))
 def test_twins_decode_identically(obj: Dict[str, Any], data: bytes, at: int) -> None:
     compiled, python = _implementations()

@@ -18,6 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import examples
+
 import streamcodec.storage
 from streamcodec.storage import MalformedResponse
 from streamcodec.storage import _wire_py
@@ -93,7 +95,7 @@ int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 uint64s = st.integers(min_value=0, max_value=2**64 - 1)
 small_bytes = st.binary(max_size=64)
 texts = st.text(max_size=20)
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def make_kv(pb: Any, draw: Any) -> Any:
@@ -475,7 +477,7 @@ def test_every_truncation_of_a_real_message_is_handled(pb: Any) -> None:
     assert len(wire.parse_watch_response(raw).events[0].prev_kv.value) == 130
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(raw=st.binary(max_size=80), parser=st.sampled_from(PARSERS))
 def test_random_bytes_parse_or_raise_malformed(raw: bytes, parser: str) -> None:
     try:
@@ -505,7 +507,7 @@ def _plain(obj: Any) -> Any:
     return (type(obj).__name__, obj)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(raw=st.binary(max_size=120), parser=st.sampled_from(PARSERS))
 def test_twins_agree_on_arbitrary_bytes(raw: bytes, parser: str) -> None:
     from streamcodec.storage import _wire  # the compiled twin; the test command builds it
