@@ -21,7 +21,7 @@ if QUICK:  # tests without their own max_examples: 10 instead of hypothesis' 100
 
 
 #: fixtures and harness classes that start a real etcd
-_ETCD_FIXTURES = {"etcd", "etcd35", "etcd_cluster", "etcd_version"}
+_ETCD_FIXTURES = {"etcd", "etcd35", "etcd_bin35", "etcd_cluster", "etcd_version"}
 _ETCD_CLASSES = (EtcdProcess, EtcdCluster)
 
 
@@ -68,6 +68,16 @@ def etcd(etcd_version: str) -> Iterator[EtcdProcess]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_bin35() -> str:
+    """The directory of etcd 3.5's binaries, for tests whose subprocesses start etcd themselves (the demo):
+    given to them as ``ETCD_BIN``.  Fails, never skips, when there are none."""
+    try:
+        return str(etcd_bin_dir("3.5"))
+    except EtcdNotAvailable as exc:
+        pytest.fail(f"etcd 3.5 unavailable: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -364,7 +364,7 @@ def test_compaction_mid_watch(informer_bin: str, etcd: Any, prefix: bytes, watch
 
 
 @pytest.mark.parametrize("content_type", ["default", "json"])
-def test_demo_runs_client_go_informers(informer_bin: str, tmp_path: Any, content_type: str) -> None:
+def test_demo_runs_client_go_informers(informer_bin: str, tmp_path: Any, content_type: str, etcd_bin35: str) -> None:
     """``streamcodec demo --informer client-go``: Kubernetes' own informers, checked object by object."""
     import json
     import os
@@ -372,7 +372,7 @@ def test_demo_runs_client_go_informers(informer_bin: str, tmp_path: Any, content
     import sys
 
     out = tmp_path / "out"
-    env = dict(os.environ, STREAMCODEC_CLIENT_GO_INFORMER=informer_bin)
+    env = dict(os.environ, STREAMCODEC_CLIENT_GO_INFORMER=informer_bin, ETCD_BIN=etcd_bin35)
     proc = subprocess.run(
         [sys.executable, "-m", "streamcodec.demo", "--quick", "--informer", "client-go", "--content-type", content_type,
          "--modes", "watch-list,streaming", "--out", str(out)],

@@ -17,11 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_demo_quick_runs_every_mode_and_verifies_every_object(tmp_path) -> None:
+def test_demo_quick_runs_every_mode_and_verifies_every_object(tmp_path, etcd_bin35: str) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "streamcodec.demo", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, ETCD_BIN=etcd_bin35),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -44,12 +44,12 @@ def kube_bin() -> str:
 
 @pytest.mark.slow
 @pytest.mark.clientgo
-def test_demo_quick_against_kube_apiserver_verifies_every_object_in_every_mode(tmp_path, kube_bin: str) -> None:
+def test_demo_quick_against_kube_apiserver_verifies_every_object_in_every_mode(tmp_path, kube_bin: str, etcd_bin35: str) -> None:
     """--kube-apiserver: the peer's modes run in the same demo, on the same data, and land in the same results."""
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "streamcodec.demo", "--quick", "--kube-apiserver", kube_bin, "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, ETCD_BIN=etcd_bin35),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

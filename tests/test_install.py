@@ -221,9 +221,9 @@ def test_installed_imports_resolve_into_the_venv(installed: Venv) -> None:
     assert {t for t in top_level if t != ".."} == {"streamcodec", record.parent.name}  # "..": the bin/streamcodec script
 
 
-def test_installed_demo_quick(installed: Venv, tmp_path: Path) -> None:
+def test_installed_demo_quick(installed: Venv, tmp_path: Path, etcd_bin35: str) -> None:
     out = tmp_path / "out"
-    proc = installed.run("streamcodec", "demo", "--quick", "--out", out, timeout=300, ETCD_BIN=str(etcd_bin_dir("3.5")))
+    proc = installed.run("streamcodec", "demo", "--quick", "--out", out, timeout=300, ETCD_BIN=etcd_bin35)
     results = json.loads((out / "results.json").read_text())
     runs = results["runs"]
     assert {(r["mode"], r["informers"]) for r in runs} == {(m, n) for m in MODES for n in (1, 2, 4)}  # --quick: 1,2,4

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from benchmarks import fixtures
+from streamcodec.server.objects import DEFAULT_RESOURCES, Resource
 from tests.apiserver_harness import ServerThread
 
 NS = "/api/v1/namespaces/default/secrets"
@@ -21,7 +22,8 @@ WATCH_LIST = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&a
 @pytest.fixture
 def server(etcd: Any, prefix: bytes) -> Iterator[ServerThread]:
     # 1 MiB buffers: a list of the 3 MB below does not fit the prefetch, so it is sized, then read again
-    with ServerThread(etcd.endpoint, prefix, buffer_bytes=1 << 20, pool_bytes=8 << 20) as srv:
+    resources = {**DEFAULT_RESOURCES, "widgets": Resource("widgets", "Widget", True)}  # a kind without a protobuf message
+    with ServerThread(etcd.endpoint, prefix, buffer_bytes=1 << 20, pool_bytes=8 << 20, resources=resources) as srv:
         yield srv
 
 

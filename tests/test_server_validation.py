@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterator
 import httpx
 import pytest
 
+from streamcodec.server.objects import DEFAULT_RESOURCES, Resource
 from tests.apiserver_harness import ServerThread
 
 NS = "/api/v1/namespaces/default/secrets"
@@ -18,8 +19,18 @@ JSON = {"Content-Type": "application/json"}
 def server(etcd: Any) -> Iterator[ServerThread]:
     import uuid
 
-    with ServerThread(etcd.endpoint, f"/registry/test-{uuid.uuid4().hex}/".encode()) as srv:
+    resources = {**DEFAULT_RESOURCES, "widgets": Resource("widgets", "Widget", True)}  # a kind without a protobuf message
+    with ServerThread(etcd.endpoint, f"/registry/test-{uuid.uuid4().hex}/".encode(), resources=resources) as srv:
         yield srv
+
+
+@pytest.mark.parametrize("path", ["/api/v1/namespaces/default/gadgets", "/api/v1/gadgets", "/api/v1/namespaces/default/gadgets/g"])
+def test_a_resource_the_server_does_not_serve_is_404_as_in_kube(server: ServerThread, path: str) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    for method in ("GET", "POST", "DELETE"):
+        r = c.request(method, path, json={"metadata": {"name": "g"}} if method == "POST" else None)
+        assert r.status_code == 404 and r.json()["reason"] == "NotFound", (method, r.text)
+    assert c.get("/api/v1/namespaces/default/widgets").status_code == 200  # a registered one is served
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,6 @@ _PREFIX_LEN = len(_JSON_LAYOUT_PREFIX)
 
 # fullmatch: "$" would also match before a trailing newline ("evil\n")
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-_RESOURCE_RE = re.compile(r"[a-z][a-z0-9]{0,62}")
 #: Integers Kubernetes carries (int64; its protobuf and Go JSON decoding refuse others).
 INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
 
@@ -102,21 +101,12 @@ DEFAULT_RESOURCES: Dict[str, Resource] = {
 
 
 def resource_info(name: str, resources: Dict[str, Resource]) -> Resource:
-    """The Resource for a path segment; unknown plurals get a derived kind."""
+    """The Resource for a path segment, or 404 as kube-apiserver answers for a resource it does not
+    serve (register more in ``ServerConfig.resources``)."""
     known = resources.get(name)
-    if known is not None:
-        return known
-    if not _RESOURCE_RE.fullmatch(name):
-        raise APIError(404, "NotFound", f"the server could not find the requested resource {name!r}")
-    if name.endswith("ies"):
-        singular = name[:-3] + "y"
-    elif name.endswith(("sses", "xes", "ches", "shes")):
-        singular = name[:-2]
-    elif name.endswith("s"):
-        singular = name[:-1]
-    else:
-        singular = name
-    return Resource(name, singular[:1].upper() + singular[1:], True)
+    if known is None:
+        raise APIError(404, "NotFound", "the server could not find the requested resource")
+    return known
 
 
 def check_name(what: str, value: str) -> str:

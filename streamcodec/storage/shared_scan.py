@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ScanHub", "ScanMember", "RING_PAGES"]
 
-log = logging.getLogger("storage")
+log = logging.getLogger("streamcodec.storage")
 
 #: Pages a scan holds at most: its fastest member reads one, the next is being fetched, and the
 #: rest are slack before a slower member is detached.
