@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .etcd_provision import SUPPORTED_VERSIONS, EtcdNotAvailable, provision
+from .etcd_provision import SUPPORTED_VERSIONS, EtcdNotAvailable, etcd_version_of, provision
 
 __all__ = [
     "EtcdNotAvailable",
@@ -80,13 +80,10 @@ def _etcd_env() -> Dict[str, str]:
 
 
 def _server_version(bin_dir: Path) -> str:
-    out = subprocess.run(
-        [str(bin_dir / "etcd"), "--version"], capture_output=True, text=True, env=_etcd_env(), timeout=30
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("etcd Version:"):
-            return line.split(":", 1)[1].strip()
-    raise EtcdNotAvailable(f"{bin_dir / 'etcd'} --version printed no version: {out!r}")
+    version = etcd_version_of(bin_dir)
+    if version is None:
+        raise EtcdNotAvailable(f"{bin_dir / 'etcd'} --version printed no version")
+    return version
 
 
 _bin_dirs: Dict[str, Path] = {}

@@ -50,7 +50,7 @@ class JSONWatchReader:
     def feed(self, data: bytes) -> List[WatchEvent]:
         try:
             self._decoder.feed(data)
-            return [_event({"type": e.type, "object": e.object}) for e in self._decoder]
+            return [_event(e.type, e.object) for e in self._decoder]
         except streamcodec.DecodeError as exc:
             raise DecodeFailed(f"not a JSON watch stream: {exc}") from None
 
@@ -69,10 +69,11 @@ def _loads(data: Any) -> Any:
         raise DecodeFailed(f"invalid JSON: {exc}") from None
 
 
-def _event(doc: Any) -> WatchEvent:
-    if not isinstance(doc, dict) or not isinstance(doc.get("type"), str) or not isinstance(doc.get("object"), dict):
-        raise DecodeFailed(f"not a watch event: {str(doc)[:200]}")
-    return doc["type"], doc["object"]
+def _event(type: Any, obj: Any) -> WatchEvent:
+    """A decoded watch event, checked: an object, not any JSON value."""
+    if not isinstance(type, str) or not isinstance(obj, dict):
+        raise DecodeFailed(f"not a watch event: {str(obj)[:200]}")
+    return type, obj
 
 
 _ITEMS = re.compile(r'"items"\s*:\s*\[')
