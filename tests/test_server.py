@@ -219,13 +219,15 @@ def test_watch_from_resource_version_sees_changes_in_order(server: ServerThread)
     obj = json.loads(c.get(f"{NS}/w1").content)
     obj["data"]["k"] = "Y2hhbmdlZA=="
     c.put(f"{NS}/w1", json=obj)
-    c.delete(f"{NS}/w0")
+    deleted = json.loads(c.delete(f"{NS}/w0").content)
     got = events(c, f"{NS}?watch=1&resourceVersion={rv}&timeoutSeconds=10", until=lambda e: len(e) == 3)
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in got] == [
         ("ADDED", "w1"), ("MODIFIED", "w1"), ("DELETED", "w0")
     ]
     rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in got]
     assert rvs == sorted(rvs) and rvs[0] > int(rv)
+    # as kube-apiserver: the DELETE answers with the object at the deletion's revision, as its event has it
+    assert deleted["metadata"]["resourceVersion"] == got[2]["object"]["metadata"]["resourceVersion"]
     assert got[1]["object"]["data"]["k"] == "Y2hhbmdlZA=="
     assert server.wait_idle()["active_streams"] == 0
 

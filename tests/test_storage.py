@@ -116,7 +116,9 @@ async def test_crud(store: EtcdStore, etcd: EtcdProcess, prefix: bytes) -> None:
     with pytest.raises(Conflict):
         await store.delete(key, expected_mod_revision=updated)
     deleted = await store.delete(key, expected_mod_revision=unconditional)
-    assert (deleted.key, bytes(deleted.value), deleted.mod_revision) == (key, b"v3", unconditional)
+    previous = deleted.previous
+    assert (previous.key, bytes(previous.value), previous.mod_revision) == (key, b"v3", unconditional)
+    assert deleted.revision == await store.current_revision() > unconditional
     assert etcdctl_snapshot(etcd, prefix) == {}
 
     for call in (store.get(key), store.update(key, b"x"), store.delete(key), store.update(key, b"x", 5)):
@@ -267,7 +269,7 @@ async def test_watch_event_types(store: EtcdStore, prefix: bytes) -> None:
     assert (added.type, added.revision, added.kv.key, bytes(added.kv.value)) == ("ADDED", r1, prefix + b"ns/a", b"one")
     assert (modified.type, modified.revision, bytes(modified.kv.value)) == ("MODIFIED", r2, b"two")
     assert bytes(modified.prev_kv.value) == b"one"
-    assert deleted.type == "DELETED" and deleted.revision > r2 and gone.mod_revision == r2
+    assert deleted.type == "DELETED" and deleted.revision == gone.revision > r2 and gone.previous.mod_revision == r2
     assert bytes(deleted.kv.value) == b"two" and deleted.kv.mod_revision == r2, "DELETED carries the object as it was"
 
 

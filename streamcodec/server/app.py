@@ -524,11 +524,11 @@ class App:
     async def _delete(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
         store = await self.store()
         try:
-            previous = await store.delete(self._key(resource, namespace, name))
+            deleted = await store.delete(self._key(resource, namespace, name))
         except storage_errors.StorageError as exc:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
-        # Like kube-apiserver for immediate deletion: the object as it was.
-        return self._kv_response(200, previous.value, int(previous.mod_revision), fmt, resource)
+        # Like kube-apiserver for immediate deletion: the object as it was, at the deletion's revision.
+        return self._kv_response(200, deleted.previous.value, deleted.revision, fmt, resource)
 
     # -- admission ---------------------------------------------------------
 

@@ -27,7 +27,7 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
-from .types import KeyValue, WatchEvent
+from .types import Deleted, KeyValue, WatchEvent
 from .etcd import EtcdStore
 from .list_stream import ListStream
 from .version_gate import supports_watch_progress
@@ -42,6 +42,7 @@ __all__ = [
     "Expired",
     "FutureRevision",
     "InvalidContinue",
+    "Deleted",
     "KeyValue",
     "ListStream",
     "MalformedResponse",

@@ -51,7 +51,7 @@ from .paging import (
 )
 from .shared_scan import ScanHub
 from .transport import Member, Transport, is_retryable, map_error
-from .types import KeyValue, RangeResult
+from .types import Deleted, KeyValue, RangeResult
 from .version_gate import ProgressGate, lowest_version, supports_watch_progress
 from .watch_hub import SharedWatch, WatchHub
 from .watch_stream import WatchListStream, WatchStream
@@ -398,8 +398,8 @@ class EtcdStore(Transport):
             self._raise_failed_compare(key, result, expected_mod_revision)
         return int(result.header.revision)
 
-    async def delete(self, key: bytes, expected_mod_revision: Optional[int] = None) -> KeyValue:
-        """Delete ``key`` and return the key-value it had (value as bytes).
+    async def delete(self, key: bytes, expected_mod_revision: Optional[int] = None) -> Deleted:
+        """Delete ``key``: the key-value it had (value as bytes) and the deletion's revision.
 
         ``expected_mod_revision`` as for :meth:`update`.
         """
@@ -418,7 +418,7 @@ class EtcdStore(Transport):
         kind, deleted = result.responses[0]
         if kind != "delete_range" or not deleted.prev_kvs:
             raise NotFound(f"{key!r} not found", key=key)  # deleted by someone else within the txn window
-        return deleted.prev_kvs[0]
+        return Deleted(deleted.prev_kvs[0], int(result.header.revision))
 
     @staticmethod
     def _raise_failed_compare(key: bytes, result: Any, expected: Optional[int]) -> None:

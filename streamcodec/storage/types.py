@@ -43,6 +43,14 @@ class KeyValue(NamedTuple):
     lease: int = 0
 
 
+class Deleted(NamedTuple):
+    """What a delete did: the key-value as it was, and the revision of the deletion
+    (kube-apiserver answers a DELETE with the object at that revision, as its DELETED event has it)."""
+
+    previous: KeyValue
+    revision: int
+
+
 class WatchEvent(NamedTuple):
     """One watch event in Kubernetes terms.
 
