@@ -34,6 +34,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Protocol, Tuple, Union, runtime_checkable
 
@@ -128,6 +130,10 @@ def server_copies_body(send: Any) -> bool:
     return False
 
 
+#: SO_LINGER on, 0 s: close() resets the connection at once, dropping what is unsent
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
 class ClientStalled(Exception):
     """A send did not complete within the stall timeout."""
 
@@ -148,13 +154,20 @@ def _abort_transport(send: Any) -> bool:
     """Drop the TCP connection at once (uvicorn: the cycle's transport).
 
     ``transport.close()`` would wait to flush data a stalled client never
-    reads; ``abort()`` frees it now.  Other servers: the exception raised by
-    the caller makes the server close the connection its own way.
+    reads; ``abort()`` frees it now.  A zero linger makes the kernel reset
+    the connection too: a plain close would keep the unsent bytes in an
+    orphaned socket (FIN-WAIT-1) and leave the client reading stale data,
+    then a truncated stream.  Other servers: the exception raised by the
+    caller makes the server close the connection its own way.
     """
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     abort = getattr(transport, "abort", None)
     if abort is None:
         return False
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     abort()
     return True
 
