@@ -15,7 +15,7 @@ from .errors import InvalidContinue
 from .tokens import decode_continue, encode_continue
 from .types import KeyValue, RangeResult
 
-__all__ = ["ListStream", "PageSource"]
+__all__ = ["ListStream", "PageSource", "read_page"]
 
 
 class PageSource(Protocol):
@@ -32,6 +32,28 @@ class PageSource(Protocol):
     async def range_page(self, key: bytes, range_end: bytes, limit: int, revision: int) -> Tuple[RangeResult, int]:
         """One page of ``[key, range_end)`` at ``revision`` (0: the newest), and the limit used."""
         ...
+
+
+async def read_page(
+    pages: PageSource, start: bytes, range_end: bytes, limit: int, revision: int
+) -> Tuple[List[KeyValue], int, Optional[bytes], int]:
+    """One page of a paged read, and what the next page needs.
+
+    Returns the page's key-values, the revision etcd read them at, the key the next page starts
+    from (the one after the last key; None when this page ends the range) and the next page's
+    limit (sized from this page's largest key-value).  Every paged read -- a private
+    :class:`ListStream` or a shared scan -- steps through its range with this, one way.
+    """
+    result, used = await pages.range_page(start, range_end, limit, revision)
+    kvs: List[KeyValue] = result.kvs
+    read_at = int(result.header.revision)
+    next_start = kvs[-1].key + b"\x00" if result.more and kvs else None
+    del result  # the key-values' values are slices of the response: nothing else keeps it
+    next_limit = used
+    if kvs:
+        largest = max(len(kv.key) + len(kv.value) for kv in kvs)
+        next_limit = pages.next_page_limit(max(used, len(kvs)), largest)
+    return kvs, read_at, next_start, next_limit
 
 
 class ListStream:
@@ -104,19 +126,14 @@ class ListStream:
         yielded = 0
         while True:
             want = page_limit if self._limit is None else min(page_limit, self._limit - yielded)
-            result, page_limit = await pages.range_page(start, range_end, want, self.revision or 0)
+            kvs: List[Any]
+            kvs, read_at, next_start, page_limit = await read_page(pages, start, range_end, want, self.revision or 0)
             self.pages += 1
             if self.revision is None:
-                self.revision = int(result.header.revision)
-            kvs: List[Any] = result.kvs
-            more = bool(result.more)
-            del result
+                self.revision = read_at
             count = len(kvs)
             if count == 0:
                 return
-            largest = max(len(kv.key) + len(kv.value) for kv in kvs)
-            page_limit = pages.next_page_limit(max(page_limit, count), largest)
-            start = kvs[-1].key + b"\x00"  # the next key after the last one, at the same revision
             for i in range(count):
                 kv = kvs[i]
                 kvs[i] = None  # the consumer's reference is the only one left
@@ -128,9 +145,9 @@ class ListStream:
                 yield kv
                 del kv
             del kvs
-            if self._limit is not None and yielded >= self._limit:
-                if more:
-                    self.continue_token = encode_continue(self._secret, self.prefix, int(self.revision), start)
+            if next_start is None:
                 return
-            if not more:
+            start = next_start
+            if self._limit is not None and yielded >= self._limit:
+                self.continue_token = encode_continue(self._secret, self.prefix, int(self.revision), start)
                 return

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Deque, Dict, List, Optional, Set, Tuple
 
 from ._implementation import wire
 from .errors import Unavailable
+from .list_stream import read_page
 from .types import KeyValue
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,19 +140,14 @@ class _Scan:
                 if len(self.pages) >= self.hub.ring_pages:
                     self._evict()
                 self.first_sent = True
-                result, limit = await store.range_page(self._next_start, self.range_end, self._limit, self.revision or 0)
+                kvs, read_at, next_start, self._limit = await read_page(
+                    store, self._next_start, self.range_end, self._limit, self.revision or 0
+                )
                 self.pages_fetched += 1
                 self.hub.pages_fetched_total += 1
                 if self.revision is None:
-                    self.revision = int(result.header.revision)
+                    self.revision = read_at
                     self.pinned.set()
-                kvs: List[KeyValue] = result.kvs
-                more = bool(result.more) and bool(kvs)
-                del result
-                if kvs:
-                    largest = max(len(kv.key) + len(kv.value) for kv in kvs)
-                    self._limit = store.next_page_limit(max(limit, len(kvs)), largest)
-                next_start = kvs[-1].key + b"\x00" if more else None
                 page = _Page(self._next_index, self._next_lap, self._next_start, kvs, next_start)
                 del kvs
                 self.pages.append(page)
