@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, Tuple
 import httpx
 import pytest
 
-from streamcodec.local_etcd import EtcdProcess
+from streamcodec.local_etcd import EtcdProcess, stop_process
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 from tests.clientgo_harness import informer_env, provision_client_go, run_informer
 from tests.kube_apiserver_harness import KubeAPIServer, provision_kube_apiserver
@@ -73,12 +73,7 @@ class _Ours:
         return self.proc.pid
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def _server(kind: str, etcd: EtcdProcess, binaries: Tuple[str, str], prefix: str) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from streamcodec.server.objects import DEFAULT_RESOURCES, encode_for_storage
-from streamcodec.server.streams import _SplicedEventInto
+from streamcodec.server.items import _SplicedEventInto
 from streamcodec import JSONEncoder, KubeProtoEncoder, PoolBuffer
 from tests import kube_proto
 

@@ -47,7 +47,7 @@ import psutil
 
 from streamcodec.server.objects import encode_for_storage
 from streamcodec.storage import EtcdStore
-from streamcodec.local_etcd import EtcdProcess
+from streamcodec.local_etcd import EtcdProcess, stop_process
 from tests.apiserver_harness import free_port
 
 WATCH_LIST = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
@@ -116,12 +116,7 @@ class Server:
         return t.user + t.system
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, 15)
 
 
 class Getter:

@@ -55,7 +55,7 @@ from streamcodec.demo.experiment import KubeAPIServerPeer, RunResult, Server, lo
 from streamcodec.limits import DEFAULT_BUFFER_SIZE
 from streamcodec.server.objects import encode_for_storage
 from streamcodec.storage import EtcdStore
-from streamcodec.local_etcd import EtcdProcess
+from streamcodec.local_etcd import EtcdProcess, stop_process
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 from tests.kube_apiserver_harness import provision_kube_apiserver
 
@@ -121,8 +121,7 @@ def server(etcd: EtcdProcess, dataset: Dict[str, Any]) -> Iterator[Dict[str, Any
         wait_until_serving(port, proc)
         yield {"port": port, "pid": proc.pid}
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_process(proc, 15)
 
 
 def watch_list_bytes(port: int) -> int:

@@ -37,7 +37,7 @@ from typing import Any, Dict, Iterator, List
 import httpx
 import pytest
 
-from streamcodec.local_etcd import EtcdProcess
+from streamcodec.local_etcd import EtcdProcess, stop_process
 from streamcodec.server.objects import encode_for_storage
 from streamcodec.storage import EtcdStore
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
@@ -144,8 +144,7 @@ def test_concurrent_watch_lists(benchmark: Any, etcd: EtcdProcess, dataset: Dict
         sent = etcd_sent_bytes(etcd) - sent_before
         growth = proc_status_bytes(proc.pid, "VmHWM") - baseline
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_process(proc, 15)
     figures = {
         "etcd_sent_x_collection": round(sent / dataset["collection_bytes"], 3),
         "sync_one_s": round(one, 2),

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -49,6 +48,7 @@ __all__ = [
     "EtcdProcess",
     "EtcdCluster",
     "die_with_parent_prefix",
+    "stop_process",
 ]
 
 
@@ -284,6 +284,22 @@ def die_with_parent_prefix() -> List[str]:
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
+def stop_process(proc: "subprocess.Popen[Any]", timeout: float = 10.0) -> Optional[int]:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited after ``timeout`` seconds; its exit status.
+
+    How every child this package or its tests start (etcd, servers, informers) is stopped: a
+    graceful end first, and never a hang on one that ignores it.
+    """
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class EtcdProcess:
     """One etcd member on free loopback ports with its own temporary data directory.
 
@@ -473,14 +489,8 @@ class EtcdProcess:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``stop_timeout`` seconds.  Data stays for a restart."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self._proc is not None:
+            stop_process(self._proc, self.stop_timeout)
         self._forget_if_stopped()
 
     def kill(self) -> None:

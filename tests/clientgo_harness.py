@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import pytest
+
+from streamcodec.local_etcd import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -267,13 +268,7 @@ class BackgroundInformer:
             return self.result
         proc = self._proc
         if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_process(proc, timeout)
         if self._killer is not None:
             self._killer.cancel()
         if self._reader is not None:

@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -26,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
-from streamcodec.local_etcd import die_with_parent_prefix
+from streamcodec.local_etcd import die_with_parent_prefix, stop_process
 from tests.apiserver_harness import free_port, proc_status_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,14 +167,7 @@ class KubeAPIServer:
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
+        return stop_process(proc, self.stop_timeout)
 
     def close(self) -> None:
         try:

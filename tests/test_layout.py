@@ -12,6 +12,8 @@ import ast
 import importlib
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator, Set, Tuple
 
@@ -110,3 +112,15 @@ def test_every_public_name_exists() -> None:
         module = importlib.import_module(info.name)
         for public in getattr(module, "__all__", ()):
             assert hasattr(module, public), f"{info.name}.__all__ names {public!r}, which it does not define"
+
+
+def test_every_benchmark_module_imports() -> None:
+    """The benchmarks are not run by the test command; a rename in the package must still not break them."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
+         *sorted(str(p.relative_to(root)) for p in (root / "benchmarks").glob("bench_*.py"))],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert re.search(r"^\d+ tests? collected", proc.stdout, re.M), proc.stdout[-1000:]

@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import httpx
 import pytest
 
-from streamcodec.local_etcd import EtcdProcess
+from streamcodec.local_etcd import EtcdProcess, stop_process
 from streamcodec.server.defaults import POOL_BYTES
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 
@@ -86,12 +86,7 @@ def served(etcd35: EtcdProcess) -> Iterator[Tuple[str, "subprocess.Popen[bytes]"
         wait_until_serving(port, proc)
         yield f"http://127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 class Run:

@@ -48,7 +48,7 @@ import pytest
 from streamcodec.storage.etcd import DEFAULT_PAGE_BYTES
 from streamcodec.server.objects import encode_for_storage
 from streamcodec.storage import EtcdStore
-from streamcodec.local_etcd import EtcdProcess
+from streamcodec.local_etcd import EtcdProcess, stop_process
 from streamcodec.limits import DEFAULT_BUFFER_SIZE
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 
@@ -147,12 +147,7 @@ def serve(etcd: EtcdProcess, prefix: bytes, tmp_path: Path, flags: List[str]) ->
         wait_until_serving(port, proc)
         yield {"port": port, "pid": proc.pid, "report": report}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 15)
 
 
 def _signal_and_wait(pid: int, signum: int, report: Path, tracing: bool) -> Dict[str, Any]:

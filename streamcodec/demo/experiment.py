@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from streamcodec.limits import DEFAULT_BUFFER_SIZE
+from streamcodec.local_etcd import stop_process
 
 MODES = ("buffered", "streaming", "watch-list", "watch-list-shared")
 #: the real k8s.io/apiserver's modes (with --kube-apiserver): informers that list then watch, or watch-list
@@ -364,13 +365,7 @@ class WatchedServer:
 
     def close(self) -> None:
         self.stop_sampling()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -544,8 +539,8 @@ def run_once(etcd_url: str, mode: str, informers: int, manifest_path: str, args:
         startup_peak = server.kernel_peak()
         baseline = server.start_sampling()
         if args.informer == "client-go":
-            results, t0 = run_client_go(server, mode, informers, args)
-            return _result(server, mode, informers, baseline, results, t0, startup_peak, idle)
+            client_go_results, t0 = run_client_go(server, mode, informers, args)
+            return _result(server, mode, informers, baseline, client_go_results, t0, startup_peak, idle)
         t0 = time.time()
         procs = [
             subprocess.Popen(

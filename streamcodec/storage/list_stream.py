@@ -126,8 +126,9 @@ class ListStream:
         yielded = 0
         while True:
             want = page_limit if self._limit is None else min(page_limit, self._limit - yielded)
-            kvs: List[Any]
-            kvs, read_at, next_start, page_limit = await read_page(pages, start, range_end, want, self.revision or 0)
+            page, read_at, next_start, page_limit = await read_page(pages, start, range_end, want, self.revision or 0)
+            kvs: List[Any] = page  # emptied as it is yielded
+            del page
             self.pages += 1
             if self.revision is None:
                 self.revision = read_at
