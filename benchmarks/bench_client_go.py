@@ -19,7 +19,7 @@ import base64
 import os
 import subprocess
 import sys
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Tuple
 
 import httpx
 import pytest
@@ -32,15 +32,6 @@ from tests.kube_apiserver_harness import KubeAPIServer, provision_kube_apiserver
 OBJECTS = int(os.environ.get("BENCH_OBJECTS", "400"))
 SIZE = 1024 * 1024
 NS = "/api/v1/namespaces/default/secrets"
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdProcess]:
-    server = EtcdProcess("3.5").start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import http.client
 import json
 import os
@@ -53,9 +52,9 @@ import pytest
 
 from streamcodec.demo.experiment import KubeAPIServerPeer, RunResult, Server, load_secrets, run_once
 from streamcodec.limits import DEFAULT_BUFFER_SIZE
-from streamcodec.server.objects import encode_for_storage
-from streamcodec.storage import EtcdStore
 from streamcodec.local_etcd import EtcdProcess, stop_process
+from streamcodec.storage import EtcdStore
+from benchmarks.fixtures import store_secrets
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 from tests.kube_apiserver_harness import provision_kube_apiserver
 
@@ -79,33 +78,8 @@ PEER_CASES = {"watch-list": ("watch-list", "kube-apiserver-watch-list"), "list":
 
 
 @pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdProcess]:
-    with EtcdProcess("3.5") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def dataset(etcd: EtcdProcess) -> Dict[str, Any]:
-    root = f"/registry/bench-{uuid.uuid4().hex}"
-    prefix = f"{root}/secrets/default/".encode()
-    payload = base64.b64encode(bytes(range(256)) * (OBJECT_BYTES * 3 // 4 // 256)).decode()
-    largest = 0
-
-    async def fill() -> int:
-        nonlocal largest
-        async with EtcdStore([etcd.endpoint], max_object_bytes=2 * OBJECT_BYTES) as store:
-            for i in range(OBJECTS):
-                name = f"secret-{i:04d}"
-                value = encode_for_storage({
-                    "metadata": {"name": name, "namespace": "default", "uid": str(uuid.UUID(int=i))},
-                    "kind": "Secret", "apiVersion": "v1", "type": "Opaque", "data": {"blob": payload},
-                })
-                largest = max(largest, len(value))
-                await store.put(prefix + name.encode(), value)
-            return await store.current_revision()
-
-    asyncio.run(fill())
-    return {"root": root, "prefix": prefix, "largest": largest, "total": OBJECTS * len(payload)}
+    return store_secrets(etcd.endpoint, OBJECTS, OBJECT_BYTES)
 
 
 @pytest.fixture(scope="module")

@@ -23,23 +23,19 @@ so on a small machine 16 x the bytes to clients cost several times one (see the 
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import http.client
 import os
 import subprocess
 import sys
 import threading
 import time
-import uuid
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import httpx
 import pytest
 
 from streamcodec.local_etcd import EtcdProcess, stop_process
-from streamcodec.server.objects import encode_for_storage
-from streamcodec.storage import EtcdStore
+from benchmarks.fixtures import store_secrets
 from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
 
 OBJECTS = int(os.environ.get("BENCH_SHARED_OBJECTS", "100"))
@@ -57,33 +53,8 @@ _results: Dict[str, Dict[str, float]] = {}
 
 
 @pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdProcess]:
-    with EtcdProcess("3.5") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def dataset(etcd: EtcdProcess) -> Dict[str, Any]:
-    root = f"/registry/bench-{uuid.uuid4().hex}"
-    prefix = f"{root}/secrets/default/".encode()
-    payload = base64.b64encode(bytes(range(256)) * (OBJECT_BYTES * 3 // 4 // 256)).decode()
-    total = 0
-
-    async def fill() -> None:
-        nonlocal total
-        async with EtcdStore([etcd.endpoint], max_object_bytes=2 * OBJECT_BYTES) as store:
-            for i in range(OBJECTS):
-                name = f"secret-{i:04d}"
-                key = prefix + name.encode()
-                value = encode_for_storage({
-                    "metadata": {"name": name, "namespace": "default", "uid": str(uuid.UUID(int=i))},
-                    "kind": "Secret", "apiVersion": "v1", "type": "Opaque", "data": {"blob": payload},
-                })
-                total += len(key) + len(value)
-                await store.put(key, value)
-
-    asyncio.run(fill())
-    return {"root": root, "collection_bytes": total}
+    return store_secrets(etcd.endpoint, OBJECTS, OBJECT_BYTES)
 
 
 def etcd_sent_bytes(etcd: EtcdProcess) -> float:

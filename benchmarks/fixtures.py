@@ -130,3 +130,41 @@ FIXTURES = {
 if __name__ == "__main__":
     for name, make in FIXTURES.items():
         print(name, len(json.dumps(make(), separators=(",", ":"), ensure_ascii=False).encode()))
+
+
+def store_secrets(endpoint: str, objects: int, object_bytes: int) -> Dict[str, Any]:
+    """Store ``objects`` Secrets of ``object_bytes`` (their data's decoded size) in etcd at
+    ``endpoint``, as the server stores them, under a fresh key root.
+
+    Returns ``root`` (the server's ``--key-root``), ``prefix`` (of the Secrets of namespace
+    default), ``largest`` (the largest stored value), ``total`` (bytes of base64 data in all) and
+    ``collection_bytes`` (keys and values, what one full read makes etcd send).
+    """
+    import asyncio
+    import uuid
+
+    from streamcodec.server.objects import encode_for_storage
+    from streamcodec.storage import EtcdStore
+
+    root = f"/registry/bench-{uuid.uuid4().hex}"
+    prefix = f"{root}/secrets/default/".encode()
+    payload = base64.b64encode(bytes(range(256)) * (object_bytes * 3 // 4 // 256)).decode()
+    largest = collection = 0
+
+    async def fill() -> None:
+        nonlocal largest, collection
+        async with EtcdStore([endpoint], max_object_bytes=2 * object_bytes) as store:
+            for i in range(objects):
+                name = f"secret-{i:04d}"
+                key = prefix + name.encode()
+                value = encode_for_storage({
+                    "metadata": {"name": name, "namespace": "default", "uid": str(uuid.UUID(int=i))},
+                    "kind": "Secret", "apiVersion": "v1", "type": "Opaque", "data": {"blob": payload},
+                })  # fmt: skip
+                largest = max(largest, len(value))
+                collection += len(key) + len(value)
+                await store.put(key, value)
+
+    asyncio.run(fill())
+    return {"root": root, "prefix": prefix, "largest": largest, "total": objects * len(payload),
+            "collection_bytes": collection}

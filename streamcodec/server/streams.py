@@ -164,7 +164,7 @@ def _abort_transport(send: Any) -> bool:
     abort = getattr(transport, "abort", None)
     if abort is None:
         return False
-    sock = transport.get_extra_info("socket")
+    sock = getattr(transport, "get_extra_info", lambda name: None)("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
