@@ -1,4 +1,4 @@
-"""Sixteen concurrent watch-lists of one collection, with shared scans off and on, in one run.
+"""Sixteen concurrent watch-lists (and whole lists) of one collection, with shared scans off and on, in one run.
 
     .venv/bin/pytest benchmarks/bench_shared_scans.py --benchmark-only -s
 
@@ -7,7 +7,7 @@ Data: BENCH_SHARED_OBJECTS Secrets (default 100; the issue's figure is 400) of ~
 process (``--shared-scans`` or ``--no-shared-scans``, otherwise the server's defaults, whose
 64 MiB pool admits 16 bulk streams at once -- a scan is shared only by readers that overlap: with
 a 16 MiB pool, 4 waves of 4 cost etcd 4.0 x; BENCH_SHARED_FLAGS adds flags) serves BENCH_SHARED_CLIENTS (16) watch-lists at once, each read on loopback until the
-initial-events-end bookmark.  Recorded in extra_info, per mode:
+initial-events-end bookmark; then the same with 16 whole LISTs (JSON, no limit), read to the end.  Recorded in extra_info, per mode:
 
 * ``etcd_sent_x_collection``: what etcd sent to gRPC clients during the 16 (its own ``/metrics``,
   ``etcd_network_client_grpc_sent_bytes_total``) over the collection's bytes;
@@ -82,18 +82,43 @@ def watch_list(port: int) -> int:
     return events
 
 
+def whole_list(port: int) -> int:
+    """Read one LIST (JSON, no limit) to its end; returns the items read."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    conn.request("GET", "/api/v1/namespaces/default/secrets")
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read(300)
+    marker = b'"name":"secret-'
+    items, tail = 0, b""
+    while True:
+        chunk = resp.read1(1 << 20)
+        if not chunk:
+            break
+        data = tail + chunk
+        items += data.count(marker)
+        tail = data[-(len(marker) - 1):]  # a marker split across chunks is counted once, in the next
+    conn.close()
+    assert items == OBJECTS, f"{items} items"
+    return items
+
+
+READERS = {"watch-list": watch_list, "list": whole_list}
+
+
+@pytest.mark.parametrize("request_kind", list(READERS))
 @pytest.mark.parametrize("shared", [False, True], ids=["private-scans", "shared-scans"])
-def test_concurrent_watch_lists(benchmark: Any, etcd: EtcdProcess, dataset: Dict[str, Any], shared: bool) -> None:
-    benchmark.group = "concurrent-watch-lists"
+def test_concurrent_reads(benchmark: Any, etcd: EtcdProcess, dataset: Dict[str, Any], shared: bool, request_kind: str) -> None:
+    benchmark.group = f"concurrent-{request_kind}s"
+    read = READERS[request_kind]
     port = free_port()
     command = [sys.executable, "-m", "streamcodec", "serve", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}",
                "--key-root", dataset["root"], "--log-level", "warning"] + EXTRA_FLAGS + (["--shared-scans" if shared else "--no-shared-scans"])
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_serving(port, proc)
-        watch_list(port)  # warm: allocator arenas, imports, the gRPC channel
+        read(port)  # warm: allocator arenas, imports, the gRPC channel
         t0 = time.monotonic()
-        watch_list(port)
+        read(port)
         one = time.monotonic() - t0
         time.sleep(0.5)
         baseline = proc_status_bytes(proc.pid, "VmRSS")
@@ -103,7 +128,7 @@ def test_concurrent_watch_lists(benchmark: Any, etcd: EtcdProcess, dataset: Dict
         took: List[float] = []
 
         def run_all() -> None:
-            threads = [threading.Thread(target=watch_list, args=(port,)) for _ in range(CLIENTS)]
+            threads = [threading.Thread(target=read, args=(port,)) for _ in range(CLIENTS)]
             start = time.monotonic()
             for t in threads:
                 t.start()
@@ -126,10 +151,11 @@ def test_concurrent_watch_lists(benchmark: Any, etcd: EtcdProcess, dataset: Dict
     }
     benchmark.extra_info.update(figures, objects=OBJECTS, object_bytes=OBJECT_BYTES, clients=CLIENTS,
                                 collection_MiB=round(dataset["collection_bytes"] / MiB, 1))
-    _results["shared" if shared else "private"] = figures
-    print(f"\n{'shared' if shared else 'private'} scans, {CLIENTS} x {OBJECTS} objects: {figures}")
+    _results[f"{request_kind} {'shared' if shared else 'private'}"] = figures
+    print(f"\n{request_kind}, {'shared' if shared else 'private'} scans, {CLIENTS} x {OBJECTS} objects: {figures}")
     if shared:
-        assert "private" in _results, "run the private-scans peer in the same run (it comes first)"
+        private = _results.get(f"{request_kind} private")
+        assert private is not None, "run the private-scans peer in the same run (it comes first)"
         assert figures["etcd_sent_x_collection"] <= MAX_ETCD_X, figures
         assert growth <= MAX_RSS_GROWTH, figures
-        assert figures["sync_all_s"] < _results["private"]["sync_all_s"], (figures, _results["private"])
+        assert figures["sync_all_s"] < private["sync_all_s"], (figures, private)

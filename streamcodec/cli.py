@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"byte budget of one etcd range page a list or watch-list reads at a time (default {DEFAULT_PAGE_BYTES}); "
                             "each concurrent stream holds about one page")
     serve.add_argument("--shared-scans", action=argparse.BooleanOptionalAction, default=ServerConfig.shared_scans,
-                       help="concurrent watch-lists of one collection share one paged etcd read "
+                       help="concurrent watch-lists and whole lists of one collection share one paged etcd read "
                             f"(default {'on' if ServerConfig.shared_scans else 'off'})")
     serve.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
                        help="on SIGTERM/SIGINT, wait this long for open streams before closing them (default 5)")

@@ -339,3 +339,95 @@ async def test_the_ring_stays_bounded_whatever_the_members_speeds(small_pages: E
     for s in streams:
         await s.aclose()
     await hub.close()
+
+
+# ---------------------------------------------------------------- shared LISTs (ordered members)
+
+
+async def keys_and_values(member: ScanMember, delay: float = 0.0) -> List[Tuple[bytes, bytes]]:
+    got: List[Tuple[bytes, bytes]] = []
+    async for kv in member:
+        got.append((bytes(kv.key), bytes(kv.value)))
+        if delay:
+            await asyncio.sleep(delay)
+    return got
+
+
+async def test_sixteen_lists_cost_etcd_one_read_each_in_key_order(store: EtcdStore, etcd: EtcdProcess, prefix: bytes) -> None:
+    objects = await fill(store, prefix, 64, 256 * KiB)
+    collection_bytes = sum(len(k) + len(v) for k, v in objects.items())
+    before = await asyncio.to_thread(etcd_sent_bytes, etcd)
+    members = [store.shared_list_stream(prefix) for _ in range(16)]
+    results = await asyncio.wait_for(asyncio.gather(*(keys_and_values(m) for m in members)), 60)
+    sent = await asyncio.to_thread(etcd_sent_bytes, etcd) - before
+    revision = await store.current_revision()
+    for got in results:
+        assert got == sorted(objects.items())  # every object once, in key order, as a LIST's items are
+    assert all(m.revision == revision and m.continue_token is None for m in members)
+    assert store.scan_hub is not None and store.scan_hub.scans_started == 1
+    assert sent <= 1.25 * collection_bytes, f"etcd sent {sent / collection_bytes:.2f} x the collection"
+
+
+async def test_a_list_joins_only_at_the_first_page_and_never_wraps(small_pages: EtcdStore, etcd: EtcdProcess, prefix: bytes) -> None:
+    store = small_pages
+    objects = await fill(store, prefix, 80, 16 * KiB)  # ~20 pages of 4 objects
+    hub = ScanHub(store, ring_pages=3)
+    watch_list = WatchListStream(store, prefix, None, listing=hub.member(prefix))
+    early = hub.member(prefix, ordered=True)
+    got_early = [await asyncio.wait_for(early.__anext__(), 10)]
+    for _ in range(40):  # the watch-list member runs ten pages ahead: page 0 left the ring long ago
+        event = await asyncio.wait_for(watch_list.__anext__(), 10)
+        assert event.type == "ADDED"
+    late_watch_list = hub.member(prefix)
+    late_list = hub.member(prefix, ordered=True)
+    first_late = await asyncio.wait_for(late_watch_list.__anext__(), 10)
+    assert bytes(first_late.key) > prefix + b"obj-0000"  # the watch-list member joined mid-flight
+    listed = await asyncio.wait_for(keys_and_values(late_list), 30)
+    assert listed == sorted(objects.items())  # the list did not: it started the next scan, from the start
+    assert hub.scans_started == 2 and late_list._scan is None
+    rest = await asyncio.wait_for(keys_and_values(early), 30)
+    assert [(bytes(kv.key), bytes(kv.value)) for kv in got_early] + rest == sorted(objects.items())
+    wrapped = [(bytes(first_late.key), bytes(first_late.value))] + await asyncio.wait_for(keys_and_values(late_watch_list), 30)
+    assert sorted(wrapped) == sorted(objects.items()) and wrapped != sorted(objects.items())  # it wrapped round
+    await watch_list.aclose()
+    await hub.close()
+
+
+def test_lists_through_the_server_share_a_scan_and_paged_lists_do_not(etcd: EtcdProcess, prefix: bytes) -> None:
+    with ServerThread(etcd.endpoint, prefix, shared_scans=True) as srv:
+        ns = "/api/v1/namespaces/default/secrets"
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            names = sorted(f"s-{i:03d}" for i in range(40))
+            for name in names:
+                data = base64.b64encode(name.encode() * 2000).decode()
+                assert c.post(ns, json={"metadata": {"name": name}, "data": {"v": data}}).status_code == 201
+            rv = int(c.get(ns + "?limit=1").json()["metadata"]["resourceVersion"])
+        store = srv.app._store
+        assert store is not None
+
+        async def whole_list(client: httpx.AsyncClient) -> Tuple[List[str], int]:
+            r = await client.get(ns)
+            assert r.status_code == 200
+            body = r.json()
+            return [i["metadata"]["name"] for i in body["items"]], int(body["metadata"]["resourceVersion"])
+
+        async def main() -> List[Tuple[List[str], int]]:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+                return await asyncio.wait_for(asyncio.gather(*(whole_list(client) for _ in range(8))), 60)
+
+        started = store.scan_hub.scans_started if store.scan_hub is not None else 0
+        for listed, revision in asyncio.run(main()):
+            assert listed == names and revision == rv  # key order, and the newest revision (consistent)
+        assert store.scan_hub is not None and store.scan_hub.scans_started > started
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            before = store.scan_hub.scans_started
+            page = c.get(ns, params={"limit": "10"}).json()  # a paged list reads on its own
+            assert [i["metadata"]["name"] for i in page["items"]] == names[:10] and page["metadata"]["continue"]
+            exact = c.get(ns, params={"resourceVersion": str(rv), "resourceVersionMatch": "Exact"}).json()
+            assert [i["metadata"]["name"] for i in exact["items"]] == names
+            assert store.scan_hub.scans_started == before
+            # a write, then a list: the consistent read never comes from an older scan
+            created = c.post(ns, json={"metadata": {"name": "t-new"}, "data": {"v": "eA=="}}).json()
+            fresh = c.get(ns).json()
+            assert fresh["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+            assert [i["metadata"]["name"] for i in fresh["items"]] == names + ["t-new"]

@@ -102,7 +102,7 @@ class ServerConfig:
     it and twice it, and no watch lasts longer than that.
     ``continue_secret``: the key continue tokens are signed with (at least 32
     bytes; default: a random one per process).  ``shared_scans``: concurrent
-    watch-lists of one collection share one paged etcd read (see
+    watch-lists and whole lists of one collection share one paged etcd read (see
     :mod:`streamcodec.storage.shared_scan`).  ``header_timeout`` /
     ``body_timeout`` / ``max_connections``: see :mod:`streamcodec.server.connections`
     (used through :meth:`App.http_protocol`).
@@ -608,6 +608,7 @@ class App:
             list_body = ListBody(
                 store, prefix, request, resource, items,
                 prefetch_bytes=self.config.prefetch_bytes, needs_count=fmt in self.needs_count,
+                shared_scans=self.config.shared_scans,
             )
             await list_body.prepare()  # errors known up front are plain Status responses
         except BaseException:

@@ -36,6 +36,10 @@ class SharedScanStore(Store, Protocol):
         """Like :meth:`Store.watch_list`, with the initial state read once for all concurrent callers."""
         ...
 
+    def shared_list_stream(self, prefix: bytes, resource_version: Optional[int] = None) -> KeyValueStream:
+        """Like :meth:`Store.list_stream` of a whole prefix, read once for all concurrent callers."""
+        ...
+
 
 def _list_metadata(revision: int, token: Optional[str]) -> Dict[str, Any]:
     metadata: Dict[str, Any] = {"resourceVersion": str(revision)}
@@ -75,7 +79,10 @@ def _check_not_older(request: ListRequest, revision: int) -> None:
         raise too_large_resource_version(request.min_revision, revision)
 
 
-def _open_list(store: Store, prefix: bytes, request: ListRequest, revision: Optional[int]) -> KeyValueStream:
+def _open_list(store: Store, prefix: bytes, request: ListRequest, revision: Optional[int], shared: bool = False) -> KeyValueStream:
+    if shared and request.limit is None and request.continue_token is None and revision is None:
+        # a whole list at the newest revision (or NotOlderThan one): concurrent ones share a scan
+        return cast(SharedScanStore, store).shared_list_stream(prefix, request.min_revision or None)
     # a continued list reads at the revision its token pins, never at a requested one
     return store.list_stream(
         prefix,
@@ -110,13 +117,18 @@ class ListBody:
     their items first: kept when they fit ``prefetch_bytes``, else only
     counted and sized (memory stays one etcd page) and then read again at the
     same pinned revision while streaming.
+
+    ``shared_scans``: a whole list (no limit or continue) at the newest revision, or NotOlderThan
+    one, reads through the store's shared scans (:meth:`SharedScanStore.shared_list_stream`), so
+    concurrent lists of a collection cost etcd one read.
     """
 
     def __init__(
         self, store: Store, prefix: bytes, request: ListRequest, resource: Resource, items: ItemWriter,
-        *, prefetch_bytes: int, needs_count: bool = False,
+        *, prefetch_bytes: int, needs_count: bool = False, shared_scans: bool = False,
     ) -> None:
         self.store = store
+        self.shared_scans = shared_scans
         self.prefix = prefix
         self.request = request
         self.kind = resource.kind + "List"
@@ -136,7 +148,7 @@ class ListBody:
         if self._stream is not None:
             return
         request, keys, items = self.request, self.request.keys, self.items
-        stream = self._stream = _open_list(self.store, self.prefix, request, request.revision)
+        stream = self._stream = _open_list(self.store, self.prefix, request, request.revision, self.shared_scans)
         try:
             if request.limit is None and not self.needs_count and not items.needs_items_size:
                 await self._read_first(stream)

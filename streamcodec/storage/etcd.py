@@ -49,7 +49,7 @@ from .paging import (
     RECEIVE_COPY_FACTOR,
     RESPONSE_HEADROOM,
 )
-from .shared_scan import ScanHub
+from .shared_scan import ScanHub, ScanMember
 from .transport import Member, Transport, is_retryable, map_error
 from .types import Deleted, KeyValue, RangeResult
 from .version_gate import ProgressGate, lowest_version, supports_watch_progress
@@ -331,13 +331,24 @@ class EtcdStore(Transport):
         See :mod:`streamcodec.storage.shared_scan`: each page is read from etcd
         once for every member of the scan, within a bounded ring of pages.
         """
+        return WatchListStream(self, prefix, resource_version, listing=self._scans().member(prefix, resource_version))
+
+    def shared_list_stream(self, prefix: bytes, resource_version: Optional[int] = None) -> ScanMember:
+        """Like :meth:`list_stream` of a whole prefix (no limit), in key order, but concurrent reads of
+        ``prefix`` share one paged scan.  ``resource_version``: at least that revision (None: a
+        consistent read, as for :meth:`shared_watch_list`).  A read joins a scan under way only if
+        the scan still holds its first page; else it starts the next one.
+        """
+        return self._scans().member(prefix, resource_version, ordered=True)
+
+    def _scans(self) -> ScanHub:
         if self._scan_hub is None:
             self._scan_hub = ScanHub(self)
-        return WatchListStream(self, prefix, resource_version, listing=self._scan_hub.member(prefix, resource_version))
+        return self._scan_hub
 
     @property
     def scan_hub(self) -> Optional[ScanHub]:
-        """The shared scans (None until the first :meth:`shared_watch_list`)."""
+        """The shared scans (None until the first shared read)."""
         return self._scan_hub
 
     # -------------------------------------------------------------- CRUD

@@ -75,6 +75,10 @@ class Store(Protocol):
         """Like :meth:`watch_list`, but concurrent watch-lists of ``prefix`` may share one read of it."""
         ...
 
+    def shared_list_stream(self, prefix: bytes, resource_version: Optional[int] = None) -> KeyValueStream:
+        """Like :meth:`list_stream` of all of ``prefix`` (in key order), but concurrent reads may share one."""
+        ...
+
     async def current_revision(self) -> int:
         """The store's newest revision, read consistently."""
         ...

@@ -1,4 +1,4 @@
-"""Shared scans: concurrent watch-lists of a prefix read it from etcd once, not once each.
+"""Shared scans: concurrent watch-lists and lists of a prefix read it from etcd once, not once each.
 
 Without this, N watch-list informers of a collection are N paged etcd reads: etcd sends the
 collection N times and every page is received and parsed N times.  A :class:`ScanHub` runs one
@@ -14,7 +14,8 @@ and every *member* reads every page from it:
 * **Circular.**  A member arriving mid-flight joins at the page being read (at page 0 if the ring
   still holds it, so simultaneous arrivals share everything); after the end of the prefix the scan
   wraps round to its start for the members that still need the keys before their join point (a
-  watch-list's initial events carry no order guarantee).  Every member gets every key at R
+  watch-list's initial events carry no order guarantee).  An *ordered* member (a LIST, whose items
+  are in key order) joins only at a lap's first page, or starts the next scan; it never wraps.  Every member gets every key at R
   exactly once; the scan ends when no member needs another page.
 * **Consistency.**  A request with no resourceVersion (a consistent read) joins a scan only if R is
   at least etcd's revision when the request arrived: trivially when the scan's first read has not
@@ -116,6 +117,12 @@ class _Scan:
             return current.index, current.lap, current.start
         return self._next_index, self._next_lap, self._next_start
 
+    def start_point(self) -> Optional[Tuple[int, int, bytes]]:
+        """Where a member that must read in key order (a LIST) starts: the lap's first page, if the
+        ring still holds it (or it is yet to be fetched); else None -- such a member cannot join."""
+        point = self.join_point()
+        return point if point[2] == self.prefix else None
+
     def wake(self) -> None:
         self._demand.set()
 
@@ -189,11 +196,15 @@ class ScanMember:
     pages it took from the scan.
     """
 
-    def __init__(self, hub: "ScanHub", prefix: bytes, resource_version: Optional[int]) -> None:
+    def __init__(self, hub: "ScanHub", prefix: bytes, resource_version: Optional[int], *, ordered: bool = False) -> None:
         self.hub = hub
         self.prefix = prefix
         self.resource_version = resource_version or 0
+        #: reads in key order (a LIST): joins a scan only at its first page, and so never wraps round
+        self.ordered = ordered
         self.revision: Optional[int] = None
+        #: a shared read is never cut by a limit (the KeyValueStream interface)
+        self.continue_token: Optional[str] = None
         self.detached = False
         self.shared_pages = 0
         self.done = False
@@ -228,7 +239,9 @@ class ScanMember:
 
     def _attach(self, scan: _Scan) -> None:
         self._scan = scan
-        self.index, self._lap, self._join_key = scan.join_point()
+        point = scan.start_point() if self.ordered else scan.join_point()
+        assert point is not None, "ScanHub._find only returns a scan an ordered member can start"
+        self.index, self._lap, self._join_key = point
         self._resume = self._join_key
         scan.members.add(self)
         scan.wake()
@@ -360,11 +373,12 @@ class ScanHub:
         self.pages_fetched_total = 0
         self.members_detached = 0
 
-    def member(self, prefix: bytes, resource_version: Optional[int] = None) -> ScanMember:
-        """A reader of ``prefix`` at a revision of at least ``resource_version`` (None: a consistent read)."""
+    def member(self, prefix: bytes, resource_version: Optional[int] = None, *, ordered: bool = False) -> ScanMember:
+        """A reader of ``prefix`` at a revision of at least ``resource_version`` (None: a consistent read);
+        ``ordered``: its keys in order (a LIST), else in the scan's circular order (a watch-list)."""
         if not isinstance(prefix, bytes) or not prefix:
             raise ValueError("prefix must be non-empty bytes")
-        return ScanMember(self, prefix, resource_version)
+        return ScanMember(self, prefix, resource_version, ordered=ordered)
 
     def scan_count(self, prefix: Optional[bytes] = None) -> int:
         """Scans running (of ``prefix``, or of every prefix)."""
@@ -379,16 +393,20 @@ class ScanHub:
     async def _find(self, member: ScanMember) -> _Scan:
         """The scan ``member`` may join (starting one if none qualifies)."""
         prefix = member.prefix
+
+        def usable(scan: _Scan) -> bool:
+            return scan.joinable() and (not member.ordered or scan.start_point() is not None)
+
         for scan in reversed(self._scans.get(prefix, [])):
-            if scan.joinable() and not scan.first_sent:
+            if usable(scan) and not scan.first_sent:
                 return scan  # its pinning read comes after our arrival: it satisfies any request
-        candidates = [scan for scan in reversed(self._scans.get(prefix, [])) if scan.joinable()]
+        candidates = [scan for scan in reversed(self._scans.get(prefix, [])) if usable(scan)]
         if candidates:
             # a consistent read must see every write acknowledged before it arrived
             gate = member.resource_version or await self.store.current_revision()
             for scan in candidates:
                 await scan.pinned.wait()
-                if scan.joinable() and scan.revision is not None and scan.revision >= gate:
+                if usable(scan) and scan.revision is not None and scan.revision >= gate:
                     return scan
         return self._start(prefix)
 
