@@ -1,11 +1,10 @@
 """A minute of mixed load on ``streamcodec serve`` at its defaults: writes, watches, watch-lists,
-paged lists and clients that stop reading, all at once.
+lists (paged and whole) and clients that stop reading, all at once.
 
 Every write's revision is logged from its response; etcd serves nothing else, so the revisions after
 the seed are exactly the log.  Then every event every watcher saw (across its re-watches) must be the
 log from its start, in order, none lost or repeated; every watch-list's initial set must be the state
-at its bookmark's revision, its live events the log after it; every paged list the state at its
-revision.  The server's RSS is sampled throughout and bounded.  Loopback only; the run stops itself
+at its bookmark's revision, its live events the log after it; every list the state at its revision.  The server's RSS is sampled throughout and bounded.  Loopback only; the run stops itself
 after ``LOAD_SECONDS`` (60) and every client has a deadline.
 """
 
@@ -98,6 +97,7 @@ class Run:
         self.deadline = time.monotonic() + LOAD_SECONDS
         self.final: Optional[int] = None  # the last revision, once the writers have stopped
         self.arrivals: List[Tuple[int, float]] = []  # (revision, when a watcher got it)
+        self.seen: List[List[Tuple[str, str, str, int]]] = []  # each watcher's events, in order
 
     def running(self) -> bool:
         return time.monotonic() < self.deadline
@@ -196,13 +196,15 @@ async def watch_lister(run: Run, live_seconds: float) -> Tuple[int, Dict[str, st
     return bookmark[0], initial, live, synced[0] - started
 
 
-async def pager(run: Run) -> Tuple[int, Dict[str, str]]:
-    """A paged LIST (limit 25 + continue, as client-go's pager): the items and the list's revision."""
+async def lister(run: Run, limit: Optional[int]) -> Tuple[int, Dict[str, str]]:
+    """A LIST, paged (``limit`` + continue, as client-go's pager) or whole (None: one that may share
+    a scan with others): the items and the list's revision."""
     items: Dict[str, str] = {}
     token, revision = "", None
     async with httpx.AsyncClient(base_url=run.url, timeout=60) as c:
         while True:
-            r = await c.get(NS, params={"limit": "25", **({"continue": token} if token else {})})
+            params = {"limit": str(limit)} if limit else {}
+            r = await c.get(NS, params={**params, **({"continue": token} if token else {})})
             assert r.status_code == 200, r.text[:300]
             body = r.json()
             rv = int(body["metadata"]["resourceVersion"])
@@ -262,13 +264,14 @@ def test_a_minute_of_mixed_load_loses_duplicates_and_reorders_nothing_in_bounded
 
     async def main() -> Tuple[List[int], List[Any], List[Any]]:
         writers = [asyncio.ensure_future(writer(run, i, random.Random(rng.random()))) for i in range(WRITERS)]
-        seen: List[List[Tuple[str, str, str, int]]] = [[] for _ in range(WATCHERS)]
-        watchers = [asyncio.ensure_future(watcher(run, random.Random(rng.random()), seen[i])) for i in range(WATCHERS)]
+        run.seen = [[] for _ in range(WATCHERS)]
+        watchers = [asyncio.ensure_future(watcher(run, random.Random(rng.random()), seen)) for seen in run.seen]
         watch_lists, lists = [], []
         launched_slow = False
         while run.running():
             watch_lists.append(asyncio.ensure_future(watch_lister(run, live_seconds=3)))
-            lists.append(asyncio.ensure_future(pager(run)))
+            lists.append(asyncio.ensure_future(lister(run, 25)))
+            lists.extend(asyncio.ensure_future(lister(run, None)) for _ in range(2))  # together: one shared scan
             if not launched_slow and time.monotonic() > run.deadline - LOAD_SECONDS / 2:
                 slow.extend(slow_client(port) for _ in range(SLOW_CLIENTS - len(slow)))  # halfway: more stop reading
                 launched_slow = True
@@ -278,7 +281,6 @@ def test_a_minute_of_mixed_load_loses_duplicates_and_reorders_nothing_in_bounded
         ends = await asyncio.wait_for(asyncio.gather(*watchers), 60)
         results = await asyncio.wait_for(asyncio.gather(*watch_lists), 120)
         paged = await asyncio.wait_for(asyncio.gather(*lists), 120)
-        run.seen = seen  # type: ignore[attr-defined]
         return ends, results, paged
 
     try:
@@ -293,7 +295,7 @@ def test_a_minute_of_mixed_load_loses_duplicates_and_reorders_nothing_in_bounded
     last = max(run.log)
     assert sorted(run.log) == list(range(seed_rv + 1, last + 1)), "a revision the writers did not make"
     assert len(run.log) >= 20 * LOAD_SECONDS, f"only {len(run.log)} writes"
-    for i, seen in enumerate(run.seen):  # type: ignore[attr-defined]
+    for i, seen in enumerate(run.seen):
         until = seen[-1][3] if seen else seed_rv
         assert seen == expected_events(run.log, seed_rv, until), f"watcher {i}: events differ from the log"
         assert until == last, f"watcher {i} stopped at {until}, the writers at {last}"
@@ -302,16 +304,16 @@ def test_a_minute_of_mixed_load_loses_duplicates_and_reorders_nothing_in_bounded
         until = live[-1][3] if live else bookmark
         assert live == expected_events(run.log, bookmark, until), f"live events after {bookmark}"
     for revision, items in lists:
-        assert items == state_at(seed, seed_rv, run.log, revision), f"paged list at {revision}"
+        assert items == state_at(seed, seed_rv, run.log, revision), f"list at {revision}"
     assert all(cut), f"clients that read nothing not cut off: {cut}"
     # from the write's response (an event may arrive before it: 0)
     lags = sorted(max(0.0, at - run.written_at[rv]) for rv, at in run.arrivals)
     p99 = lags[int(len(lags) * 0.99)]
     growth = peak[0] - baseline
     syncs = sorted(t for *_, t in watch_lists)
-    print(f"\n{len(run.log)} writes in {LOAD_SECONDS:.0f} s; {WATCHERS} watchers saw {sum(map(len, run.seen))} events "  # type: ignore[attr-defined]
+    print(f"\n{len(run.log)} writes in {LOAD_SECONDS:.0f} s; {WATCHERS} watchers saw {sum(len(seen) for seen in run.seen)} events "
           f"(p50 {lags[len(lags) // 2] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms after the write's response); "
           f"{len(watch_lists)} watch-lists (sync p50 {syncs[len(syncs) // 2]:.2f} s, max {syncs[-1]:.2f} s); "
-          f"{len(lists)} paged lists; {len(slow)} silent clients cut; server RSS growth {growth / MiB:.1f} MiB")
+          f"{len(lists)} lists (a third paged); {len(slow)} silent clients cut; server RSS growth {growth / MiB:.1f} MiB")
     assert growth <= RSS_BOUND, f"server RSS grew {growth / MiB:.1f} MiB"
     assert p99 <= 1.0, f"p99 event latency {p99 * 1000:.0f} ms"
