@@ -344,13 +344,8 @@ async def test_the_ring_stays_bounded_whatever_the_members_speeds(small_pages: E
 # ---------------------------------------------------------------- shared LISTs (ordered members)
 
 
-async def keys_and_values(member: ScanMember, delay: float = 0.0) -> List[Tuple[bytes, bytes]]:
-    got: List[Tuple[bytes, bytes]] = []
-    async for kv in member:
-        got.append((bytes(kv.key), bytes(kv.value)))
-        if delay:
-            await asyncio.sleep(delay)
-    return got
+async def keys_and_values(member: ScanMember) -> List[Tuple[bytes, bytes]]:
+    return [(bytes(kv.key), bytes(kv.value)) async for kv in member]
 
 
 async def test_sixteen_lists_cost_etcd_one_read_each_in_key_order(store: EtcdStore, etcd: EtcdProcess, prefix: bytes) -> None:

@@ -15,8 +15,8 @@ and every *member* reads every page from it:
   still holds it, so simultaneous arrivals share everything); after the end of the prefix the scan
   wraps round to its start for the members that still need the keys before their join point (a
   watch-list's initial events carry no order guarantee).  An *ordered* member (a LIST, whose items
-  are in key order) joins only at a lap's first page, or starts the next scan; it never wraps.  Every member gets every key at R
-  exactly once; the scan ends when no member needs another page.
+  are in key order) joins only at a lap's first page, or starts the next scan; it never wraps.
+  Every member gets every key at R exactly once; the scan ends when no member needs another page.
 * **Consistency.**  A request with no resourceVersion (a consistent read) joins a scan only if R is
   at least etcd's revision when the request arrived: trivially when the scan's first read has not
   been sent yet, else after one quorum read (``current_revision``).  A NotOlderThan X joins if
