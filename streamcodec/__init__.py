@@ -20,6 +20,7 @@ from .errors import (
     FrameTooLarge,
     PoolExhausted,
     StreamCodecError,
+    TooManyValues,
 )
 from .limits import PURE_PYTHON_ENV as _PURE_PYTHON_ENV
 from .pool import BufferPool, PoolBuffer, PoolStats
@@ -79,4 +80,5 @@ __all__ = [
     "ProtoDecoder",
     "ProtoEncoder",
     "StreamCodecError",
+    "TooManyValues",
 ]

@@ -40,7 +40,7 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memmove
 
 from ._framing_py import StreamDecoderBase, check_limits, check_list_header
-from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
+from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge, TooManyValues
 from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
 from .pool import PoolBuffer
 
@@ -531,19 +531,23 @@ cdef class ScanState:
     """A compiled scanner's progress through one frame (the twins use
     _framing_py's ScanState): the next head's index, the open containers and
     whether the structure is done while the last string's bytes are still
-    missing.  ``tag`` is CBOR's tag waiting for its item (-1: none)."""
+    missing.  ``tag`` is CBOR's tag waiting for its item (-1: none);
+    ``values_left`` counts down the frame's values budget (max_values)."""
 
     cdef public Py_ssize_t pos  # public: StreamDecoderBase._rebase shifts it
     cdef int sp  # open containers on stack
     cdef int64_t tag
     cdef bint complete
     cdef int64_t* stack
+    cdef Py_ssize_t values_left
+    cdef Py_ssize_t values_budget
 
-    def __cinit__(self, Py_ssize_t pos, int capacity):
+    def __cinit__(self, Py_ssize_t pos, int capacity, Py_ssize_t values_left):
         self.stack = <int64_t*>PyMem_Malloc(capacity * sizeof(int64_t))
         if self.stack == NULL:
             raise MemoryError()
         self.pos = pos
+        self.values_left = self.values_budget = values_left
         self.sp = 0
         self.tag = -1
         self.complete = False
@@ -579,6 +583,14 @@ cdef inline bint close_item(ScanState st) noexcept:
     return True
 
 
+cdef inline int count_value(ScanState st, Py_ssize_t offset) except -1:
+    """One more value in the frame: TooManyValues once the budget is spent."""
+    st.values_left -= 1
+    if st.values_left < 0:
+        raise TooManyValues(st.values_budget, offset)
+    return 0
+
+
 cdef inline Py_ssize_t frame_end(ScanState st, Py_ssize_t pos, Py_ssize_t end) noexcept:
     """The frame's structure ends at ``pos``: that index, or -1 while the
     bytes of its last string (up to ``pos``) are not all here yet."""
@@ -594,7 +606,7 @@ class _CompiledStreamDecoder(StreamDecoderBase):
 
     def _new_scan_state(self, Py_ssize_t pos):
         # Room for the event map above an object of max_depth levels.
-        return ScanState(pos, self._max_depth + 2)
+        return ScanState(pos, self._max_depth + 2, self._values_budget)
 
     def _scan(self, data, Py_ssize_t end, ScanState state not None, Py_ssize_t frame_start, int depth_limit, Py_ssize_t base):
         cdef Py_buffer view

@@ -281,6 +281,8 @@ cdef Py_ssize_t scan_frame(ScanState st, const uint8_t* data, Py_ssize_t end, Py
             elif major == 6 and not indefinite and arg == TAG_SELF_DESCRIBE:
                 raise DecodeError("self-described tag directly on itself", base + pos)
             st.tag = -1
+        if major != 6 and ib != 0xFF:
+            count_value(st, base + pos)
         done = False
         if major <= 1:
             if indefinite:

@@ -43,7 +43,7 @@ from ._framing_py import (
     close_item,
     event_prefixes,
 )
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError, EncodeError, TooManyValues
 from .limits import DEFAULT_MAX_FRAME_SIZE, MAX_DEPTH
 
 __all__ = ["CBOREncoder", "CBORDecoder"]
@@ -189,8 +189,8 @@ class _ScanState(ScanState):
 
     __slots__ = ("tag",)
 
-    def __init__(self, pos: int) -> None:
-        super().__init__(pos)
+    def __init__(self, pos: int, values_left: int) -> None:
+        super().__init__(pos, values_left)
         self.tag = -1
 
 
@@ -207,7 +207,7 @@ class CBORDecoder(StreamDecoderBase):
     """
 
     def _new_scan_state(self, pos: int) -> _ScanState:
-        return _ScanState(pos)
+        return _ScanState(pos, self._values_budget)
 
     def _scan(self, data: Any, end: int, state: _ScanState, frame_start: int, depth_limit: int, base: int) -> Optional[int]:
         pos = state.pos
@@ -255,6 +255,10 @@ class CBORDecoder(StreamDecoderBase):
                 elif major == 6 and arg == _TAG_SELF_DESCRIBE:
                     raise DecodeError("self-described tag directly on itself", base + pos)
                 state.tag = -1
+            if major != 6 and ib != 0xFF:
+                state.values_left -= 1
+                if state.values_left < 0:
+                    raise TooManyValues(self._values_budget, base + pos)
             done = False
             if major <= 1:
                 if arg < 0:

@@ -22,6 +22,7 @@ identical results.
 from __future__ import annotations
 
 import collections
+import sys
 from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optional, Tuple, Type
 
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
@@ -53,6 +54,15 @@ def check_limits(max_frame_size: int, max_depth: int) -> None:
         raise ValueError(f"max_frame_size must be a positive int, got {max_frame_size!r}")
     if type(max_depth) is not int or not 1 <= max_depth <= MAX_DEPTH_LIMIT:
         raise ValueError(f"max_depth must be an int in [1, {MAX_DEPTH_LIMIT}], got {max_depth!r}")
+
+
+def check_max_values(max_values: Optional[int]) -> int:
+    """A decoder's ``max_values`` as the count its scanner starts from (None: no limit), or ValueError."""
+    if max_values is None:
+        return sys.maxsize
+    if type(max_values) is not int or max_values < 1:
+        raise ValueError(f"max_values must be a positive int or None, got {max_values!r}")
+    return max_values
 
 
 def check_event_type(type_: Any) -> str:
@@ -370,12 +380,14 @@ class ScanState:
     """A twin scanner's progress through one frame: the next head's index,
     the open containers as ``(remaining items << 1) | is_map`` (a format may
     add codes of its own) and whether the structure is done while the last
-    string's bytes are still missing."""
+    string's bytes are still missing; ``values_left`` counts down the
+    frame's values budget (max_values)."""
 
-    __slots__ = ("pos", "stack", "complete")
+    __slots__ = ("pos", "stack", "complete", "values_left")
 
-    def __init__(self, pos: int) -> None:
+    def __init__(self, pos: int, values_left: int) -> None:
         self.pos = pos
+        self.values_left = values_left
         self.stack: List[int] = []
         self.complete = False
 
@@ -430,8 +442,12 @@ class StreamDecoderBase(Limits):
     ``feed``, iteration and ``close`` raises it again.
     """
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
+    def __init__(
+        self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_values: Optional[int] = None
+    ) -> None:
         super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
+        self._values_budget = check_max_values(max_values)
+        self._max_values = max_values
         self._buf = bytearray()
         self._base = 0  # absolute stream offset of self._buf[0]
         self._frame_start = 0  # index in _buf of the frame being scanned
@@ -440,10 +456,15 @@ class StreamDecoderBase(Limits):
         self._pending: Optional[DecodeError] = None  # found, not yet raised
         self._error: Optional[DecodeError] = None  # raised; raised again forever
 
+    @property
+    def max_values(self) -> Optional[int]:
+        """Most values one frame may hold (TooManyValues beyond; see :class:`~streamcodec.errors.TooManyValues`), or None."""
+        return self._max_values
+
     # -- format hooks ------------------------------------------------------
     def _new_scan_state(self, pos: int) -> Any:
         """Scanner state for a frame starting at ``pos``."""
-        return ScanState(pos)
+        return ScanState(pos, self._values_budget)
 
     def _scan(self, data: Any, end: int, state: Any, frame_start: int, depth_limit: int, base: int) -> Optional[int]:  # pragma: no cover - abstract
         """Advance ``state`` over ``data[:end]``; the frame's end index once complete, else None.

@@ -62,7 +62,7 @@ cdef extern from "_json_kernels.h":
     Py_ssize_t sc_write_small_int(char*, Py_ssize_t, PyObject*)
     Py_ssize_t sc_base64_len(Py_ssize_t) nogil
     void sc_base64(char*, const unsigned char*, Py_ssize_t) nogil
-    Py_ssize_t sc_prescan(const unsigned char*, Py_ssize_t, Py_ssize_t, int*) nogil
+    Py_ssize_t sc_prescan(const unsigned char*, Py_ssize_t, Py_ssize_t, Py_ssize_t, int*) nogil
     int sc_copy_ascii_clean(char*, const unsigned char*, Py_ssize_t) nogil
     Py_ssize_t sc_short_ascii(char*, Py_ssize_t, PyObject*, Py_ssize_t, char, char)
     enum: SC_KEY_SLOTS
@@ -819,7 +819,7 @@ def _reject_constant(name):
 _parse = _json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
-cdef object _parse_frame(bytes data, Py_ssize_t base, Py_ssize_t max_depth):
+cdef object _parse_frame(bytes data, Py_ssize_t base, Py_ssize_t max_depth, Py_ssize_t max_values):
     """Parse one complete JSON text; errors carry offsets relative to ``base``."""
     cdef int what = 0
     cdef Py_ssize_t at
@@ -827,11 +827,9 @@ cdef object _parse_frame(bytes data, Py_ssize_t base, Py_ssize_t max_depth):
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"invalid UTF-8: {exc.reason}", base + exc.start) from None
-    at = sc_prescan(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), max_depth, &what)
+    at = sc_prescan(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), max_depth, max_values, &what)
     if at >= 0:
-        if what == 1:
-            raise DecodeError(f"nesting deeper than max_depth={max_depth}", base + at)
-        raise DecodeError("NaN and Infinity are not JSON", base + at)
+        raise _json_py.prescan_error(what, base + at, max_depth, max_values)
     try:
         return _parse(text)
     except _json.JSONDecodeError as exc:
@@ -840,8 +838,8 @@ cdef object _parse_frame(bytes data, Py_ssize_t base, Py_ssize_t max_depth):
         raise DecodeError(f"invalid JSON: {exc}", base) from None
 
 
-def _parse_frame_compiled(data, base, max_depth):
-    return _parse_frame(data, base, max_depth)
+def _parse_frame_compiled(data, base, max_depth, max_values):
+    return _parse_frame(data, base, max_depth, max_values)
 
 
 class JSONDecoder(_json_py.JSONDecoder):

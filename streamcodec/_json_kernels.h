@@ -522,11 +522,14 @@ static void sc_key_clear(sc_key_entry *table) {
 }
 
 /* Decoder pre-scan: offset of the first bracket nesting deeper than max_depth
-   (*what = 1) or first N/I outside a string, i.e. NaN/Infinity (*what = 2); -1 if none.
-   String skipping matches the twin's regex: a backslash escapes the next byte,
-   an unterminated string runs to the end. */
-static Py_ssize_t sc_prescan(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_depth, int *what) {
-    Py_ssize_t depth = 0, i = 0;
+   (*what = 1), first N/I outside a string, i.e. NaN/Infinity (*what = 2), or
+   first token past the values budget (*what = 3); -1 if none.  A text holds
+   1 + commas + colons + non-empty containers values (every element, key and
+   map value, and the text's own).  String skipping matches the twin's regex:
+   a backslash escapes the next byte, an unterminated string runs to the end. */
+static Py_ssize_t sc_prescan(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_depth,
+                             Py_ssize_t max_values, int *what) {
+    Py_ssize_t depth = 0, i = 0, j, values_left = max_values - 1;
     while (i < n) {
         unsigned char c = s[i];
         if (c == '"') {
@@ -539,8 +542,12 @@ static Py_ssize_t sc_prescan(const unsigned char *s, Py_ssize_t n, Py_ssize_t ma
             }
         } else if (c == '[' || c == '{') {
             if (++depth > max_depth) { *what = 1; return i; }
+            for (j = i + 1; j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r'); j++) {}
+            if (!(j < n && (s[j] == ']' || s[j] == '}')) && --values_left < 0) { *what = 3; return i; }
         } else if (c == ']' || c == '}') {
             depth--;
+        } else if (c == ',' || c == ':') {
+            if (--values_left < 0) { *what = 3; return i; }
         } else if (c == 'N' || c == 'I') {
             *what = 2; return i;
         }

@@ -14,9 +14,10 @@ import json
 import math
 import re
 from json.encoder import encode_basestring as _quote_str  # json's own escaping (ensure_ascii=False)
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
-from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
+from ._framing_py import check_max_values
+from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge, TooManyValues
 from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH, MAX_DEPTH_LIMIT
 from .pool import PoolBuffer
 from .protocol import BytesLike, Event
@@ -374,29 +375,48 @@ class JSONEncoder:
 
 # -- decoding -----------------------------------------------------------------
 
-# The bytes that matter for the depth / NaN pre-scan: a whole string (escapes
-# included; unterminated runs to the end), an opening or closing bracket, or
-# the first letter of NaN / Infinity (no other JSON token outside a string
-# holds an N or an I).
-_PRESCAN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[{]|[\]}]|[NI]', re.DOTALL)
+# The bytes that matter for the pre-scan: a whole string (escapes included;
+# unterminated runs to the end), an opening bracket of an empty container, of
+# another container, a closing bracket, a comma or colon, or the first letter
+# of NaN / Infinity (no other JSON token outside a string holds an N or an I).
+_PRESCAN = re.compile(rb'(?P<s>"[^"\\]*(?:\\.[^"\\]*)*"?)|(?P<e>[\[{])(?=[ \t\n\r]*[\]}])|(?P<o>[\[{])|(?P<c>[\]}])|(?P<v>[,:])|[NI]', re.DOTALL)
 
 
-def _prescan(data: bytes, max_depth: int) -> Optional[tuple]:
-    """(message, offset) of the first too-deep bracket or NaN/Infinity, else None."""
+def _prescan(data: bytes, max_depth: int, max_values: int) -> Optional[Tuple[int, int]]:
+    """(what, offset) of the first too-deep bracket (1), NaN/Infinity (2) or token past the values
+    budget (3), else None.  A text holds 1 + commas + colons + non-empty containers values."""
     depth = 0
+    values_left = max_values - 1
     for m in _PRESCAN.finditer(data):
-        c = data[m.start()]
-        if c == 0x22:  # '"'
+        kind = m.lastgroup
+        if kind == "s":
             continue
-        if c == 0x5B or c == 0x7B:  # '[' '{'
+        if kind == "e" or kind == "o":
             depth += 1
             if depth > max_depth:
-                return (f"nesting deeper than max_depth={max_depth}", m.start())
-        elif c == 0x5D or c == 0x7D:
+                return (1, m.start())
+            if kind == "o":
+                values_left -= 1
+                if values_left < 0:
+                    return (3, m.start())
+        elif kind == "c":
             depth -= 1
+        elif kind == "v":
+            values_left -= 1
+            if values_left < 0:
+                return (3, m.start())
         else:
-            return ("NaN and Infinity are not JSON", m.start())
+            return (2, m.start())
     return None
+
+
+def prescan_error(what: int, offset: int, max_depth: int, max_values: int) -> DecodeError:
+    """The error of a pre-scan finding (both twins')."""
+    if what == 1:
+        return DecodeError(f"nesting deeper than max_depth={max_depth}", offset)
+    if what == 3:
+        return TooManyValues(max_values, offset)
+    return DecodeError("NaN and Infinity are not JSON", offset)
 
 
 def _reject_constant(name: str) -> Any:
@@ -406,15 +426,15 @@ def _reject_constant(name: str) -> Any:
 _parse = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
-def _parse_frame(data: bytes, base: int, max_depth: int) -> Any:
+def _parse_frame(data: bytes, base: int, max_depth: int, max_values: int) -> Any:
     """Parse one complete JSON text; errors carry offsets relative to ``base``."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"invalid UTF-8: {exc.reason}", base + exc.start) from None
-    problem = _prescan(data, max_depth)
+    problem = _prescan(data, max_depth, max_values)
     if problem is not None:
-        raise DecodeError(problem[0], base + problem[1])
+        raise prescan_error(problem[0], base + problem[1], max_depth, max_values)
     try:
         return _parse(text)
     except json.JSONDecodeError as exc:
@@ -436,10 +456,14 @@ class JSONDecoder:
     # The compiled module subclasses this decoder and swaps in its own parser.
     _parse_frame = staticmethod(_parse_frame)
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
+    def __init__(
+        self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_values: Optional[int] = None
+    ) -> None:
         _check_limits(max_frame_size, max_depth)
         self._max_frame_size = max_frame_size
         self._max_depth = max_depth
+        self._values_budget = check_max_values(max_values)
+        self._max_values = max_values
         self._buf = bytearray()
         self._base = 0  # stream offset of self._buf[0]; lines are consumed whole
         self._tail = 0  # index in self._buf just after its last newline
@@ -451,6 +475,11 @@ class JSONDecoder:
         """Longest line (newline included) or frame accepted, in bytes."""
         return self._max_frame_size
 
+    @property
+    def max_values(self) -> Optional[int]:
+        """Most values one frame (or event line) may hold (TooManyValues beyond), or None."""
+        return self._max_values
+
     def decode(self, frame: BytesLike) -> Any:
         """Decode one object frame (a complete JSON text)."""
         if not isinstance(frame, _BYTES_TYPES):
@@ -458,7 +487,7 @@ class JSONDecoder:
         data = bytes(frame)
         if len(data) > self._max_frame_size:
             raise DecodeError(f"frame of {len(data)} bytes exceeds max_frame_size={self._max_frame_size}", self._max_frame_size)
-        return self._parse_frame(data, 0, self._max_depth)
+        return self._parse_frame(data, 0, self._max_depth, self._values_budget)
 
     def feed(self, data: BytesLike) -> None:
         """Add stream bytes; complete lines become available to iteration."""
@@ -511,7 +540,7 @@ class JSONDecoder:
         if len(line) + 1 > self._max_frame_size:  # fed as one chunk: the tail check did not see it
             raise DecodeError(f"line longer than max_frame_size={self._max_frame_size} bytes", base + self._max_frame_size)
         # The event envelope is one level of nesting above the object.
-        msg = self._parse_frame(line, base, self._max_depth + 1)
+        msg = self._parse_frame(line, base, self._max_depth + 1, self._values_budget)
         if type(msg) is not dict or msg.keys() != {"type", "object"}:
             raise DecodeError('watch event line is not an object with exactly the keys "type" and "object"', base)
         etype = msg["type"]

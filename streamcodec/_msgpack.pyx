@@ -273,6 +273,7 @@ cdef Py_ssize_t scan_frame(ScanState st, const uint8_t* data, Py_ssize_t end, Py
         top = st.stack[st.sp - 1] if st.sp else 0
         if (top & 1) and ((top >> 1) & 1) == 0 and kind != K_STR:
             raise DecodeError("map key is not a str", base + head)
+        count_value(st, base + head)
         done = True
         if kind == K_SCALAR:
             pos += 1 + arg

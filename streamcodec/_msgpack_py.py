@@ -27,7 +27,7 @@ import struct
 from typing import Any, List, Optional, cast
 
 from ._framing_py import EncodingBase, FrameEncoderBase, ScanState, StreamDecoderBase, close_item, event_prefixes
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError, EncodeError, TooManyValues
 
 __all__ = ["MsgpackEncoder", "MsgpackDecoder"]
 
@@ -227,6 +227,9 @@ class MsgpackDecoder(StreamDecoderBase):
             top = stack[-1] if stack else 0
             if top & 1 and (top >> 1) & 1 == 0 and kind != 1:
                 raise DecodeError("map key is not a str", base + head)
+            state.values_left -= 1
+            if state.values_left < 0:
+                raise TooManyValues(self._values_budget, base + head)
             done = True
             if kind == 0:
                 pos += 1 + arg

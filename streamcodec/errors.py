@@ -11,6 +11,7 @@ __all__ = [
     "EncodeError",
     "FrameTooLarge",
     "DecodeError",
+    "TooManyValues",
     "PoolExhausted",
     "BufferFull",
     "BufferExported",
@@ -59,6 +60,20 @@ class DecodeError(StreamCodecError, ValueError):
     def __init__(self, message: str, offset: int) -> None:
         super().__init__(f"{message} (at byte {offset})")
         self.offset = offset
+
+
+class TooManyValues(DecodeError):
+    """A frame holds more values than the decoder's ``max_values``.
+
+    Values are counted as the data model has them (the frame's own value, every
+    element, every map key and value), while the frame is checked and before any
+    of it is built, so a small frame of many tiny containers cannot make a
+    decoder build far more in memory than it read.
+    """
+
+    def __init__(self, max_values: int, offset: int) -> None:
+        super().__init__(f"more than max_values={max_values} values in one frame", offset)
+        self.max_values = max_values
 
 
 class PoolExhausted(StreamCodecError):

@@ -25,6 +25,14 @@ MAX_DEPTH_LIMIT = 400
 #: without letting one hostile frame take unbounded memory.
 DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
 
+#: Most values (every element, map key and map value, counted as the data model has them) one
+#: request body may decode into.  Decoded, a value costs ~60-200 bytes of Python objects (an empty
+#: list 56, a one-entry dict 184), and CBOR or MessagePack spend one byte on it: a 3 MiB body of empty
+#: arrays decodes into ~200 MiB.  131,072 values bound a body at ~25 MiB of objects plus its strings'
+#: text and its decode and checks at a few hundred ms of CPU, while a kube object at etcd's 1.5 MiB
+#: value limit rarely holds a tenth of that (a ConfigMap of 50,000 keys holds 100,001).
+DEFAULT_MAX_BODY_VALUES = 131072
+
 #: Default total byte budget of a BufferPool: a few maximum frames in flight.
 DEFAULT_POOL_BYTES = 16 * 1024 * 1024
 

@@ -233,12 +233,24 @@ def decode_stored(value: Any, mod_revision: int) -> Dict[str, Any]:
     return obj
 
 
-def decode_body(body: bytes, fmt: str) -> Dict[str, Any]:
-    """A request body as an object, or 400."""
+def decode_body(body: bytes, fmt: str, resource: "Resource", *, max_values: int, schema: Any = None) -> Dict[str, Any]:
+    """A request body as a checked object of ``resource``'s kind: 400, 413 (more than ``max_values``
+    values) or 422 otherwise.
+
+    ``max_values`` bounds what decoding can build (see :data:`streamcodec.limits.DEFAULT_MAX_BODY_VALUES`);
+    ``schema``: the :class:`~streamcodec.kube_schema.KubeSchema` typed protobuf bodies are read with.
+    Pure CPU work that touches no server state, so a caller may run it in a worker thread.
+    """
     if not body:
         raise bad_request("the request body is empty")
+    options: Dict[str, Any] = {"max_values": max_values}
+    if fmt == "protobuf" and schema is not None:
+        options["schema"] = schema
     try:
-        obj = _decoder(fmt).decode(body)
+        obj = FORMATS[fmt].decoder(**options).decode(body)
+    except streamcodec.TooManyValues as exc:
+        raise APIError(413, "RequestEntityTooLarge",
+                       f"the request body holds more than {exc.max_values} values (elements, keys and map values)") from None
     except streamcodec.DecodeError as exc:
         raise bad_request(f"the request body is not valid {fmt}: {exc}") from None
     if not isinstance(obj, dict):
@@ -247,6 +259,8 @@ def decode_body(body: bytes, fmt: str) -> Dict[str, Any]:
         obj = text_for_bytes(obj)
     if not isinstance(obj.get("metadata", {}), dict):
         raise bad_request("metadata must be an object")
+    check_type_meta(obj, resource)
+    check_values(obj)
     return obj
 
 
