@@ -62,7 +62,7 @@ def check_max_values(max_values: Optional[int]) -> int:
         return sys.maxsize
     if type(max_values) is not int or max_values < 1:
         raise ValueError(f"max_values must be a positive int or None, got {max_values!r}")
-    return max_values
+    return min(max_values, sys.maxsize)  # a compiled scanner counts in a Py_ssize_t
 
 
 def check_event_type(type_: Any) -> str:

@@ -29,10 +29,12 @@ import json
 import math
 import re
 import struct
+import sys
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
-from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
-from .kube_schema import DEFAULT_SCHEMA, Field, KubeSchema
+from ._framing_py import check_max_values
+from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge, TooManyValues
+from .kube_schema import DEFAULT_SCHEMA, Field, KubeSchema, Message
 from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES
 from .pool import PoolBuffer
 
@@ -276,11 +278,32 @@ class KubeProtoDecoder:
     envelope, ``[]byte`` as base64 text, times as RFC 3339, quantities as text.  Fields the message
     does not declare are refused (:class:`~streamcodec.errors.DecodeError`): a body is checked, not
     guessed at.  Not a hot path: written for clarity.
+
+    ``max_values`` (None: no limit) bounds the values of the returned dict, counted as the JSON
+    data model has them: the dict 1, each of its keys and values 1 (``kind`` and ``apiVersion``
+    included), each list element 1, recursively, a ``fieldsV1``'s JSON too.  Over it,
+    :class:`~streamcodec.errors.TooManyValues` is raised at the offset of the field that goes over,
+    before its value is built: a body of tiny messages (an empty container of a Pod is 2 bytes on
+    the wire and a 64-byte dict decoded) would otherwise decode into far more memory than
+    ``max_frame_size`` suggests.  Values are counted as built, so a field repeated on the wire
+    (the last one wins) counts each time.
     """
 
-    def __init__(self, schema: Optional[KubeSchema] = None, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        schema: Optional[KubeSchema] = None,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_values: Optional[int] = None,
+    ) -> None:
         self.schema = schema if schema is not None else DEFAULT_SCHEMA
         self.max_frame_size = max_frame_size
+        self._values_limit = check_max_values(max_values)
+        self._max_values = max_values
+
+    @property
+    def max_values(self) -> Optional[int]:
+        return self._max_values
 
     def decode(self, frame: BytesLike) -> Dict[str, Any]:
         data = bytes(frame)
@@ -298,51 +321,84 @@ class KubeProtoDecoder:
         if name is None:
             raise DecodeError(f"no protobuf message is registered for {api_version}/{kind}", 0)
         raw = unknown.get(2, [(4, 4, 2)])[-1]
-        obj = self._message(name, data, raw[0], raw[1], 0)
+        reader = _FrameReader(self.schema, data, self._values_limit)
+        reader.count(5, 0)  # the object, and the kind and apiVersion entries it is given below
+        obj = reader.message(name, raw[0], raw[1], 0)
         obj["kind"], obj["apiVersion"] = kind, api_version
         return obj
 
-    def _message(self, name: str, data: bytes, start: int, end: int, depth: int) -> Dict[str, Any]:
+
+class _FrameReader:
+    """Builds the JSON-shaped dict of one frame's message, counting its values against ``max_values``."""
+
+    __slots__ = ("schema", "data", "max_values", "values_left")
+
+    def __init__(self, schema: KubeSchema, data: bytes, max_values: int) -> None:
+        self.schema = schema
+        self.data = data
+        self.max_values = max_values
+        self.values_left = max_values
+
+    def count(self, n: int, offset: int) -> None:
+        """Counts ``n`` values about to be built for the field at ``offset``."""
+        self.values_left -= n
+        if self.values_left < 0:
+            raise TooManyValues(self.max_values, offset)
+
+    def message(self, name: str, start: int, end: int, depth: int) -> Dict[str, Any]:
         if depth > 100:
             raise DecodeError("messages nested too deep", start)
-        by_number: Dict[Tuple[int, ...], Field] = {}
-        for f in self.schema.message(name).fields:
-            by_number[f.path + (f.number,)] = f
         out: Dict[str, Any] = {}
-        self._fill(name, by_number, (), data, start, end, out, depth)
+        self.fill(self.schema.message(name), (), start, end, out, depth)
         return out
 
-    def _fill(self, name: str, by_number: Dict[Tuple[int, ...], Field], path: Tuple[int, ...], data: bytes,
-              start: int, end: int, out: Dict[str, Any], depth: int) -> None:
-        inline = {p[len(path)] for p in by_number if len(p) > len(path) + 1 and p[: len(path)] == path}
-        for number, items in _fields(data, start, end).items():
+    def fill(self, message: Message, path: Tuple[int, ...], start: int, end: int, out: Dict[str, Any], depth: int) -> None:
+        data = self.data
+        try:
+            # each field is at least one value: index no more of them than the budget has left
+            fields = _fields(data, start, end, self.values_left)
+        except _TooManyFields as exc:
+            raise TooManyValues(self.max_values, exc.offset) from None
+        for number, items in fields.items():
+            field_path = path + (number,)
             for s, e, wire in items:
-                f = by_number.get(path + (number,))
-                if f is None and number in inline and wire == 2:
-                    self._fill(name, by_number, path + (number,), data, s, e, out, depth)  # an inlined message
+                f = message.by_number.get(field_path)
+                if f is None and wire == 2 and field_path in message.inlined:
+                    self.fill(message, field_path, s, e, out, depth)  # an inlined message: its fields are the parent's
                     continue
                 if f is None:
-                    raise DecodeError(f"{name}: field {number} is not in the message", s)
+                    raise DecodeError(f"{message.name}: field {number} is not in the message", s)
                 if f.shape == "MAP":  # an entry message: key = 1, value = 2
+                    entries = out.get(f.json_name)
+                    if entries is None:
+                        self.count(2, s)  # the map's key in ``out``, and the map
+                        entries = out[f.json_name] = {}
+                    self.count(2, s)
                     entry = _fields(data, s, e)
                     key = _text(data, entry.get(1))
                     v = entry.get(2)
-                    out.setdefault(f.json_name, {})[key] = self._value(f, data, v[-1][0], v[-1][1], v[-1][2], depth) if v else None
+                    entries[key] = self.value(f, v[-1][0], v[-1][1], v[-1][2], depth) if v else None
                 elif f.shape == "REPEATED":
-                    out.setdefault(f.json_name, []).append(self._value(f, data, s, e, wire, depth))
+                    elements = out.get(f.json_name)
+                    if elements is None:
+                        self.count(2, s)  # the list's key in ``out``, and the list
+                        elements = out[f.json_name] = []
+                    self.count(1, s)
+                    elements.append(self.value(f, s, e, wire, depth))
                 else:
-                    out[f.json_name] = self._value(f, data, s, e, wire, depth)
+                    self.count(2, s)
+                    out[f.json_name] = self.value(f, s, e, wire, depth)
 
-    def _value(self, f: Field, data: bytes, s: int, e: int, wire: int, depth: int) -> Any:
+    def value(self, f: Field, s: int, e: int, wire: int, depth: int) -> Any:
+        data = self.data
         kind = f.kind
         if kind in ("BOOL", "INT32", "INT64"):
             if wire != 0:
                 raise DecodeError(f"{f.json_name}: wrong wire type", s)
-            n = s  # varints are decoded into s by _fields
+            n = _read_varint(data, s, e)[0]
             if kind == "BOOL":
                 return bool(n)
-            n = n - (1 << 64) if n >= 1 << 63 else n
-            return n
+            return n - (1 << 64) if n >= 1 << 63 else n
         if kind == "DOUBLE":
             return struct.unpack("<d", data[s:e])[0]
         if wire != 2:
@@ -353,28 +409,46 @@ class KubeProtoDecoder:
             return base64.b64encode(memoryview(data)[s:e]).decode("ascii")  # a view: no 1 MiB slice copy
         if kind == "MESSAGE":
             assert f.message is not None
-            return self._message(f.message, data, s, e, depth + 1)
+            return self.message(f.message, s, e, depth + 1)
         inner = _fields(data, s, e)
         if kind == "TIME":
-            seconds = _int_of(inner.get(1))
-            nanos = _int_of(inner.get(2))
+            seconds = _int_of(data, inner.get(1))
+            nanos = _int_of(data, inner.get(2))
             moment = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=seconds)
             text = moment.strftime("%Y-%m-%dT%H:%M:%S")
             return text + (f".{nanos:09d}".rstrip("0") if nanos else "") + "Z"
         if kind == "QUANTITY":
             return _text(data, inner.get(1))
         if kind == "INTORSTRING":
-            if _int_of(inner.get(1)) == 1:
+            if _int_of(data, inner.get(1)) == 1:
                 return _text(data, inner.get(3))
-            n = _int_of(inner.get(2))
+            n = _int_of(data, inner.get(2))
             return n - (1 << 64) if n >= 1 << 63 else n
         if kind == "RAWJSON":
             raw = inner.get(1)
-            return json.loads(data[raw[-1][0]:raw[-1][1]]) if raw else None
+            if not raw:
+                return None
+            raw_json = data[raw[-1][0]:raw[-1][1]]
+            self.count(_json_value_count(raw_json) - 1, raw[-1][0])  # the field counted the value itself
+            return json.loads(raw_json)
         if kind == "DURATION":
-            n = _int_of(inner.get(1))
+            n = _int_of(data, inner.get(1))
             return f"{n / 1e9:g}s"
         raise AssertionError(kind)
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _json_value_count(text: bytes) -> int:
+    """The values JSON ``text`` decodes into, counted from its punctuation without building them.
+
+    With strings blanked and whitespace gone, each ``,`` and ``:`` starts one more value, and each
+    non-empty container holds one more value than its commas and colons start.
+    """
+    bare = _JSON_STRING.sub(b'""', text).translate(None, b" \t\n\r")
+    opened = bare.count(b"[") + bare.count(b"{") - bare.count(b"[]") - bare.count(b"{}")
+    return 1 + bare.count(b",") + bare.count(b":") + opened
 
 
 def _read_varint(data: bytes, pos: int, end: int) -> Tuple[int, int]:
@@ -390,18 +464,32 @@ def _read_varint(data: bytes, pos: int, end: int) -> Tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes, start: int, end: int) -> Dict[int, List[Tuple[int, int, int]]]:
-    """The fields of a message in ``data[start:end]``: number -> [(start, end, wire)] (varints: (value, None, 0))."""
+class _TooManyFields(Exception):
+    """_fields met more fields than it was allowed to index; ``offset``: the first one past it."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+def _fields(data: bytes, start: int, end: int, most: int = sys.maxsize) -> Dict[int, List[Tuple[int, int, int]]]:
+    """The fields of a message in ``data[start:end]``: number -> [(start, end, wire)] of their payloads.
+
+    At most ``most`` of them (_TooManyFields beyond): the index itself costs ~100 bytes a field.
+    """
     out: Dict[int, List[Tuple[int, int, int]]] = {}
     pos = start
     while pos < end:
+        most -= 1
+        if most < 0:
+            raise _TooManyFields(pos)
         tag, pos = _read_varint(data, pos, end)
         number, wire = tag >> 3, tag & 7
         if number == 0:
             raise DecodeError("field number 0", pos)
         if wire == 0:
-            value, pos = _read_varint(data, pos, end)
-            out.setdefault(number, []).append((value, None, 0))  # type: ignore[arg-type]
+            value_start = pos
+            pos = _read_varint(data, pos, end)[1]
+            out.setdefault(number, []).append((value_start, pos, 0))
         elif wire == 2:
             n, pos = _read_varint(data, pos, end)
             if pos + n > end:
@@ -433,8 +521,8 @@ def _text(data: bytes, items: Optional[List[Tuple[int, int, int]]]) -> str:
         raise DecodeError("a string is not valid UTF-8", s) from None
 
 
-def _int_of(items: Optional[List[Tuple[int, int, int]]]) -> int:
-    return int(items[-1][0]) if items else 0
+def _int_of(data: bytes, items: Optional[List[Tuple[int, int, int]]]) -> int:
+    return _read_varint(data, items[-1][0], items[-1][1])[0] if items else 0
 
 
 class KubeProtoEncoder:

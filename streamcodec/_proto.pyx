@@ -26,7 +26,8 @@ from libc.string cimport memcmp, memcpy, memmove
 from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
-from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
+from ._framing_py import check_max_values
+from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge, TooManyValues
 from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH, MAX_DEPTH_LIMIT
 from .protocol import Event
 
@@ -710,14 +711,24 @@ cdef bytes _event_type(object type):
 
 
 cdef class _Parser:
-    """Parses object frames in ``p[0:len]``; offsets reported are ``base + index``."""
+    """Parses one object frame in ``p[0:len]``; offsets reported are ``base + index``.
+
+    Counts the values it builds as the twin does: ``values_left`` starts at
+    ``max_values - 1`` (the frame's Struct) and loses one at each Struct key and
+    each Value, before it is built.
+    """
 
     cdef const uint8_t* p
     cdef Py_ssize_t base
     cdef int max_depth
+    cdef Py_ssize_t max_values
+    cdef Py_ssize_t values_left
 
     cdef object error(self, str message, Py_ssize_t pos):
         return DecodeError(message, self.base + pos)
+
+    cdef object too_many(self, Py_ssize_t pos):
+        return TooManyValues(self.max_values, self.base + pos)
 
     cdef Py_ssize_t varint(self, Py_ssize_t pos, Py_ssize_t end, uint64_t* out) except -1:
         cdef Py_ssize_t start = pos
@@ -842,6 +853,9 @@ cdef class _Parser:
                 continue
             self.expect(wt, 2, 1, "google.protobuf.Struct", tag_pos)
             pos = self.length(pos, end, &entry_start)
+            self.values_left -= 1  # the key; parse_value counts the value
+            if self.values_left < 0:
+                raise self.too_many(entry_start)
             key = ""
             vstop = -1
             p = entry_start
@@ -886,6 +900,9 @@ cdef class _Parser:
         cdef uint64_t field, n, bits
         cdef int wt, i
         cdef double d
+        self.values_left -= 1
+        if self.values_left < 0:
+            raise self.too_many(start)
         while pos < end:
             tag_pos = pos
             pos = self.tag(pos, end, &field, &wt)
@@ -965,20 +982,34 @@ cdef class ProtoDecoder:
     back as floats (the wire carries doubles).  Malformed, truncated or
     over-limit input raises :class:`~streamcodec.DecodeError` with the byte
     offset counted from the first byte fed; after that every call raises it.
+
+    ``max_values`` (None: no limit) bounds the values one frame decodes into,
+    counted as the JSON data model has them: the object 1, each of its keys
+    and values 1, each list element 1, recursively; for a watch event, the
+    values of its object.  Over it, :class:`~streamcodec.TooManyValues` is
+    raised at the offset of the value that goes over, before that value is
+    built: a frame of tiny containers (a list element holding an empty Struct
+    is 4 bytes on the wire and a 64-byte dict decoded) would otherwise decode
+    into far more memory than ``max_frame_size`` suggests.  Values are counted
+    as built, so a Struct key repeated on the wire counts each time.
     """
 
     cdef Py_ssize_t _max_frame_size
     cdef int _max_depth
+    cdef object _max_values
+    cdef Py_ssize_t _values_limit
     cdef bytearray _buf
     cdef Py_ssize_t _pos
     cdef Py_ssize_t _base
     cdef object _error
     cdef bint _closed
 
-    def __cinit__(self, *, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_depth=MAX_DEPTH):
+    def __cinit__(self, *, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_depth=MAX_DEPTH, max_values=None):
         _check_limits(max_frame_size, max_depth)
         self._max_frame_size = max_frame_size
         self._max_depth = max_depth
+        self._values_limit = check_max_values(max_values)
+        self._max_values = max_values
         self._buf = bytearray()
         self._pos = 0
         self._base = 0
@@ -993,6 +1024,10 @@ cdef class ProtoDecoder:
     def max_depth(self):
         return self._max_depth
 
+    @property
+    def max_values(self):
+        return self._max_values
+
     def decode(self, frame):
         """Parse one object frame (``k8s\\x00`` + Unknown + Struct) into a dict."""
         cdef Py_buffer view
@@ -1005,6 +1040,8 @@ cdef class ProtoDecoder:
             parser.p = <const uint8_t*>view.buf
             parser.base = 0
             parser.max_depth = self._max_depth
+            parser.max_values = self._values_limit
+            parser.values_left = self._values_limit - 1
             return parser.object_frame(0, view.len)
         finally:
             PyBuffer_Release(&view)
@@ -1063,6 +1100,8 @@ cdef class ProtoDecoder:
             parser.p = <const uint8_t*>view.buf + start
             parser.base = self._base + start
             parser.max_depth = self._max_depth
+            parser.max_values = self._values_limit
+            parser.values_left = self._values_limit - 1
             event = parser.watch_event(0, n)
         except DecodeError as exc:
             self._error = exc

@@ -31,7 +31,8 @@ import base64
 import struct
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Union
 
-from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
+from ._framing_py import check_max_values
+from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge, TooManyValues
 from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH, MAX_DEPTH_LIMIT
 from .pool import PoolBuffer
 from .protocol import Event
@@ -327,17 +328,27 @@ class ProtoEncoder:
 
 
 class _Parser:
-    """Parses object frames out of ``data``; offsets reported are ``base + index``."""
+    """Parses one object frame out of ``data``; offsets reported are ``base + index``.
 
-    __slots__ = ("data", "base", "max_depth")
+    Counts the values it builds against ``max_values``: the frame's Struct up front, then each
+    Struct key where its entry starts and each Value (an entry's value, a list element) where
+    its body starts, before building it.
+    """
 
-    def __init__(self, data: bytes, base: int, max_depth: int) -> None:
+    __slots__ = ("data", "base", "max_depth", "max_values", "values_left")
+
+    def __init__(self, data: bytes, base: int, max_depth: int, max_values: int) -> None:
         self.data = data
         self.base = base
         self.max_depth = max_depth
+        self.max_values = max_values
+        self.values_left = max_values - 1  # the frame's Struct: max_values >= 1 always holds it
 
     def error(self, message: str, pos: int) -> DecodeError:
         return DecodeError(message, self.base + pos)
+
+    def too_many(self, pos: int) -> TooManyValues:
+        return TooManyValues(self.max_values, self.base + pos)
 
     def varint(self, pos: int, end: int) -> Tuple[int, int]:
         data = self.data
@@ -443,6 +454,9 @@ class _Parser:
                 continue
             self.expect(wt, 2, 1, "google.protobuf.Struct", tag_pos)
             entry_start, pos = self.length(pos, end)
+            self.values_left -= 1  # the key; value() counts the value
+            if self.values_left < 0:
+                raise self.too_many(entry_start)
             key = ""
             value_range: Optional[Tuple[int, int]] = None
             p = entry_start
@@ -479,6 +493,9 @@ class _Parser:
 
     def value(self, pos: int, end: int, depth: int) -> Any:
         start = pos
+        self.values_left -= 1
+        if self.values_left < 0:
+            raise self.too_many(start)
         found = False
         result: Any = None
         while pos < end:
@@ -555,12 +572,30 @@ class ProtoDecoder:
     back as floats (the wire carries doubles).  Malformed, truncated or
     over-limit input raises :class:`~streamcodec.DecodeError` with the byte
     offset counted from the first byte fed; after that every call raises it.
+
+    ``max_values`` (None: no limit) bounds the values one frame decodes into,
+    counted as the JSON data model has them: the object 1, each of its keys
+    and values 1, each list element 1, recursively; for a watch event, the
+    values of its object.  Over it, :class:`~streamcodec.TooManyValues` is
+    raised at the offset of the value that goes over, before that value is
+    built: a frame of tiny containers (a list element holding an empty Struct
+    is 4 bytes on the wire and a 64-byte dict decoded) would otherwise decode
+    into far more memory than ``max_frame_size`` suggests.  Values are counted
+    as built, so a Struct key repeated on the wire counts each time.
     """
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH) -> None:
+    def __init__(
+        self,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_depth: int = MAX_DEPTH,
+        max_values: Optional[int] = None,
+    ) -> None:
         _check_limits(max_frame_size, max_depth)
         self._max_frame_size = max_frame_size
         self._max_depth = max_depth
+        self._values_limit = check_max_values(max_values)
+        self._max_values = max_values
         self._buf = bytearray()
         self._pos = 0  # start of unparsed data in _buf
         self._base = 0  # stream offset of _buf[0]
@@ -575,6 +610,10 @@ class ProtoDecoder:
     def max_depth(self) -> int:
         return self._max_depth
 
+    @property
+    def max_values(self) -> Optional[int]:
+        return self._max_values
+
     def decode(self, frame: BytesLike) -> Any:
         """Parse one object frame (``k8s\\x00`` + Unknown + Struct) into a dict."""
         view = memoryview(frame)  # like the compiled decoder: any C-contiguous buffer, nothing else
@@ -584,7 +623,7 @@ class ProtoDecoder:
         if len(data) > self._max_frame_size:
             raise DecodeError(f"frame of {len(data)} bytes exceeds max_frame_size ({self._max_frame_size})", 0)
         try:
-            return _Parser(data, 0, self._max_depth).object_frame(0, len(data))
+            return _Parser(data, 0, self._max_depth, self._values_limit).object_frame(0, len(data))
         except RecursionError:
             raise DecodeError("nesting too deep for the pure-Python decoder", 0) from None
 
@@ -633,7 +672,7 @@ class ProtoDecoder:
             raise StopIteration
         start = pos + 4
         body = bytes(self._buf[start : start + n])
-        parser = _Parser(body, self._base + start, self._max_depth)
+        parser = _Parser(body, self._base + start, self._max_depth, self._values_limit)
         try:
             event = parser.watch_event(0, n)
         except DecodeError as exc:

@@ -66,8 +66,9 @@ class TooManyValues(DecodeError):
     """A frame holds more values than the decoder's ``max_values``.
 
     Values are counted as the data model has them (the frame's own value, every
-    element, every map key and value), while the frame is checked and before any
-    of it is built, so a small frame of many tiny containers cannot make a
+    element, every map key and value) before a value past the limit is built (the
+    JSON, CBOR and MessagePack decoders count in their checking scan, before they
+    build anything), so a small frame of many tiny containers cannot make a
     decoder build far more in memory than it read.
     """
 

@@ -28,7 +28,7 @@ joined with the JSON names of its Go struct tags by ``scripts/gen-kube-schema``.
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import _kube_schema_data
 
@@ -59,6 +59,8 @@ class Message(NamedTuple):
     name: str
     fields: Tuple[Field, ...]  #: every JSON key, inlined ones included
     by_json: Mapping[str, Field]
+    by_number: Mapping[Tuple[int, ...], Field]  #: ``path + (number,)`` -> field: how a decoder finds it
+    inlined: FrozenSet[Tuple[int, ...]]  #: the paths of the inlined messages (every prefix of a field's path)
 
 
 class KubeSchema:
@@ -126,7 +128,9 @@ class KubeSchema:
             if f.json_name in by_json:
                 raise ValueError(f"{name}: json key {f.json_name!r} appears twice")
             by_json[f.json_name] = f
-        message = self._messages[name] = Message(name, tuple(fields), by_json)
+        by_number = {f.path + (f.number,): f for f in fields}
+        inlined = frozenset(f.path[:i] for f in fields for i in range(1, len(f.path) + 1))
+        message = self._messages[name] = Message(name, tuple(fields), by_json, by_number, inlined)
         return message
 
     def _flatten(self, name: str, path: Tuple[int, ...], out: List[Field], depth: int) -> None:

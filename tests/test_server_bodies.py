@@ -33,7 +33,7 @@ class Served:
     def __init__(self, proc: "subprocess.Popen[bytes]", url: str) -> None:
         self.proc, self.url = proc, url
 
-    def post_measured(self, content_type: str, body: bytes) -> Tuple[httpx.Response, float, float]:
+    def post_measured(self, content_type: str, body: bytes, path: str = NS) -> Tuple[httpx.Response, float, float]:
         """POST ``body``: the response, the server's peak RSS growth meanwhile (MiB) and the slowest
         ``/healthz`` answer (s) of a client polling it every 5 ms from before until after."""
         baseline = proc_status_bytes(self.proc.pid, "VmRSS")
@@ -53,7 +53,7 @@ class Served:
         prober = threading.Thread(target=probe, daemon=True)
         prober.start()
         time.sleep(0.2)
-        r = httpx.post(self.url + NS, content=body, headers={"Content-Type": content_type}, timeout=60)
+        r = httpx.post(self.url + path, content=body, headers={"Content-Type": content_type}, timeout=60)
         time.sleep(0.2)
         done.set()
         prober.join(30)
@@ -82,12 +82,41 @@ def _many_empty_arrays(dump: Any, n: int) -> bytes:
     return dump({"metadata": {"name": "inflate"}, "data": {"x": [[]] * n}})
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _pod_of_empty_containers(n: int) -> bytes:
+    """Kubernetes protobuf of a Pod whose spec.containers (PodSpec field 2) holds n empty messages."""
+    pod = _field(2, _field(2, b"") * n)  # Pod.spec = 2
+    type_meta = _field(1, b"v1") + _field(2, b"Pod")
+    return b"k8s\x00" + _field(1, type_meta) + _field(2, pod)  # runtime.Unknown: typeMeta 1, raw 2
+
+
+def _struct_protobuf(obj: Any) -> bytes:
+    import streamcodec
+
+    return bytes(streamcodec.ProtoEncoder().encode(obj))
+
+
 INFLATING = {
     # one byte per empty array: 3 M lists, ~200 MiB and ~1 s of CPU when decoded
     "cbor": ("application/cbor", _many_empty_arrays(cbor2.dumps, BODY_BYTES - 64)),
     "msgpack": ("application/vnd.msgpack", _many_empty_arrays(msgpack.packb, BODY_BYTES - 64)),
     # "[]," is three bytes: 1 M lists
     "json": ("application/json", _many_empty_arrays(lambda o: json.dumps(o, separators=(",", ":")).encode(), BODY_BYTES // 3 - 64)),
+    # two bytes per empty Container message: 1.5 M dicts
+    "protobuf": ("application/vnd.kubernetes.protobuf", _pod_of_empty_containers(BODY_BYTES // 2 - 64)),
+    # an empty Struct Value is four bytes
+    "protobuf-struct": ("application/vnd.streamcodec.struct+protobuf", _many_empty_arrays(_struct_protobuf, BODY_BYTES // 4 - 64)),
 }
 
 
@@ -95,16 +124,19 @@ INFLATING = {
 def test_a_body_of_many_tiny_containers_is_refused_before_it_is_built(served: Served, fmt: str) -> None:
     content_type, body = INFLATING[fmt]
     assert len(body) <= BODY_BYTES
-    r, growth, slowest = served.post_measured(content_type, body)
+    path = "/api/v1/namespaces/default/pods" if fmt == "protobuf" else NS
+    r, growth, slowest = served.post_measured(content_type, body, path)
     assert r.status_code == 413, r.text[:300]
     status = r.json()
     assert status["kind"] == "Status" and status["reason"] == "RequestEntityTooLarge"
     assert f"more than {DEFAULT_MAX_BODY_VALUES} values" in status["message"]
-    # what is left: the body's bytes (received, joined, copied for the decoder); measured 2-6 MiB
-    # (before the limit: 56-211 MiB, and the loop blocked 0.35-1.3 s)
-    assert growth <= 16, growth
+    # what is left: the body's bytes (received, joined, copied for the decoder), and for Kubernetes
+    # protobuf its decoder's index of the fields it may build (~100 bytes each, 131,072 at most);
+    # measured 6-9 MiB, 16 for protobuf (before the limit: 56-213 MiB, and the loop blocked 0.35-1.3 s)
+    print(f"{fmt}: peak RSS growth {growth:.1f} MiB, slowest /healthz {slowest * 1e3:.1f} ms")
     assert slowest <= 0.1, slowest
-    assert httpx.get(served.url + NS + "/inflate", timeout=10).status_code == 404
+    assert growth <= (32 if fmt == "protobuf" else 16), growth
+    assert httpx.get(served.url + path + "/inflate", timeout=10).status_code == 404
 
 
 @pytest.mark.parametrize("fmt", ["json", "cbor"])
