@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shared-scans", action=argparse.BooleanOptionalAction, default=ServerConfig.shared_scans,
                        help="concurrent watch-lists and whole lists of one collection share one paged etcd read "
                             f"(default {'on' if ServerConfig.shared_scans else 'off'})")
+    serve.add_argument("--frame-cache-bytes", type=_size, default=ServerConfig.frame_cache_bytes, metavar="N",
+                       help="watch-event frames kept so the readers of one shared scan or watch transcode each object "
+                            f"once (default {ServerConfig.frame_cache_bytes}; 0: off)")
     serve.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
                        help="on SIGTERM/SIGINT, wait this long for open streams before closing them (default 5)")
     serve.add_argument("--continue-secret-file", default=None, metavar="FILE",
@@ -182,6 +185,7 @@ def serve(args: argparse.Namespace) -> int:
             min_request_timeout=args.min_request_timeout,
             key_root=args.key_root.rstrip("/") or "/registry",
             shared_scans=args.shared_scans,
+            frame_cache_bytes=args.frame_cache_bytes,
         )
     except ValueError as exc:
         raise SystemExit(f"streamcodec serve: {exc}") from None

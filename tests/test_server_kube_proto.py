@@ -75,6 +75,35 @@ def test_watch_list_in_typed_protobuf_ends_initial_events_with_the_annotated_boo
     assert int(bookmark.metadata.resourceVersion) >= max(int(w["metadata"]["resourceVersion"]) for w in written)
 
 
+def test_concurrent_protobuf_watch_lists_transcode_each_object_once(server: ServerThread, kube_proto: Any) -> None:
+    """Members of one shared scan are handed the same values: the frame cache transcodes each once,
+    and every reader still gets every object right (Kubernetes' own .proto files decode them)."""
+    import concurrent.futures
+
+    c = httpx.Client(base_url=server.url, timeout=30)
+    written = {w["metadata"]["name"]: w for w in fill(c, 12, 20_000)}
+    cache = server.app.frame_cache
+    assert cache is not None
+    before = (cache.hits, cache.misses)
+
+    def watch_list(_: int) -> List[Any]:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            r = client.get(f"{NS}?{WATCH_LIST}&timeoutSeconds=1", headers={"Accept": CLIENT_GO})
+            return kube_proto.decode_watch_stream(r.content)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        streams = list(pool.map(watch_list, range(6)))
+    for events in streams:
+        added = {m.metadata.name: m for t, _, _, m in events if t == "ADDED"}
+        assert added.keys() == written.keys()
+        for name, m in added.items():
+            assert m.metadata.resourceVersion == written[name]["metadata"]["resourceVersion"]
+            assert m.data["payload"] == base64.b64decode(written[name]["data"]["payload"])
+    hits, misses = cache.hits - before[0], cache.misses - before[1]
+    assert hits + misses == 6 * 12
+    assert hits >= 4 * 12, (hits, misses)  # each object transcoded about once, not six times
+
+
 def test_single_objects_and_errors_in_typed_protobuf(server: ServerThread, kube_proto: Any) -> None:
     c = httpx.Client(base_url=server.url, timeout=10)
     written = fill(c, 1, 100)[0]

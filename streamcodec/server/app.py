@@ -34,9 +34,9 @@ from streamcodec.storage.interface import Store
 from . import objects
 from .admission import Admission, client_of
 from .bodies import ListBody, WatchBody, buffered_list_body, watch_error_event
-from .defaults import POOL_BYTES, QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT
+from .defaults import FRAME_CACHE_BYTES, POOL_BYTES, QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT
 from .handlers import ListRequest, WatchRequest, resource_version
-from .items import ItemWriter
+from .items import FrameCache, ItemWriter
 from .negotiation import available_formats, format_for_content_type, negotiate
 from .objects import DEFAULT_RESOURCES, Resource
 from .status import APIError, bad_request, from_storage_error, internal_error
@@ -110,7 +110,9 @@ class ServerConfig:
     ``continue_secret``: the key continue tokens are signed with (at least 32
     bytes; default: a random one per process).  ``shared_scans``: concurrent
     watch-lists and whole lists of one collection share one paged etcd read (see
-    :mod:`streamcodec.storage.shared_scan`).  ``header_timeout`` /
+    :mod:`streamcodec.storage.shared_scan`).  ``frame_cache_bytes``: watch-event frames kept so the
+    readers of one shared scan or watch transcode each object once (0: none; see
+    :class:`~streamcodec.server.items.FrameCache`).  ``header_timeout`` /
     ``body_timeout`` / ``max_connections``: see :mod:`streamcodec.server.connections`
     (used through :meth:`App.http_protocol`).
     """
@@ -141,6 +143,7 @@ class ServerConfig:
     passthrough: bool = True
     kube_schema: KubeSchema = DEFAULT_SCHEMA
     shared_scans: bool = True
+    frame_cache_bytes: int = FRAME_CACHE_BYTES
 
     def __post_init__(self) -> None:
         if self.list_mode not in ("streaming", "buffered"):
@@ -240,6 +243,8 @@ class App:
         self.kube_proto = streamcodec.KubeProtoEncoder(self.config.kube_schema, max_frame_size=mfs)
         #: formats whose list bodies need the item count before the items
         self.needs_count = {name for name in self.encoders if FORMATS[name].list_needs == "count"}
+        #: transcoded watch-event frames, shared by every response (None: off)
+        self.frame_cache = FrameCache(self.config.frame_cache_bytes) if self.config.frame_cache_bytes > 0 else None
         #: one large request body is decoded at a time, in a worker thread (_read_object)
         self._large_body_slot = asyncio.Semaphore(1)
         self.active_streams = 0
@@ -446,7 +451,7 @@ class App:
 
     def _item_writer(self, encoder: Any, fmt: str, resource: Resource) -> ItemWriter:
         paths = self._byte_paths(resource.kind) if fmt == "cbor" else None
-        return ItemWriter(encoder, fmt, resource, self.config.passthrough, paths)
+        return ItemWriter(encoder, fmt, resource, self.config.passthrough, paths, self.frame_cache)
 
     async def _get(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
         store = await self.store()

@@ -311,7 +311,7 @@ class WatchBody:
         if event.type == "DELETED" and not len(kv.value):
             await writer.event("DELETED", tombstone_object(kind, bytes(kv.key), event.revision))
         else:
-            await self.items.event(writer, event.type, kv.value, int(event.revision))
+            await self.items.event(writer, event.type, kv.value, int(event.revision), kv.key)
         return live
 
     async def _run(self, writer: FrameWriter) -> None:

@@ -32,3 +32,8 @@ POOL_BYTES = 64 * 1024 * 1024
 #: most one piece of a stream, not a whole buffer, and freshly allocated copies stay small enough for
 #: the allocator to reuse instead of mapping (and page-faulting) new memory.
 SEND_PIECE_BYTES = 256 * 1024
+
+#: Bytes of watch-event frames kept so that the readers of one collection transcode each object once
+#: (:class:`~streamcodec.server.items.FrameCache`): twice a shared scan's ring (4 pages of 2 MiB),
+#: since a scan's members are at most a ring apart.
+FRAME_CACHE_BYTES = 16 * 1024 * 1024

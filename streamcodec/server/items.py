@@ -8,7 +8,8 @@ makes up itself.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+import collections
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from streamcodec import BufferFull, FrameTooLarge, PoolBuffer
 from streamcodec.writer import FrameWriter
@@ -23,9 +24,61 @@ from .objects import (
     with_byte_strings,
 )
 
-__all__ = ["ItemWriter", "bookmark_object", "tombstone_object"]
+__all__ = ["FrameCache", "ItemWriter", "bookmark_object", "tombstone_object"]
 
 _CLOSE_BRACE = ord("}")
+
+
+class FrameCache:
+    """The watch-event frames encoded last, so each object is transcoded once, not once per reader.
+
+    The readers of one collection (the members of a shared scan, the watchers of a shared watch)
+    ask for the same objects at about the same time.  An entry is keyed by the etcd key, the
+    revision, the event type, the format and the kind: everything a frame depends on (a key has
+    one value at one revision, and every ItemWriter of one app encodes a kind alike).  At most
+    ``max_bytes`` of frames, least recently used out first; a frame over a quarter of it is not
+    kept.  kube-apiserver's watch cache does the same for its watchers (one serialization per
+    object and format).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._frames: "collections.OrderedDict[Tuple[Any, ...], bytes]" = collections.OrderedDict()
+
+    def get(self, key: Tuple[Any, ...]) -> Optional[bytes]:
+        frame = self._frames.get(key)
+        if frame is None:
+            self.misses += 1
+            return None
+        self._frames.move_to_end(key)
+        self.hits += 1
+        return frame
+
+    def put(self, key: Tuple[Any, ...], frame: bytes) -> None:
+        if len(frame) * 4 > self.max_bytes:
+            return
+        old = self._frames.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old)
+        self._frames[key] = frame
+        self.bytes += len(frame)
+        while self.bytes > self.max_bytes:
+            self.bytes -= len(self._frames.popitem(last=False)[1])
+
+
+def _copy_into(frame: bytes) -> Callable[[PoolBuffer], int]:
+    def write_into(buf: PoolBuffer) -> int:
+        n = len(frame)
+        if n > buf.remaining:
+            raise BufferFull("the frame does not fit the space left in the buffer")
+        buf.data[buf.length : buf.length + n] = frame
+        buf.length += n
+        return n
+
+    return write_into
 
 
 class ItemWriter:
@@ -41,10 +94,15 @@ class ItemWriter:
       fields (per the schema registry) become byte strings, as Kubernetes writes them.
     """
 
-    __slots__ = ("encoder", "fmt", "kind", "passthrough", "typed", "byte_paths", "_list_suffix")
+    __slots__ = ("encoder", "fmt", "kind", "passthrough", "typed", "byte_paths", "frames", "_list_suffix")
 
-    def __init__(self, encoder: Any, fmt: str, resource: Any, passthrough: bool, byte_paths: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(
+        self, encoder: Any, fmt: str, resource: Any, passthrough: bool, byte_paths: Optional[Dict[str, Any]] = None,
+        frames: Optional[FrameCache] = None,
+    ) -> None:
         self.encoder = encoder
+        #: watch-event frames shared with the app's other responses (None: encode every one)
+        self.frames = frames
         self.fmt = fmt
         self.kind = resource.kind
         self.passthrough = passthrough and fmt == "json"
@@ -86,16 +144,37 @@ class ItemWriter:
             return
         await writer.list_item(self._object(value, revision, True))
 
-    async def event(self, writer: FrameWriter, type: str, value: Any, revision: int) -> None:
-        """One watch event."""
+    async def event(self, writer: FrameWriter, type: str, value: Any, revision: int, key: Optional[bytes] = None) -> None:
+        """One watch event of the value at etcd key ``key`` (shared through the frame cache when given)."""
         if self.passthrough and bytes(value[:_PREFIX_LEN]) == _JSON_LAYOUT_PREFIX:
-            await writer.write(_SplicedEventInto(writer.encoder, type, value, revision))
+            await writer.write(_SplicedEventInto(writer.encoder, type, value, revision))  # a copy: cheaper than a cache
             return
+        frames = self.frames if key is not None else None
+        entry = (bytes(key or b""), revision, type, self.fmt, self.kind)
+        if frames is not None:
+            frame = frames.get(entry)
+            if frame is not None:
+                await writer.write(_copy_into(frame))
+                return
+        write_frame: Callable[[PoolBuffer], int]
         if self.typed and detect_format(value) == "json":
             encode = self.encoder.encode_stored_event_into
-            await writer.write(lambda buf: encode(type, value, revision, buf))
+            write_frame = lambda buf: encode(type, value, revision, buf)  # noqa: E731
+        else:
+            obj = self._object(value, revision, False)
+            write_frame = lambda buf: writer.encoder.encode_event_into(type, obj, buf)  # noqa: E731
+        if frames is None:
+            await writer.write(write_frame)
             return
-        await writer.event(type, self._object(value, revision, False))
+        cache = frames
+
+        def write_and_keep(buf: PoolBuffer) -> int:
+            start = buf.length
+            n = int(write_frame(buf))
+            cache.put(entry, bytes(memoryview(buf.data)[start : start + n]))
+            return n
+
+        await writer.write(write_and_keep)
 
 
 #: A stored object in this server's layout with nothing in it: finds where an
