@@ -19,6 +19,7 @@ import streamcodec
 from benchmarks import fixtures
 from streamcodec import DecodeError, TooManyValues, _kubeproto_py, _proto_py
 from tests.fuzz import examples
+from tests.test_max_values import count
 
 IMPLEMENTATIONS: Dict[str, Any] = {"twin": _proto_py}
 try:
@@ -44,14 +45,6 @@ def proto(request: pytest.FixtureRequest) -> Any:
     """The module of one ProtoDecoder implementation."""
     return IMPLEMENTATIONS[request.param]
 
-
-def count(obj: Any) -> int:
-    """The values of a decoded object: itself, and each key, value and element below it."""
-    if isinstance(obj, dict):
-        return 1 + sum(1 + count(v) for v in obj.values())
-    if isinstance(obj, list):
-        return 1 + sum(count(v) for v in obj)
-    return 1
 
 
 def outcome(decoder: Any, frame: bytes) -> Tuple[Any, ...]:
