@@ -150,8 +150,8 @@ class ItemWriter:
             await writer.write(_SplicedEventInto(writer.encoder, type, value, revision))  # a copy: cheaper than a cache
             return
         frames = self.frames if key is not None else None
-        entry = (bytes(key or b""), revision, type, self.fmt, self.kind)
         if frames is not None:
+            entry = (bytes(key or b""), revision, type, self.fmt, self.kind)
             frame = frames.get(entry)
             if frame is not None:
                 await writer.write(_copy_into(frame))

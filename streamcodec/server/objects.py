@@ -33,6 +33,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import streamcodec
 from streamcodec.formats import CBOR_MAGIC, FORMATS, PROTOBUF_MAGIC
+from streamcodec.kube_schema import KubeSchema
 
 from .status import APIError, bad_request
 
@@ -233,7 +234,9 @@ def decode_stored(value: Any, mod_revision: int) -> Dict[str, Any]:
     return obj
 
 
-def decode_body(body: bytes, fmt: str, resource: "Resource", *, max_values: int, schema: Any = None) -> Dict[str, Any]:
+def decode_body(
+    body: bytes, fmt: str, resource: "Resource", *, max_values: int, schema: Optional[KubeSchema] = None
+) -> Dict[str, Any]:
     """A request body as a checked object of ``resource``'s kind: 400, 413 (more than ``max_values``
     values) or 422 otherwise.
 

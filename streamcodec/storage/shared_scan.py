@@ -194,19 +194,22 @@ class _Scan:
         deadline = loop.time() + self.hub.detach_after
         while True:
             self._demand.clear()  # before the check: a member moving on after it wakes the wait
-            if not any(not m.done and m.index <= oldest.index for m in self.members):
-                break
+            readers = self._readers_of(oldest)
             left = deadline - loop.time()
-            if left <= 0:
+            if not readers or left <= 0:
                 break
             try:
                 await asyncio.wait_for(self._demand.wait(), left)
             except asyncio.TimeoutError:
+                readers = self._readers_of(oldest)
                 break
         self.pages.popleft()
-        for member in list(self.members):
-            if not member.done and member.index <= oldest.index:
-                member._detach()
+        for member in readers:
+            member._detach()
+
+    def _readers_of(self, page: _Page) -> List["ScanMember"]:
+        """The members that still need ``page`` (reading it, or not yet at it)."""
+        return [m for m in self.members if not m.done and m.index <= page.index]
 
 
 class ScanMember:
