@@ -200,7 +200,7 @@ def serve(args: argparse.Namespace) -> int:
     host, port = args.listen
     try:
         uvicorn.run(app, host=host, port=port, log_level=args.log_level, lifespan="on", access_log=args.log_level == "debug",
-                    timeout_graceful_shutdown=args.shutdown_timeout, http=app.http_protocol(), **security.uvicorn_options)
+                    timeout_graceful_shutdown=args.shutdown_timeout, **app.uvicorn_options(), **security.uvicorn_options)
     finally:
         security.close()
     return 0

@@ -68,7 +68,7 @@ class ServerThread:
         self._server = uvicorn.Server(
             uvicorn.Config(
                 self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
-                http=self.app.http_protocol(), **(ssl or {}),
+                **self.app.uvicorn_options(), **(ssl or {}),
             )
         )
         self._thread = threading.Thread(target=self._run, name="uvicorn-test-server", daemon=True)

@@ -114,7 +114,7 @@ class ServerConfig:
     readers of one shared scan or watch transcode each object once (0: none; see
     :class:`~streamcodec.server.items.FrameCache`).  ``header_timeout`` /
     ``body_timeout`` / ``max_connections``: see :mod:`streamcodec.server.connections`
-    (used through :meth:`App.http_protocol`).
+    (used through :meth:`App.uvicorn_options`).
     """
 
     list_mode: str = "streaming"
@@ -284,17 +284,22 @@ class App:
             "live_pool": self.live_pool.stats(),
         }
 
-    def http_protocol(self) -> Any:
-        """The uvicorn protocol class with this config's connection limits (``uvicorn.Config(http=...)``).
+    def uvicorn_options(self) -> Dict[str, Any]:
+        """Keyword arguments for ``uvicorn.Config`` / ``uvicorn.run`` serving this app as ``streamcodec serve`` does.
 
-        Raises this process's open-files limit towards ``max_connections`` first; the cap is
-        what the limit allows, less a reserve for etcd connections and logs.
+        ``http``: the protocol class with this config's connection limits; it raises this process's
+        open-files limit towards ``max_connections`` first, and the cap is what the limit allows,
+        less a reserve for etcd connections and logs.  ``proxy_headers`` off: the connection's peer
+        address is the client's identity for fair queueing and the audit log, and uvicorn would
+        otherwise take it from any loopback client's ``X-Forwarded-For`` (it also saves a
+        middleware layer on every request and open watch).
         """
         from .connections import guarded_h11, raise_open_files_limit
 
         reserve = 256
         allowed = raise_open_files_limit(self.config.max_connections + reserve) - reserve
-        return guarded_h11(self.config.header_timeout, self.config.body_timeout, max(1, min(self.config.max_connections, allowed)))
+        protocol = guarded_h11(self.config.header_timeout, self.config.body_timeout, max(1, min(self.config.max_connections, allowed)))
+        return {"http": protocol, "proxy_headers": False}
 
     # -- ASGI --------------------------------------------------------------
 

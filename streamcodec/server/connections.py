@@ -12,7 +12,7 @@ makes a protocol class that also
 * on TLS connections, gives the app the ASGI TLS extension with the verified client certificate
   (``scope["extensions"]["tls"]``, :mod:`streamcodec.server.tls`).
 
-Pass it as ``uvicorn.Config(app, http=guarded_h11(...))``; :meth:`streamcodec.server.App.http_protocol` gives
+Pass it as ``uvicorn.Config(app, http=guarded_h11(...))``; :meth:`streamcodec.server.App.uvicorn_options` gives
 the one matching the App's config.
 """
 

@@ -70,7 +70,7 @@ Producer = Callable[[FrameWriter], Awaitable[None]]
 CANCEL_GRACE_SECONDS = 5.0
 
 #: ``asyncio.timeout`` (3.11+) bounds a send without wrapping it in a Task.
-_timeout = getattr(asyncio, "timeout", None)
+timeout_scope = getattr(asyncio, "timeout", None)
 
 
 @runtime_checkable
@@ -240,8 +240,8 @@ class _ClientSend:
             return
         limit = self.live_stall_timeout if live else self.stall_timeout
         try:
-            if _timeout is not None:
-                async with _timeout(limit):
+            if timeout_scope is not None:
+                async with timeout_scope(limit):
                     await self.send(message)
             else:
                 await asyncio.wait_for(self.send(message), limit)
