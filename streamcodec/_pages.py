@@ -82,8 +82,9 @@ def zeroed_bytearray(size: int) -> bytearray:
     return data
 
 
-def drop_pages(data: bytearray) -> None:
-    """Give the whole pages inside ``data`` back to the OS; they read as zeros until written again.
+def drop_pages(data: bytearray, extent: Optional[int] = None) -> None:
+    """Give the whole pages inside ``data[:extent]`` (all of ``data`` by default) back to the OS; they
+    read as zeros until written again.
 
     The caller guarantees that no memoryview of ``data`` is alive (a reader
     would see its bytes turn to zeros).  The partial pages at the two ends
@@ -92,4 +93,6 @@ def drop_pages(data: bytearray) -> None:
     bytes are harmless, they only cost memory.
     """
     if _bound is not None and len(data) >= 4 * _PAGE:
-        _advise_interior(_address(data), len(data))
+        size = len(data) if extent is None else min(extent, len(data))
+        if size >= _PAGE:  # less holds no whole page
+            _advise_interior(_address(data), size)

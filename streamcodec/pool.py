@@ -33,7 +33,7 @@ class PoolBuffer:
     a pool) is fine for ``encode_into``; it is then simply garbage collected.
     """
 
-    __slots__ = ("data", "length", "_pool", "_acquired", "__weakref__")
+    __slots__ = ("data", "length", "_pool", "_acquired", "_extent", "__weakref__")
 
     def __init__(self, capacity: int, _pool: Optional["BufferPool"] = None) -> None:
         if capacity <= 0:
@@ -42,6 +42,7 @@ class PoolBuffer:
         self.length = 0
         self._pool = _pool
         self._acquired = False  # handed out by its pool and not yet released
+        self._extent = 0  # bytes from the start that may be non-zero since the pool last dropped its pages
 
     @property
     def capacity(self) -> int:
@@ -196,8 +197,13 @@ class BufferPool:
                     pass
             raise
 
-    def release(self, buf: PoolBuffer) -> None:
-        """Return ``buf``; refused with :class:`BufferExported` while a view of it lives."""
+    def release(self, buf: PoolBuffer, extent: Optional[int] = None) -> None:
+        """Return ``buf``; refused with :class:`BufferExported` while a view of it lives.
+
+        ``extent``: how many bytes from the buffer's start its holder may have written (None: any
+        of them).  The pool gives the pages past every holder's extent back to the OS only once, so a
+        holder that wrote one small frame into a large buffer spares it a page-table walk.
+        """
         if buf._pool is not self:
             raise ValueError("buffer does not belong to this pool")
         if not buf._acquired:
@@ -207,24 +213,27 @@ class BufferPool:
         if buf.is_exported():
             raise BufferExported("buffer released while a memoryview of it is alive")
         buf.length = 0
+        buf._extent = len(buf.data) if extent is None else max(buf._extent, extent)
         self._give_back(buf)
 
-    def retire(self, buf: PoolBuffer) -> None:
+    def retire(self, buf: PoolBuffer, extent: Optional[int] = None) -> None:
         """Give ``buf`` back even if a memoryview of it is still alive.
 
         A buffer that is not exported is released at once.  An exported one
         stays counted as in use and is reclaimed, by a later acquire or
         release, once nothing references its memory any more: the budget is
         never exceeded and the memory is never recycled under a reader.
+        ``extent``: as for :meth:`release`.
         """
         if buf._pool is not self:
             raise ValueError("buffer does not belong to this pool")
         if not buf._acquired or buf in self._retired:
             raise ValueError("buffer released twice")
         if buf.is_exported():
+            buf._extent = len(buf.data)
             self._retired.append(buf)
         else:
-            self.release(buf)
+            self.release(buf, extent)
 
     def _reclaim(self) -> None:
         still = []
@@ -246,7 +255,9 @@ class BufferPool:
 
     def _shelve(self, buf: PoolBuffer) -> None:
         # An idle buffer keeps its place in the budget but not its memory.
-        drop_pages(buf.data)
+        if buf._extent:
+            drop_pages(buf.data, buf._extent)
+            buf._extent = 0
         buf._acquired = False
         self._in_use -= 1
         self._free.append(buf)

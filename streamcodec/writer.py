@@ -57,6 +57,8 @@ class FrameWriter:
         self.flush_bytes = min(DEFAULT_FLUSH_BYTES, pool.buffer_size // 2) if flush_bytes is None else flush_bytes
         self.acquire_timeout = acquire_timeout
         self._buf: Optional[PoolBuffer] = None
+        #: an encoder ran out of room in the current buffer (it may have written up to its end)
+        self._overflowed = False
         self._open = False
         self._list_index: Optional[int] = None
         self._list_count: Optional[int] = None
@@ -78,6 +80,7 @@ class FrameWriter:
         """Acquire this stream's buffer (waits while the pool is used up)."""
         if self._buf is None:
             self._buf = await self.pool.acquire_async(self.acquire_timeout)
+            self._overflowed = False
         self._open = True
 
     def release_idle(self) -> None:
@@ -129,7 +132,8 @@ class FrameWriter:
         if self.live:
             frames = buf.getvalue()  # one live event or a few: small, and the buffer goes back now
             self._buf = None
-            self.pool.retire(buf)
+            # what this writer wrote since it took the buffer: the pool need not walk the rest's pages
+            self.pool.retire(buf, None if self._overflowed else buf.length)
             with memoryview(frames) as view:
                 await self._send(view)
             self.bytes_sent += len(frames)
@@ -148,12 +152,14 @@ class FrameWriter:
             self._buf = None
             self.pool.retire(buf)
             self._buf = await self.pool.acquire_async(self.acquire_timeout)
+            self._overflowed = False
 
     async def _take_buffer(self) -> PoolBuffer:
         if not self._open:
             raise RuntimeError("FrameWriter is not open")
         if self._buf is None:  # given back by release_idle: wait for one (no timeout: backpressure)
             self._buf = await self.pool.acquire_async()
+            self._overflowed = False
         return self._buf
 
     async def _write(self, method: Callable[..., int], *args: Any) -> int:
@@ -161,13 +167,14 @@ class FrameWriter:
         try:
             n = method(*args, buf)
         except BufferFull:
+            self._overflowed = True
             if buf.length == 0:
                 raise FrameTooLarge(
                     f"frame does not fit one pool buffer of {buf.capacity} bytes",
                     self.encoder.max_frame_size,
                 ) from None
             await self.flush()
-            n = method(*args, self._buf)
+            n = method(*args, await self._take_buffer())  # a live flush gave its buffer back
         self.frames += 1
         if self._buf is not None and self._buf.length >= self.flush_bytes:
             await self.flush()

@@ -216,3 +216,31 @@ def test_pool_buffers_are_resident_only_where_written_and_idle_ones_give_memory_
     assert r["released"] < 16 * MiB, r
     assert r["zero_after"], "a new buffer's unwritten bytes must read as zeros, as bytearray(n)'s do"
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise is Linux's")
+async def test_pages_past_every_holders_extent_are_not_dropped_again() -> None:
+    import mmap
+
+    from streamcodec._pages import PAGES_DROPPABLE
+
+    assert PAGES_DROPPABLE
+    page, size = mmap.PAGESIZE, 64 * mmap.PAGESIZE
+    pool = BufferPool(size, size)
+
+    def dropped(buf: PoolBuffer) -> bool:  # an interior page past the extents reads as zeros again
+        return buf.data[size // 2 : size // 2 + page].count(0) == page
+
+    a = pool.acquire()
+    a.data[:] = b"x" * size
+    pool.release(a, extent=4 * page)  # its holder says it wrote 4 pages: the rest keeps its bytes
+    assert a.data[page * 2 : page * 3].count(0) == page and not dropped(a)
+    b = pool.acquire()
+    b.data[:] = b"x" * size
+    waiter = asyncio.ensure_future(pool.acquire_async())
+    await asyncio.sleep(0)
+    pool.release(b)  # any extent: handed straight to the waiter, nothing dropped yet
+    c = await asyncio.wait_for(waiter, 1)
+    assert c is b and not dropped(c)
+    pool.release(c, extent=page)  # the last holder wrote little, the first wrote everything: all dropped
+    assert dropped(b)

@@ -193,3 +193,42 @@ async def test_a_producer_that_swallows_cancellation_is_ended_by_closing_its_sto
     assert calls[0] == "cancel swallowed" and calls[-1] == "closed"
     assert calls.count("cleanup") == 1  # closed underneath the producer once, not again at the end
     assert pool.stats().in_use == 0
+
+
+async def test_a_send_is_timed_only_while_it_waits() -> None:
+    """A send that completes at once arms no timer; one that waits is resumed, or cut at its stall limit."""
+    loop = asyncio.get_running_loop()
+    gate: "asyncio.Future[None]" = loop.create_future()
+    seen: List[str] = []
+
+    async def send(message: Dict[str, Any]) -> None:
+        mode = message["mode"]
+        if mode == "at-once":
+            timers.append(len(loop._scheduled))  # type: ignore[attr-defined]  # timers while the send runs
+        elif mode == "waits":
+            await gate  # resumed: sees what the loop sends back
+            seen.append("resumed")
+        elif mode == "fails-later":
+            await asyncio.sleep(0)
+            raise ConnectionResetError("peer reset")
+        elif mode == "never":
+            try:
+                await loop.create_future()
+            finally:
+                seen.append("cancelled inside the send")
+
+    timers: List[int] = []
+    client = streams._ClientSend(send, status=200, content_type="application/json", stall_timeout=0.2,
+                                 live_stall_timeout=0.2, contended=None, contended_stall_timeout=None, piece_bytes=1024)
+    before = len(loop._scheduled)  # type: ignore[attr-defined]
+    await client._timed({"mode": "at-once"})
+    assert timers == [before]
+    loop.call_later(0.01, gate.set_result, None)
+    await client._timed({"mode": "waits"})
+    with pytest.raises(ConnectionResetError):
+        await client._timed({"mode": "fails-later"})
+    t0 = loop.time()
+    with pytest.raises(streams.ClientStalled):
+        await client._timed({"mode": "never"})
+    assert 0.15 < loop.time() - t0 < 1.0
+    assert seen == ["resumed", "cancelled inside the send"]

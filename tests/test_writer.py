@@ -156,3 +156,18 @@ async def test_release_idle_gives_the_buffer_back_and_the_next_frame_waits_for_o
     assert pool.stats().in_use == 0 and pool.stats().high_water == 4096
     with pytest.raises(RuntimeError):
         await first.event("ADDED", {"n": 3})  # closed, not idle
+
+
+async def test_a_live_batch_that_outgrows_its_buffer_goes_on_in_a_new_one() -> None:
+    pool = BufferPool(2 * 4096, 4096)
+    sink = Sink()
+    writer = FrameWriter(JSONEncoder(), pool, sink, flush_bytes=4096)
+    await writer.open()
+    writer.go_live()
+    first, second = {"data": "a" * 2500}, {"data": "b" * 2500}  # together more than one buffer
+    await writer.event("ADDED", first)
+    await writer.event("MODIFIED", second)  # the live flush gives its buffer back; the frame takes a new one
+    await writer.flush()
+    writer.close()
+    assert [json.loads(line)["object"] for line in sink.data.splitlines()] == [first, second]
+    assert pool.stats().in_use == 0

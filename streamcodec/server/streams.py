@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import socket
@@ -132,6 +133,42 @@ def server_copies_body(send: Any) -> bool:
 
 #: SO_LINGER on, 0 s: close() resets the connection at once, dropping what is unsent
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine already stepped once by hand, whose first step yielded ``waiting_on``.
+
+    It yields what the coroutine yields and passes back what the task sends or throws (a
+    cancellation, a timeout's included), as ``await coroutine`` would have from the start.
+    """
+
+    __slots__ = ("coroutine", "waiting_on")
+
+    def __init__(self, coroutine: Any, waiting_on: Any) -> None:
+        self.coroutine = coroutine
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Any:
+        coroutine, waiting_on = self.coroutine, self.waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as exc:  # noqa: BLE001 - thrown into the coroutine, as a task would
+                try:
+                    waiting_on = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waiting_on = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+
+async def _awaited(awaitable: Any) -> Any:
+    """``awaitable`` as a coroutine (``asyncio.wait_for`` before Python 3.11 takes no other kind)."""
+    return await awaitable
 
 
 class ClientStalled(Exception):
@@ -239,12 +276,21 @@ class _ClientSend:
             await self._yielding(message)
             return
         limit = self.live_stall_timeout if live else self.stall_timeout
+        sending: Any = self.send(message)
+        if inspect.iscoroutine(sending):
+            try:
+                # Most sends complete without suspending (the transport is not paused): step the send
+                # by hand and arm the timeout only when it waits -- a timer for every live event to
+                # each of 10,000 watches is a heap of timers to keep.
+                sending = _Resumed(sending, sending.send(None))
+            except StopIteration:
+                return
         try:
             if timeout_scope is not None:
                 async with timeout_scope(limit):
-                    await self.send(message)
+                    await sending
             else:
-                await asyncio.wait_for(self.send(message), limit)
+                await asyncio.wait_for(_awaited(sending), limit)
         except asyncio.TimeoutError:
             what = "a live watch event" if live else "the stream"
             raise ClientStalled(f"client did not take {what} within {limit} s") from None
