@@ -23,6 +23,16 @@ __all__ = ["FrameWriter"]
 Send = Callable[[memoryview], Awaitable[None]]
 
 
+def _copy_into(frame: BytesLike, buf: PoolBuffer) -> int:
+    """Append ``frame`` to ``buf`` (the ``*_into`` contract)."""
+    n = len(frame)
+    if n > buf.remaining:
+        raise BufferFull("the frame does not fit the space left in the buffer")
+    buf.data[buf.length : buf.length + n] = frame
+    buf.length += n
+    return n
+
+
 class FrameWriter:
     """Writes frames of one stream through ``encoder`` into buffers of ``pool``.
 
@@ -189,6 +199,24 @@ class FrameWriter:
         place, such as an encoder's output patched where it lies.
         """
         return await self._write(write_into)
+
+    async def write_bytes(self, frame: BytesLike) -> int:
+        """Append one complete frame given as bytes (a frame encoded before, for another stream).
+
+        A frame of at least ``flush_bytes`` goes to ``send`` as it is, after what the buffer
+        holds: copying it into the buffer first would only cost a copy and the buffer's pages.
+        """
+        n = len(frame)
+        if n < self.flush_bytes or self.live:
+            return await self._write(_copy_into, frame)
+        if not self._open:
+            raise RuntimeError("FrameWriter is not open")
+        await self.flush()
+        with memoryview(frame) as view:
+            await self._send(view)
+        self.bytes_sent += n
+        self.frames += 1
+        return n
 
     # watch events -----------------------------------------------------------
     async def event(self, type: str, obj: Any) -> int:

@@ -171,3 +171,26 @@ async def test_a_live_batch_that_outgrows_its_buffer_goes_on_in_a_new_one() -> N
     writer.close()
     assert [json.loads(line)["object"] for line in sink.data.splitlines()] == [first, second]
     assert pool.stats().in_use == 0
+
+
+async def test_a_large_encoded_frame_goes_out_as_it_is_after_what_is_pending() -> None:
+    pool = BufferPool(4 * 65536, 65536)
+    encoder = JSONEncoder()
+    small = encoder.encode_event("ADDED", {"n": 1})
+    large = encoder.encode_event("ADDED", {"data": "x" * 40000})
+    views: List[Any] = []
+
+    async def send(view: memoryview) -> None:
+        views.append((view.obj, bytes(view)))
+
+    writer = FrameWriter(encoder, pool, send, flush_bytes=16384)
+    await writer.open()
+    await writer.write_bytes(small)  # small: batched in the buffer
+    await writer.write_bytes(large)  # large: the pending small one first, then the frame itself, not a copy
+    await writer.write_bytes(small)
+    await writer.flush()
+    writer.close()
+    assert [data for _, data in views] == [small, large, small]
+    assert views[1][0] is large and views[0][0] is not small
+    assert writer.frames == 3 and writer.bytes_sent == 2 * len(small) + len(large)
+    assert [json.loads(line)["object"] for line in b"".join(d for _, d in views).splitlines()][1] == {"data": "x" * 40000}

@@ -69,18 +69,6 @@ class FrameCache:
             self.bytes -= len(self._frames.popitem(last=False)[1])
 
 
-def _copy_into(frame: bytes) -> Callable[[PoolBuffer], int]:
-    def write_into(buf: PoolBuffer) -> int:
-        n = len(frame)
-        if n > buf.remaining:
-            raise BufferFull("the frame does not fit the space left in the buffer")
-        buf.data[buf.length : buf.length + n] = frame
-        buf.length += n
-        return n
-
-    return write_into
-
-
 class ItemWriter:
     """How the stored values of one response become its list items and watch events.
 
@@ -154,7 +142,7 @@ class ItemWriter:
             entry = (bytes(key or b""), revision, type, self.fmt, self.kind)
             frame = frames.get(entry)
             if frame is not None:
-                await writer.write(_copy_into(frame))
+                await writer.write_bytes(frame)
                 return
         write_frame: Callable[[PoolBuffer], int]
         if self.typed and detect_format(value) == "json":
