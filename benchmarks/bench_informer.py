@@ -12,8 +12,8 @@ client-go's (target <= 1.5).  Asserted: our client's peak RSS growth <= the deco
 
 Default size 100 x 100 KiB; BENCH_INFORMER_OBJECTS / BENCH_INFORMER_SIZE (bytes) for the issue's 400 x 1 MiB,
 BENCH_INFORMER_ROUNDS (default 3).  Measured here, 400 x 1 MiB, 3 rounds, medians (2 cores, shared machine):
-JSON ours 2.7 s vs client-go 12.7 s (0.21x), peak RSS growth 544 MiB for a 535 MiB store; protobuf ours 3.9 s
-vs client-go 1.3 s (3.0x; most of ours is KubeProtoDecoder turning every bytes value into base64 text),
+JSON ours 2.7 s vs client-go 12.7 s (0.21x), peak RSS growth 544 MiB for a 535 MiB store; protobuf ours
+1.27-1.34 s vs client-go 1.28-1.36 s (0.93-1.05x; before the compiled KubeProtoDecoder 2.1-2.6 s, 1.3-1.7x),
 growth 540 MiB for a 535 MiB store.
 """
 

@@ -1,10 +1,15 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Kubernetes' typed protobuf from stored JSON, compiled.
+"""Kubernetes' typed protobuf from stored JSON and back, compiled.
 
 The encoder classes are the twin's (``_kubeproto_py``: envelopes, dict objects, list starts);
 this module replaces their hot path, stored JSON -> message, with a single pass over the JSON
 bytes that writes the wire format straight into the pool buffer: no Python objects per
 value.  Output is byte-identical to the twin's for compact JSON (what this project stores).
+
+The decoder keeps the twin's envelope handling and builds the message's dict in C
+(:class:`FrameReader`, the twin's ``_FrameReader`` step for step): the informer decodes every
+object of a collection through it, and a 1 MiB Secret's ``[]byte`` becomes its base64 text
+written straight into a str, without the twin's bytes object to decode.
 
 A nested message's length precedes it, and is only known at its end: the writer reserves as
 many length bytes as the rest of the input would need, writes the message, then writes the
@@ -15,19 +20,24 @@ messages).  With no destination it only counts: that is how a list learns its it
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_CheckExact
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
+from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8, PyUnicode_New
 from libc.string cimport memcmp, memcpy, memmove, memchr
-from libc.stdlib cimport malloc, free, strtod
+from libc.stdlib cimport malloc, free, realloc, strtod
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint32_t, uint64_t
+
+import sys
+import weakref
 
 from . import _kubeproto_py
 from ._kubeproto_py import MAGIC, UNKNOWN_TAIL, OBJECT_META, parse_duration
-from .errors import BufferFull, EncodeError, FrameTooLarge
+from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge, TooManyValues
 from .kube_schema import KINDS, SHAPES
 
 __all__ = ["KubeProtoEncoder", "KindEncoder", "KubeProtoDecoder"]
 
 KindEncoder = _kubeproto_py.KindEncoder
-KubeProtoDecoder = _kubeproto_py.KubeProtoDecoder  # request bodies: not a hot path
 
 cdef enum:
     K_STRING = 0
@@ -79,10 +89,17 @@ cdef uint32_t B64Q2[256]
 cdef uint32_t B64Q3[256]
 
 
+# Base64 out: the two characters of every 12 bits, so 3 bytes are two 2-byte copies.
+cdef char B64PAIR[8192]
+
+
 cdef void _init_b64():
     cdef int i
     cdef uint32_t v
     cdef const char* alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    for i in range(4096):
+        B64PAIR[2 * i] = alphabet[i >> 6]
+        B64PAIR[2 * i + 1] = alphabet[i & 63]
     for i in range(256):
         B64DEC[i] = -1
         B64Q0[i] = B64Q1[i] = B64Q2[i] = B64Q3[i] = 1 << 24
@@ -1060,3 +1077,518 @@ class KubeProtoEncoder(_kubeproto_py.KubeProtoEncoder):
         scratch = _Scratch(size)
         self.encode_stored_list_item_into(api_version, kind, stored, resource_version, scratch)
         return bytes(scratch.data)
+
+
+# ---------------------------------------------------------------------------- decoding
+#
+# The twin's _FrameReader in C, the same algorithm step for step, so that both build the same dicts and
+# raise the same errors at the same offsets: a message's fields are indexed first (which checks its
+# framing and stops at the max_values budget), then handled field number by field number in the order
+# each number first appears, every occurrence in wire order.  The rare kinds' text (times out of the
+# fast path's range, durations, raw JSON) comes from the twin's own helpers.
+
+cdef enum:
+    LAST_ON_STACK = 64  # a scope with more fields than this allocates its per-field table
+
+ctypedef struct DField:
+    uint64_t number
+    int kind        # K_*, or -1: an inlined message (its fields are the parent's)
+    int shape
+    int target      # kind MESSAGE: the message's index; an inlined message: its scope's index
+    PyObject* name  # the JSON key (a str the tables keep alive); NULL for an inlined message
+
+ctypedef struct DScope:
+    int message     # whose fields these are (named in errors)
+    int nfields
+    DField* fields  # sorted by number: binary search
+
+ctypedef struct Entry:
+    uint64_t number
+    Py_ssize_t start
+    Py_ssize_t end
+    Py_ssize_t next  # the next entry (index in the message's run) of the same field; -1: none
+    int wire
+    int slot         # index into the scope's fields; -1: not in the message
+    bint first       # the field's first entry: where the field is handled
+
+ctypedef struct Span:
+    Py_ssize_t start
+    Py_ssize_t end
+    int wire
+    bint present
+
+
+cdef Py_ssize_t read_varint(const uint8_t* d, Py_ssize_t pos, Py_ssize_t end, uint64_t* out) except -1:
+    cdef int shift = 0
+    cdef uint64_t value = 0
+    cdef uint8_t b
+    while True:
+        if pos >= end or shift > 63:
+            raise DecodeError("truncated or overlong varint", pos)
+        b = d[pos]
+        pos += 1
+        value |= (<uint64_t>(b & 0x7F)) << shift  # the 10th byte's bits past 64 drop, as the twin masks them
+        if b < 0x80:
+            out[0] = value
+            return pos
+        shift += 7
+
+
+cdef Py_ssize_t next_field(const uint8_t* d, Py_ssize_t pos, Py_ssize_t end, uint64_t* number, int* wire,
+                           Py_ssize_t* vstart, Py_ssize_t* vend) except -1:
+    """The field at ``pos`` (its number, wire type and payload); returns the position past it."""
+    cdef uint64_t tag, n
+    pos = read_varint(d, pos, end, &tag)
+    number[0] = tag >> 3
+    wire[0] = <int>(tag & 7)
+    if number[0] == 0:
+        raise DecodeError("field number 0", pos)
+    if wire[0] == 0:
+        vstart[0] = pos
+        pos = read_varint(d, pos, end, &n)
+    elif wire[0] == 2:
+        pos = read_varint(d, pos, end, &n)
+        if n > <uint64_t>(end - pos):
+            raise DecodeError("length-delimited field past the end of its message", pos)
+        vstart[0] = pos
+        pos += <Py_ssize_t>n
+    elif wire[0] == 1:
+        if pos + 8 > end:
+            raise DecodeError("truncated fixed64", pos)
+        vstart[0] = pos
+        pos += 8
+    elif wire[0] == 5:
+        if pos + 4 > end:
+            raise DecodeError("truncated fixed32", pos)
+        vstart[0] = pos
+        pos += 4
+    else:
+        raise DecodeError(f"unsupported wire type {wire[0]}", pos)
+    vend[0] = pos
+    return pos
+
+
+cdef int scan_small(const uint8_t* d, Py_ssize_t pos, Py_ssize_t end, Span* spans) except -1:
+    """Checks the message ``d[pos:end]`` and keeps the last occurrence of its fields 1-3 in ``spans[1..3]``
+    (a map entry, or a Time, Quantity, IntOrString, FieldsV1 or Duration)."""
+    cdef uint64_t number
+    cdef int wire, k
+    cdef Py_ssize_t vs, ve
+    for k in range(4):
+        spans[k].present = False
+    while pos < end:
+        pos = next_field(d, pos, end, &number, &wire, &vs, &ve)
+        if number <= 3:
+            spans[number].start = vs
+            spans[number].end = ve
+            spans[number].wire = wire
+            spans[number].present = True
+    return 0
+
+
+cdef void b64_encode(const uint8_t* s, Py_ssize_t n, char* o) noexcept nogil:
+    cdef Py_ssize_t i = 0
+    cdef uint32_t v
+    while i + 3 <= n:
+        v = (<uint32_t>s[i] << 16) | (<uint32_t>s[i + 1] << 8) | s[i + 2]
+        memcpy(o, &B64PAIR[(v >> 12) << 1], 2)
+        memcpy(o + 2, &B64PAIR[(v & 0xFFF) << 1], 2)
+        i += 3
+        o += 4
+    if n - i == 1:
+        v = <uint32_t>s[i] << 16
+        memcpy(o, &B64PAIR[(v >> 12) << 1], 2)
+        o[2] = o[3] = 61  # '='
+    elif n - i == 2:
+        v = (<uint32_t>s[i] << 16) | (<uint32_t>s[i + 1] << 8)
+        memcpy(o, &B64PAIR[(v >> 12) << 1], 2)
+        o[2] = B64PAIR[((v & 0xFFF) << 1)]
+        o[3] = 61
+
+
+cdef str b64_text(const uint8_t* s, Py_ssize_t n):
+    """``s[:n]`` as base64 text, written straight into the str (no bytes object to decode)."""
+    cdef str out = PyUnicode_New(((n + 2) // 3) * 4, 127)
+    b64_encode(s, n, <char*>PyUnicode_DATA(out))
+    return out
+
+
+cdef inline void put2(char* o, int v) noexcept nogil:
+    o[0] = <char>(48 + v // 10)
+    o[1] = <char>(48 + v % 10)
+
+
+cdef str time_text(int64_t seconds, uint64_t nanos):
+    """The twin's _time_text for the years 1-9999 and nanos < 10^9: ``YYYY-MM-DDTHH:MM:SS[.frac]Z``."""
+    cdef char buf[32]
+    cdef int64_t days = seconds // 86400, rem = seconds % 86400  # cdivision: truncated, fixed below
+    cdef int64_t z, era, doe, yoe, y, doy, mp, dd, mm
+    cdef int k, n = 19
+    cdef uint64_t frac
+    if rem < 0:
+        rem += 86400
+        days -= 1
+    z = days + 719468  # civil_from_days (H. Hinnant)
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    dd = doy - (153 * mp + 2) // 5 + 1
+    mm = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if mm <= 2 else 0)
+    put2(buf, <int>(y // 100))
+    put2(buf + 2, <int>(y % 100))
+    buf[4] = 45
+    put2(buf + 5, <int>mm)
+    buf[7] = 45
+    put2(buf + 8, <int>dd)
+    buf[10] = 84
+    put2(buf + 11, <int>(rem // 3600))
+    buf[13] = 58
+    put2(buf + 14, <int>(rem // 60 % 60))
+    buf[16] = 58
+    put2(buf + 17, <int>(rem % 60))
+    if nanos:
+        buf[19] = 46
+        frac = nanos
+        for k in range(9):
+            buf[28 - k] = <char>(48 + frac % 10)
+            frac //= 10
+        n = 29
+        while buf[n - 1] == 48:
+            n -= 1
+    buf[n] = 90
+    return PyUnicode_DecodeASCII(buf, n + 1, NULL)
+
+
+cdef class DecodeTables:
+    """A schema's messages as the decoder's C tables: per message and per inlined message in it, its
+    field numbers (sorted) with what they hold."""
+
+    cdef DScope* scopes
+    cdef int nscopes
+    cdef int* roots  # message index -> its scope
+    cdef list names  # message names (for errors)
+    cdef list _keys  # keeps the key strs the tables point to
+    cdef readonly dict index
+    cdef readonly int schema_version  # no reference to the schema itself: it is the key of _TABLES, a weak one
+
+    def __cinit__(self):
+        self.scopes = NULL
+        self.nscopes = 0
+        self.roots = NULL
+
+    def __init__(self, schema):
+        names = schema.message_names()
+        self.schema_version = schema.version
+        self.names = list(names)
+        self.index = {name: i for i, name in enumerate(names)}
+        self._keys = []
+        scopes = []  # (message index, path): the root's path is ()
+        scope_of = {}
+        for i, name in enumerate(names):
+            for path in [()] + sorted(schema.message(name).inlined):
+                scope_of[(i, path)] = len(scopes)
+                scopes.append((i, path))
+        self.roots = <int*>malloc(max(1, len(names)) * sizeof(int))
+        self.scopes = <DScope*>malloc(max(1, len(scopes)) * sizeof(DScope))
+        if self.roots == NULL or self.scopes == NULL:
+            raise MemoryError()
+        for k in range(len(scopes)):
+            self.scopes[k].fields = NULL
+            self.scopes[k].nfields = 0
+        self.nscopes = len(scopes)
+        for k, (i, path) in enumerate(scopes):
+            message = schema.message(names[i])
+            if not path:
+                self.roots[i] = k
+            here = {}  # number -> (kind, shape, target, key)
+            for inner in message.inlined:  # (no negative indexes: the module is compiled without wraparound)
+                if len(inner) == len(path) + 1 and inner[:len(path)] == path:
+                    here[inner[len(path)]] = (-1, 0, scope_of[(i, inner)], None)
+            for f in message.fields:  # a field wins over an inlined message of its number, as in the twin
+                if f.path == path:
+                    here[f.number] = (KINDS.index(f.kind), SHAPES.index(f.shape),
+                                      self.index[f.message] if f.message is not None else -1, sys.intern(f.json_name))
+            table = <DField*>malloc(max(1, len(here)) * sizeof(DField))
+            if table == NULL:
+                raise MemoryError()
+            self.scopes[k].fields = table
+            self.scopes[k].nfields = len(here)
+            self.scopes[k].message = i
+            for j, number in enumerate(sorted(here)):
+                kind, shape, target, key = here[number]
+                table[j].number = number
+                table[j].kind = kind
+                table[j].shape = shape
+                table[j].target = target
+                table[j].name = NULL
+                if key is not None:
+                    self._keys.append(key)
+                    table[j].name = <PyObject*>key
+
+    def __dealloc__(self):
+        if self.scopes != NULL:
+            for k in range(self.nscopes):
+                free(self.scopes[k].fields)
+            free(self.scopes)
+        free(self.roots)
+
+    cdef inline int slot(self, DScope* sc, uint64_t number) noexcept:
+        cdef int lo = 0, hi = sc.nfields - 1, mid
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            if sc.fields[mid].number == number:
+                return mid
+            if sc.fields[mid].number < number:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return -1
+
+
+_TABLES = weakref.WeakKeyDictionary()  # schema -> its DecodeTables (a server makes a decoder per request body)
+
+
+def decode_tables(schema):
+    """The DecodeTables of ``schema`` as it is now (rebuilt after a ``register``)."""
+    tables = _TABLES.get(schema)
+    if tables is None or (<DecodeTables>tables).schema_version != schema.version:
+        tables = _TABLES[schema] = DecodeTables(schema)
+    return tables
+
+
+cdef class FrameReader:
+    """The twin's _FrameReader compiled: builds the JSON-shaped dict of one frame's message, counting
+    its values against ``max_values``."""
+
+    cdef DecodeTables tables
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef const uint8_t* d
+    cdef Py_ssize_t size
+    cdef readonly Py_ssize_t max_values
+    cdef readonly Py_ssize_t values_left
+    cdef Entry* ent  # the indexes of the messages being built, innermost last
+    cdef Py_ssize_t cap
+    cdef Py_ssize_t top
+
+    def __cinit__(self, DecodeTables tables not None, data, Py_ssize_t max_values):
+        self.has_view = False
+        self.ent = NULL
+        self.cap = self.top = 0
+        PyObject_GetBuffer(data, &self.view, PyBUF_SIMPLE)
+        self.has_view = True
+        self.d = <const uint8_t*>self.view.buf
+        self.size = self.view.len
+        self.tables = tables
+        self.max_values = self.values_left = max_values
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+        free(self.ent)
+
+    def count(self, Py_ssize_t n, Py_ssize_t offset):
+        """Counts ``n`` values about to be built for the field at ``offset``."""
+        self.take(n, offset)
+
+    def message(self, str name, Py_ssize_t start, Py_ssize_t end, int depth):
+        """The dict of message ``name`` in ``data[start:end]``."""
+        if not 0 <= start <= end <= self.size:
+            raise ValueError(f"message bounds {start}:{end} outside the {self.size} bytes")
+        return self.build(self.tables.index[name], start, end, depth)
+
+    cdef inline int take(self, Py_ssize_t n, Py_ssize_t offset) except -1:
+        self.values_left -= n
+        if self.values_left < 0:
+            raise TooManyValues(self.max_values, offset)
+        return 0
+
+    cdef dict build(self, int msg, Py_ssize_t start, Py_ssize_t end, int depth):
+        if depth > 100:
+            raise DecodeError("messages nested too deep", start)
+        cdef dict out = {}
+        self.fill(self.tables.roots[msg], start, end, out, depth)
+        return out
+
+    cdef Py_ssize_t index(self, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t most) except -1:
+        """Appends the fields of ``d[pos:end]`` to the entries, at most ``most`` of them; returns how many."""
+        cdef Py_ssize_t base = self.top, vs, ve
+        cdef uint64_t number
+        cdef int wire
+        cdef Entry* grown
+        cdef Entry* e
+        while pos < end:
+            most -= 1
+            if most < 0:  # each field is at least one value: index no more of them than the budget has left
+                raise TooManyValues(self.max_values, pos)
+            pos = next_field(self.d, pos, end, &number, &wire, &vs, &ve)
+            if self.top == self.cap:
+                grown = <Entry*>realloc(self.ent, (self.cap * 2 + 64) * sizeof(Entry))
+                if grown == NULL:
+                    raise MemoryError()
+                self.ent = grown
+                self.cap = self.cap * 2 + 64
+            e = &self.ent[self.top]
+            e.number = number
+            e.wire = wire
+            e.start = vs
+            e.end = ve
+            self.top += 1
+        return self.top - base
+
+    cdef int fill(self, int scope, Py_ssize_t start, Py_ssize_t end, dict out, int depth) except -1:
+        cdef DScope* sc = &self.tables.scopes[scope]
+        cdef Py_ssize_t base = self.top, n, i, j, nxt
+        cdef Py_ssize_t last_on_stack[LAST_ON_STACK]
+        cdef Py_ssize_t* last = last_on_stack
+        cdef Entry* e
+        cdef Entry entry
+        cdef int k
+        try:
+            n = self.index(start, end, self.values_left)
+            if sc.nfields > LAST_ON_STACK:
+                last = <Py_ssize_t*>malloc(sc.nfields * sizeof(Py_ssize_t))
+                if last == NULL:
+                    raise MemoryError()
+            for k in range(sc.nfields):
+                last[k] = -1
+            for i in range(n - 1, -1, -1):  # backwards: each entry learns the next one of its field
+                e = &self.ent[base + i]
+                e.slot = self.tables.slot(sc, e.number)
+                e.first = e.slot < 0
+                e.next = -1
+                if e.slot >= 0:
+                    e.next = last[e.slot]
+                    last[e.slot] = i
+            for k in range(sc.nfields):
+                if last[k] >= 0:
+                    self.ent[base + last[k]].first = True
+            for i in range(n):
+                if not self.ent[base + i].first:
+                    continue
+                j = i
+                while j >= 0:
+                    entry = self.ent[base + j]  # a copy: nested messages may move the entries
+                    self.field(sc, &entry, out, depth)
+                    j = entry.next
+        finally:
+            self.top = base
+            if last != last_on_stack:
+                free(last)
+        return 0
+
+    cdef int field(self, DScope* sc, Entry* entry, dict out, int depth) except -1:
+        cdef DField* f
+        cdef Py_ssize_t s = entry.start
+        cdef PyObject* have
+        cdef Span spans[4]
+        if entry.slot < 0:
+            raise DecodeError(f"{self.tables.names[sc.message]}: field {entry.number} is not in the message", s)
+        f = &sc.fields[entry.slot]
+        if f.kind < 0:
+            if entry.wire != 2:
+                raise DecodeError(f"{self.tables.names[sc.message]}: field {entry.number} is not in the message", s)
+            return self.fill(f.target, s, entry.end, out, depth)  # an inlined message: its fields are the parent's
+        key = <object>f.name
+        if f.shape == S_MAP:  # an entry message: key = 1, value = 2
+            have = PyDict_GetItem(out, key)
+            if have == NULL:
+                self.take(2, s)  # the map's key in ``out``, and the map
+                entries = out[key] = {}
+            else:
+                entries = <object>have
+            self.take(2, s)
+            scan_small(self.d, s, entry.end, spans)
+            name = self.text(spans[1].start, spans[1].end) if spans[1].present else ""
+            entries[name] = self.value(f, spans[2].start, spans[2].end, spans[2].wire, depth) if spans[2].present else None
+        elif f.shape == S_REPEATED:
+            have = PyDict_GetItem(out, key)
+            if have == NULL:
+                self.take(2, s)  # the list's key in ``out``, and the list
+                elements = out[key] = []
+            else:
+                elements = <object>have
+            self.take(1, s)
+            elements.append(self.value(f, s, entry.end, entry.wire, depth))
+        else:
+            self.take(2, s)
+            out[key] = self.value(f, s, entry.end, entry.wire, depth)
+        return 0
+
+    cdef str text(self, Py_ssize_t s, Py_ssize_t e):
+        try:
+            return PyUnicode_DecodeUTF8(<const char*>self.d + s, e - s, NULL)
+        except UnicodeDecodeError:
+            raise DecodeError("a string is not valid UTF-8", s) from None
+
+    cdef uint64_t varint_of(self, Span* span) except? 0xFFFFFFFFFFFFFFFF:
+        """The twin's _int_of: the varint at the start of the span, 0 when the field is absent."""
+        cdef uint64_t n = 0
+        if span.present:
+            read_varint(self.d, span.start, span.end, &n)
+        return n
+
+    cdef object wrong_wire(self, DField* f, Py_ssize_t s):
+        raise DecodeError(f"{<object>f.name}: wrong wire type", s)
+
+    cdef object value(self, DField* f, Py_ssize_t s, Py_ssize_t e, int wire, int depth):
+        cdef int kind = f.kind
+        cdef uint64_t n
+        cdef int64_t seconds
+        cdef double x
+        cdef int k
+        cdef Span spans[4]
+        if kind == K_BOOL or kind == K_INT32 or kind == K_INT64:
+            if wire != 0:
+                return self.wrong_wire(f, s)
+            read_varint(self.d, s, e, &n)
+            if kind == K_BOOL:
+                return n != 0
+            return <int64_t>n
+        if kind == K_DOUBLE:
+            if wire != 1:
+                return self.wrong_wire(f, s)
+            n = 0
+            for k in range(8):  # little-endian, whatever the machine's order
+                n |= (<uint64_t>self.d[s + k]) << (8 * k)
+            memcpy(&x, &n, 8)
+            return x
+        if wire != 2:
+            return self.wrong_wire(f, s)
+        if kind == K_STRING:
+            return self.text(s, e)
+        if kind == K_BYTES:
+            return b64_text(self.d + s, e - s)
+        if kind == K_MESSAGE:
+            return self.build(f.target, s, e, depth + 1)
+        scan_small(self.d, s, e, spans)
+        if kind == K_TIME:
+            seconds = <int64_t>self.varint_of(&spans[1])
+            n = self.varint_of(&spans[2])
+            if -62135596800 <= seconds <= 253402300799 and n < 1000000000:  # 0001-01-01 .. 9999-12-31
+                return time_text(seconds, n)
+            return _kubeproto_py._time_text(seconds, n, s)
+        if kind == K_QUANTITY:
+            return self.text(spans[1].start, spans[1].end) if spans[1].present else ""
+        if kind == K_INTORSTRING:
+            if self.varint_of(&spans[1]) == 1:
+                return self.text(spans[3].start, spans[3].end) if spans[3].present else ""
+            return <int64_t>self.varint_of(&spans[2])
+        if kind == K_RAWJSON:
+            if not spans[1].present:
+                return None
+            raw = PyBytes_FromStringAndSize(<const char*>self.d + spans[1].start, spans[1].end - spans[1].start)
+            return _kubeproto_py._raw_json(self, raw, spans[1].start)
+        if kind == K_DURATION:
+            return _kubeproto_py._duration_text(<int64_t>self.varint_of(&spans[1]))
+        raise AssertionError(kind)
+
+
+class KubeProtoDecoder(_kubeproto_py.KubeProtoDecoder):
+    __doc__ = _kubeproto_py.KubeProtoDecoder.__doc__
+
+    def _reader(self, data):
+        return FrameReader(decode_tables(self.schema), data, self._values_limit)

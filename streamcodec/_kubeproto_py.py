@@ -30,7 +30,7 @@ import math
 import re
 import struct
 import sys
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Protocol, Tuple, Union
 
 from ._framing_py import check_max_values
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge, TooManyValues
@@ -54,6 +54,7 @@ _INT32 = (-(1 << 31), (1 << 31) - 1)
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 _pack_double = struct.Struct("<d").pack
+_unpack_double = struct.Struct("<d").unpack_from
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d\d):(\d\d))\Z"
 )
@@ -270,6 +271,14 @@ def _loads(stored: BytesLike) -> Any:
         raise EncodeError(f"stored value is not valid JSON: {exc}") from None
 
 
+class MessageReader(Protocol):
+    """What builds one frame's message: the twin's :class:`_FrameReader`, or the compiled module's."""
+
+    def count(self, n: int, offset: int) -> None: ...
+
+    def message(self, name: str, start: int, end: int, depth: int) -> Dict[str, Any]: ...
+
+
 class KubeProtoDecoder:
     """Kubernetes' typed protobuf back to JSON-shaped objects (request bodies of client-go's default writes).
 
@@ -277,7 +286,9 @@ class KubeProtoDecoder:
     knows and returns the dict its JSON form would decode to: ``kind``/``apiVersion`` from the
     envelope, ``[]byte`` as base64 text, times as RFC 3339, quantities as text.  Fields the message
     does not declare are refused (:class:`~streamcodec.errors.DecodeError`): a body is checked, not
-    guessed at.  Not a hot path: written for clarity.
+    guessed at.  The compiled module's subclass builds the message in C (the informer decodes every
+    object of a collection through it); this twin is written for clarity, and both give the same
+    objects and raise the same errors at the same offsets.
 
     ``max_values`` (None: no limit) bounds the values of the returned dict, counted as the JSON
     data model has them: the dict 1, each of its keys and values 1 (``kind`` and ``apiVersion``
@@ -306,7 +317,7 @@ class KubeProtoDecoder:
         return self._max_values
 
     def decode(self, frame: BytesLike) -> Dict[str, Any]:
-        data = bytes(frame)
+        data = _frame_bytes(frame)
         if len(data) > self.max_frame_size:
             raise DecodeError(f"frame of {len(data)} bytes exceeds max_frame_size {self.max_frame_size}", 0)
         if data[:4] != MAGIC:
@@ -321,11 +332,26 @@ class KubeProtoDecoder:
         if name is None:
             raise DecodeError(f"no protobuf message is registered for {api_version}/{kind}", 0)
         raw = unknown.get(2, [(4, 4, 2)])[-1]
-        reader = _FrameReader(self.schema, data, self._values_limit)
+        reader = self._reader(data)
         reader.count(5, 0)  # the object, and the kind and apiVersion entries it is given below
         obj = reader.message(name, raw[0], raw[1], 0)
         obj["kind"], obj["apiVersion"] = kind, api_version
         return obj
+
+    def _reader(self, data: "bytes | memoryview") -> "MessageReader":
+        """What builds the message of ``data`` (the compiled module returns its own)."""
+        return _FrameReader(self.schema, data, self._values_limit)
+
+
+def _frame_bytes(frame: BytesLike) -> "bytes | memoryview":
+    """The bytes a frame is read from: bytes as given, a contiguous memoryview read in place as bytes (no
+    1 MiB copy: the informer passes each watch event's object as a view of what it received; the buffer
+    must not change while it is decoded), anything else copied."""
+    if type(frame) is bytes:
+        return frame
+    if isinstance(frame, memoryview) and frame.c_contiguous:
+        return frame.cast("B")
+    return bytes(frame)
 
 
 class _FrameReader:
@@ -333,7 +359,7 @@ class _FrameReader:
 
     __slots__ = ("schema", "data", "max_values", "values_left")
 
-    def __init__(self, schema: KubeSchema, data: bytes, max_values: int) -> None:
+    def __init__(self, schema: KubeSchema, data: BytesLike, max_values: int) -> None:
         self.schema = schema
         self.data = data
         self.max_values = max_values
@@ -396,11 +422,11 @@ class _FrameReader:
             if wire != 0:
                 raise DecodeError(f"{f.json_name}: wrong wire type", s)
             n = _read_varint(data, s, e)[0]
-            if kind == "BOOL":
-                return bool(n)
-            return n - (1 << 64) if n >= 1 << 63 else n
+            return bool(n) if kind == "BOOL" else _signed(n)
         if kind == "DOUBLE":
-            return struct.unpack("<d", data[s:e])[0]
+            if wire != 1:
+                raise DecodeError(f"{f.json_name}: wrong wire type", s)
+            return _unpack_double(data, s)[0]
         if wire != 2:
             raise DecodeError(f"{f.json_name}: wrong wire type", s)
         if kind == "STRING":
@@ -412,29 +438,51 @@ class _FrameReader:
             return self.message(f.message, s, e, depth + 1)
         inner = _fields(data, s, e)
         if kind == "TIME":
-            seconds = _int_of(data, inner.get(1))
-            nanos = _int_of(data, inner.get(2))
-            moment = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=seconds)
-            text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-            return text + (f".{nanos:09d}".rstrip("0") if nanos else "") + "Z"
+            return _time_text(_signed(_int_of(data, inner.get(1))), _int_of(data, inner.get(2)), s)
         if kind == "QUANTITY":
             return _text(data, inner.get(1))
         if kind == "INTORSTRING":
             if _int_of(data, inner.get(1)) == 1:
                 return _text(data, inner.get(3))
-            n = _int_of(data, inner.get(2))
-            return n - (1 << 64) if n >= 1 << 63 else n
+            return _signed(_int_of(data, inner.get(2)))
         if kind == "RAWJSON":
             raw = inner.get(1)
-            if not raw:
-                return None
-            raw_json = data[raw[-1][0]:raw[-1][1]]
-            self.count(_json_value_count(raw_json) - 1, raw[-1][0])  # the field counted the value itself
-            return json.loads(raw_json)
+            return _raw_json(self, data[raw[-1][0]:raw[-1][1]], raw[-1][0]) if raw else None
         if kind == "DURATION":
-            n = _int_of(data, inner.get(1))
-            return f"{n / 1e9:g}s"
+            return _duration_text(_signed(_int_of(data, inner.get(1))))
         raise AssertionError(kind)
+
+
+def _signed(n: int) -> int:
+    """A varint's 64 bits as Go's int64 (negative numbers are written as 10-byte two's complement)."""
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
+_UNIX_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _time_text(seconds: int, nanos: int, offset: int) -> str:
+    """The RFC 3339 text of a ``metav1.Time`` {1: seconds, 2: nanos}; DecodeError past the years 1-9999."""
+    try:
+        t = _UNIX_EPOCH + datetime.timedelta(seconds=seconds)
+    except OverflowError:
+        raise DecodeError(f"a time {seconds} s from the epoch is out of range", offset) from None
+    # not strftime: its %Y does not pad the years before 1000 to 4 digits, as RFC 3339 (and Go) do
+    text = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+    return text + (f".{nanos:09d}".rstrip("0") if nanos else "") + "Z"
+
+
+def _duration_text(nanoseconds: int) -> str:
+    """The text of a ``metav1.Duration`` {1: nanoseconds}, as :func:`parse_duration` reads it back."""
+    return f"{nanoseconds / 1e9:g}s"
+
+
+def _raw_json(reader: MessageReader, raw: BytesLike, offset: int) -> Any:
+    """The value of a ``FieldsV1``/``RawExtension``'s JSON bytes, counted against the reader's ``max_values``
+    first (the field counted the value itself)."""
+    raw = bytes(raw)
+    reader.count(_json_value_count(raw) - 1, offset)
+    return json.loads(raw)
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -451,7 +499,7 @@ def _json_value_count(text: bytes) -> int:
     return 1 + bare.count(b",") + bare.count(b":") + opened
 
 
-def _read_varint(data: bytes, pos: int, end: int) -> Tuple[int, int]:
+def _read_varint(data: BytesLike, pos: int, end: int) -> Tuple[int, int]:
     shift = value = 0
     while True:
         if pos >= end or shift > 63:
@@ -471,7 +519,7 @@ class _TooManyFields(Exception):
         self.offset = offset
 
 
-def _fields(data: bytes, start: int, end: int, most: int = sys.maxsize) -> Dict[int, List[Tuple[int, int, int]]]:
+def _fields(data: BytesLike, start: int, end: int, most: int = sys.maxsize) -> Dict[int, List[Tuple[int, int, int]]]:
     """The fields of a message in ``data[start:end]``: number -> [(start, end, wire)] of their payloads.
 
     At most ``most`` of them (_TooManyFields beyond): the index itself costs ~100 bytes a field.
@@ -511,17 +559,17 @@ def _fields(data: bytes, start: int, end: int, most: int = sys.maxsize) -> Dict[
     return out
 
 
-def _text(data: bytes, items: Optional[List[Tuple[int, int, int]]]) -> str:
+def _text(data: BytesLike, items: Optional[List[Tuple[int, int, int]]]) -> str:
     if not items:
         return ""
     s, e, _ = items[-1]
     try:
-        return data[s:e].decode("utf-8")
+        return str(data[s:e], "utf-8")  # bytes or a memoryview (the informer's watch frames)
     except UnicodeDecodeError:
         raise DecodeError("a string is not valid UTF-8", s) from None
 
 
-def _int_of(data: bytes, items: Optional[List[Tuple[int, int, int]]]) -> int:
+def _int_of(data: BytesLike, items: Optional[List[Tuple[int, int, int]]]) -> int:
     return _read_varint(data, items[-1][0], items[-1][1])[0] if items else 0
 
 

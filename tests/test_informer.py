@@ -17,11 +17,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import streamcodec
 from streamcodec.informer import InformerError, InformerEvent, Reflector
 from streamcodec.local_etcd import EtcdProcess
 from tests.apiserver_harness import ServerThread, free_port
+from tests.fuzz import examples
 from tests.kube_apiserver_harness import KubeAPIServer, provision_kube_apiserver
 
 pytestmark = [pytest.mark.etcd]
@@ -434,6 +437,41 @@ def test_readers_cut_real_bodies_anywhere(etcd35: EtcdProcess, content_type: str
             small.feed(piece)
         small.close()
 
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=6), enveloped=st.lists(st.booleans(), min_size=6, max_size=6),
+       pieces=st.lists(st.integers(1, 7000), min_size=1, max_size=5), cut=st.integers(1, 3))
+def test_protobuf_watch_frames_cut_anywhere_decode_as_whole(sizes: List[int], enveloped: List[bool], pieces: List[int],
+                                                            cut: int) -> None:
+    """A protobuf watch stream of frames large and small, bare WatchEvents or in the ``k8s\\x00`` envelope
+    kube-apiserver writes, fed in pieces of any size: the events of the whole stream, each object decoded
+    where it lies or from the reader's reused buffer; a stream cut inside a frame is an error at close."""
+    from streamcodec import _kubeproto_py as kp
+    from streamcodec.informer import DecodeFailed, ProtoWatchReader
+
+    encoder = kp.KubeProtoEncoder()
+    stream, expected = b"", []
+    for i, size in enumerate(sizes):
+        obj = {"metadata": {"name": f"s{i}", "resourceVersion": str(i + 1)},  # in the order decoding builds it
+               "data": {"k": b64(bytes(range(256)) * (size // 256) + bytes(size % 256))}, "kind": "Secret", "apiVersion": "v1"}
+        frame = encoder.encode_event("ADDED", obj)
+        if enveloped[i]:
+            event = frame[4:]
+            unknown = kp.MAGIC + kp._len_field(1, kp._len_field(1, b"v1") + kp._len_field(2, b"WatchEvent")) \
+                + kp._len_field(2, event) + kp.UNKNOWN_TAIL
+            frame = len(unknown).to_bytes(4, "big") + unknown
+        stream += frame
+        expected.append(("ADDED", obj))
+    reader = ProtoWatchReader()
+    got = [e for piece in _pieces(stream, pieces) for e in reader.feed(piece)]
+    reader.close()
+    assert repr(got) == repr(expected)
+    truncated = ProtoWatchReader()
+    for piece in _pieces(stream[:-cut], pieces):
+        truncated.feed(piece)
+    with pytest.raises(DecodeFailed):
+        truncated.close()
 
 async def test_backs_off_on_429_as_retry_after_says(etcd35: EtcdProcess) -> None:
     """With its one bulk-stream slot held by a client that reads nothing, our server answers 429 with

@@ -2,20 +2,26 @@
 
 Every frame is decoded by the oracle (tests/kube_proto.py: the official .proto files compiled with
 grpcio-tools, strict about unknown fields) and compared with the JSON it came from; the compiled
-transcoder and its pure-Python twin must write the same bytes.
+transcoder and its pure-Python twin must write the same bytes, and the compiled KubeProtoDecoder and
+its twin must build the same objects (types and key order too) or raise the same errors at the same
+offsets, on random objects of every kind, damaged ones and messages made field by field on the wire.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from benchmarks import fixtures
-from streamcodec import BufferPool, EncodeError, FrameTooLarge, _kubeproto_py
+from streamcodec import BufferPool, DecodeError, EncodeError, FrameTooLarge, _kubeproto_py
 from streamcodec.kube_schema import DEFAULT_SCHEMA, KubeSchema
+from tests.fuzz import examples
+from tests.test_max_values import count
 
 try:
     from streamcodec import _kubeproto as _compiled
@@ -248,3 +254,228 @@ def test_the_decoder_refuses_what_the_message_does_not_declare() -> None:
         KubeProtoDecoder().decode(b"k8s\x00\x0a\x05")
     with pytest.raises(DecodeError):
         KubeProtoDecoder().decode(b"{}")
+
+
+# ---------------------------------------------------------------------------
+# KubeProtoDecoder: the compiled one and its twin build the same objects and raise the same errors
+
+DECODERS = {impl: mod.KubeProtoDecoder for impl, mod in IMPLEMENTATIONS.items()}
+MIN_SECONDS, MAX_SECONDS = -62135596800, 253402300799  # 0001-01-01T00:00:00Z, 9999-12-31T23:59:59Z
+json_values = st.recursive(
+    st.one_of(st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=6)),
+    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.text(max_size=4), children, max_size=3)),
+    max_leaves=8,
+)
+times = st.builds(lambda s, n: _kubeproto_py._time_text(s, n, 0), st.integers(MIN_SECONDS, MAX_SECONDS),
+                  st.one_of(st.just(0), st.integers(0, 10**9 - 1)))
+SCALARS = {
+    "STRING": st.text(max_size=8),
+    "BYTES": st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+    "BOOL": st.booleans(),
+    "INT32": st.integers(-(2**31), 2**31 - 1),
+    "INT64": st.integers(-(2**63), 2**63 - 1),
+    "DOUBLE": st.floats(allow_nan=False, allow_infinity=False),
+    "TIME": times,
+    "QUANTITY": st.one_of(st.sampled_from(["1", "250m", "10Gi", "1.5e3"]), st.text(max_size=5)),
+    "INTORSTRING": st.one_of(st.integers(-(2**31), 2**31 - 1), st.text(max_size=5)),
+    "RAWJSON": json_values,
+    "DURATION": st.integers(-(10**15), 10**15).map(lambda n: f"{n}ns"),
+}
+_MESSAGES: Dict[Any, Any] = {}
+
+
+def message_values(name: str, depth: int) -> Any:
+    """JSON objects of message ``name`` (the encoder's input): any subset of its keys, nested ``depth`` deep."""
+    key = (name, depth)
+    if key not in _MESSAGES:
+        _MESSAGES[key] = st.deferred(lambda: st.fixed_dictionaries(
+            {}, optional={f.json_name: field_values(f, depth) for f in DEFAULT_SCHEMA.message(name).fields}))
+    return _MESSAGES[key]
+
+
+def field_values(f: Any, depth: int) -> Any:
+    one = (message_values(f.message, depth - 1) if depth > 0 else st.just({})) if f.kind == "MESSAGE" else SCALARS[f.kind]
+    if f.shape == "REPEATED":
+        return st.lists(one, max_size=3)
+    if f.shape == "MAP":
+        return st.dictionaries(st.text(max_size=5), st.one_of(one, st.none()), max_size=3)
+    return one
+
+
+kube_objects = st.sampled_from(DEFAULT_SCHEMA.kinds()).flatmap(
+    lambda k: message_values(DEFAULT_SCHEMA.message_name(*k) or "", 2).map(lambda o: {**o, "apiVersion": k[0], "kind": k[1]}))
+
+
+def decoded(decoder: Any, frame: Any) -> str:
+    """What decoding gives, as its repr (types, key order and all), or the error's type, text and offset."""
+    try:
+        return repr(("ok", decoder.decode(frame)))
+    except Exception as exc:  # noqa: BLE001  (whatever either raises, the other must raise too)
+        return repr((type(exc).__name__, str(exc), getattr(exc, "offset", None)))
+
+
+def agree(frame: Any, max_values: Any = None) -> str:
+    """The outcome of both decoders, which must be the same."""
+    outcomes = {impl: decoded(cls(max_values=max_values), frame) for impl, cls in DECODERS.items()}
+    assert outcomes["compiled"] == outcomes["twin"], frame
+    return outcomes["twin"]
+
+
+def secret_with_time(seconds: int, nanos: int) -> bytes:
+    def ld(number: int, payload: bytes) -> bytes:
+        return _kubeproto_py._len_field(number, payload)
+
+    time = b"\x08" + _kubeproto_py._varint(seconds) + (b"\x10" + _kubeproto_py._varint(nanos) if nanos else b"")
+    return _kubeproto_py.KubeProtoEncoder()._object_frame("v1", "Secret", ld(1, ld(8, time)))
+
+
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(obj=kube_objects, data=st.data())
+def test_compiled_and_twin_decoders_agree_on_random_objects(obj: Dict[str, Any], data: st.DataObject) -> None:
+    frame = _kubeproto_py.KubeProtoEncoder().encode(obj)
+    whole = agree(frame)
+    assert whole.startswith("('ok'"), whole
+    back = DECODERS["compiled"]().decode(frame)
+    assert agree(memoryview(frame)) == agree(bytearray(frame)) == whole  # read in place, or copied: the same
+    limit = data.draw(st.integers(1, count(back) + 1))
+    agree(frame, limit)
+
+
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(obj=kube_objects, edits=st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "repeat"]), st.floats(0, 1),
+                                                  st.binary(min_size=1, max_size=6)), min_size=1, max_size=3),
+       limit=st.one_of(st.none(), st.integers(1, 60)))
+def test_compiled_and_twin_decoders_agree_on_damaged_messages(obj: Dict[str, Any], edits: List[Any], limit: Any) -> None:
+    """Bytes flipped, cut, inserted or repeated inside the message (the envelope intact): the same object, or
+    the same error at the same offset, with or without a max_values."""
+    enc = _kubeproto_py.KubeProtoEncoder()
+    body = bytearray(enc._body(obj["apiVersion"], obj["kind"], obj, None))
+    for op, where, extra in edits:
+        at = int(where * len(body))
+        if op == "flip" and body:
+            body[min(at, len(body) - 1)] ^= extra[0]
+        elif op == "cut":
+            del body[at:]
+        elif op == "insert":
+            body[at:at] = extra
+        else:
+            body[at:at] = body[at:at + extra[0] % 16]
+    agree(enc._object_frame(obj["apiVersion"], obj["kind"], bytes(body)), limit)
+
+
+@pytest.mark.parametrize("seconds, nanos, text", [
+    (0, 0, "1970-01-01T00:00:00Z"),
+    (-1, 0, "1969-12-31T23:59:59Z"),
+    (1700000000, 120000000, "2023-11-14T22:13:20.12Z"),
+    (MIN_SECONDS, 0, "0001-01-01T00:00:00Z"),
+    (-59011459200, 0, "0100-01-01T00:00:00Z"),  # padded to 4 digits, as Go writes it
+    (951782400, 0, "2000-02-29T00:00:00Z"),
+    (MAX_SECONDS, 5, "9999-12-31T23:59:59.000000005Z"),
+    (MAX_SECONDS, 10**9, "9999-12-31T23:59:59.1Z"),  # nanos past a second: the twin's text, from the twin
+    (MAX_SECONDS + 1, 0, None),
+    (MIN_SECONDS - 1, 0, None),
+    (-(2**63), 0, None),
+])
+def test_times_read_the_same_in_both_decoders(seconds: int, nanos: int, text: Any) -> None:
+    for cls in DECODERS.values():
+        frame = secret_with_time(seconds, nanos)
+        if text is None:
+            with pytest.raises(DecodeError, match="out of range"):
+                cls().decode(frame)
+        else:
+            assert cls().decode(frame)["metadata"]["creationTimestamp"] == text
+    agree(secret_with_time(seconds, nanos))
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(seconds=st.one_of(st.integers(MIN_SECONDS - 10, MAX_SECONDS + 10), st.integers(-(2**63), 2**63 - 1)),
+       nanos=st.one_of(st.integers(0, 10**9 + 10), st.integers(0, 2**64 - 1)))
+def test_random_times_read_the_same_in_both_decoders(seconds: int, nanos: int) -> None:
+    agree(secret_with_time(seconds, nanos))
+
+
+def test_the_compiled_decoder_follows_its_schema_as_it_changes() -> None:
+    schema = KubeSchema({("example.com/v1", "Widget"): "example.Widget"},
+                        {"example.Widget": [("size", 2, "INT64", None, "ONE")]})
+    frame = _kubeproto_py.KubeProtoEncoder(schema)._object_frame("example.com/v1", "Widget", b"\x10\x03\x1a\x01\xff")
+    for cls in DECODERS.values():
+        with pytest.raises(DecodeError, match="field 3 is not in the message"):
+            cls(schema).decode(frame)
+    schema.register({}, {"example.Widget": [("size", 2, "INT64", None, "ONE"), ("blob", 3, "BYTES", None, "ONE")]})
+    for cls in DECODERS.values():
+        assert cls(schema).decode(frame) == {"size": 3, "blob": "/w==", "kind": "Widget", "apiVersion": "example.com/v1"}
+
+
+def _wire_field(number: int, wire: int, payload: Any) -> bytes:
+    tag = _kubeproto_py._varint(number << 3 | wire)
+    if wire == 0:
+        return tag + _kubeproto_py._varint(payload)
+    if wire == 2:
+        return tag + _kubeproto_py._varint(len(payload)) + payload
+    return tag + payload
+
+
+def wire_values(payload: Any, wire: int = 2) -> Any:
+    """One field's value: ``payload`` as wire type ``wire`` mostly, else as any other wire type."""
+    right = payload.map(lambda v: (wire, v))
+    wrong = [st.integers(0, 2**64 - 1).map(lambda v: (0, v)), st.binary(min_size=8, max_size=8).map(lambda b: (1, b)),
+             st.binary(min_size=4, max_size=4).map(lambda b: (5, b)), st.binary(max_size=6).map(lambda b: (2, b))]
+    return st.one_of(*[right] * 12, *wrong)
+
+
+SCALAR_WIRES = {"BOOL": (0, st.integers(0, 2**64 - 1)), "INT32": (0, st.integers(0, 2**64 - 1)),
+                "INT64": (0, st.integers(0, 2**64 - 1)), "DOUBLE": (1, st.binary(min_size=8, max_size=8))}
+
+
+#: the small messages of Time, Quantity, IntOrString, FieldsV1 and Duration, and map entries: fields 1-3
+small_messages = st.lists(st.one_of(
+    st.tuples(st.integers(1, 4), wire_values(st.integers(0, 2**64 - 1), 0)),
+    st.tuples(st.integers(1, 4), wire_values(st.one_of(
+        st.binary(max_size=6), st.text(max_size=4).map(str.encode), json_values.map(lambda v: json.dumps(v).encode())))),
+), max_size=4).map(lambda fs: b"".join(_wire_field(n, *wp) for n, wp in fs))
+_RAW: Dict[Any, Any] = {}
+
+
+def raw_messages(name: str, depth: int) -> Any:
+    """Messages of ``name`` built field by field on the wire: the schema's field numbers (and a few others)
+    with a value of the field's type or of any other wire type, a field repeated or out of order."""
+    from streamcodec import _kube_schema_data
+
+    key = (name, depth)
+    if key not in _RAW:
+        specs = _kube_schema_data.MESSAGES[name]
+
+        def payload(spec: Any) -> Any:
+            _, _, kind, message, shape = spec
+            if kind in SCALAR_WIRES and shape != "MAP":
+                return wire_values(SCALAR_WIRES[kind][1], SCALAR_WIRES[kind][0])
+            if kind in SCALAR_WIRES:
+                inner = SCALAR_WIRES[kind][1].map(lambda v: _wire_field(2, SCALAR_WIRES[kind][0], v))
+                return wire_values(st.text(max_size=3).map(lambda k: _wire_field(1, 2, k.encode())).flatmap(
+                    lambda k: inner.map(lambda v: k + v)))
+            if kind == "MESSAGE":
+                inner = raw_messages(message, depth - 1) if depth > 0 else st.just(b"")
+            elif kind in ("STRING", "BYTES"):
+                inner = st.one_of(st.text(max_size=6).map(str.encode), st.binary(max_size=6))
+            else:
+                inner = small_messages
+            if shape == "MAP":
+                inner = st.tuples(st.text(max_size=3).map(str.encode), inner).map(
+                    lambda kv: _wire_field(1, 2, kv[0]) + _wire_field(2, 2, kv[1]))
+            return wire_values(inner)
+
+        known = st.sampled_from(specs).flatmap(lambda spec: payload(spec).map(lambda wp: _wire_field(spec[1], *wp)))
+        unknown = st.tuples(st.integers(1, 40), wire_values(st.binary(max_size=4))).map(lambda t: _wire_field(t[0], *t[1]))
+        field = st.one_of(*[known] * 15, unknown) if specs else st.just(b"")
+        _RAW[key] = st.deferred(lambda: st.lists(field, max_size=5).map(b"".join))
+    return _RAW[key]
+
+
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), limit=st.one_of(st.none(), st.integers(1, 40)))
+def test_compiled_and_twin_decoders_agree_on_random_wire_messages(data: st.DataObject, limit: Any) -> None:
+    """Wrong wire types, invalid UTF-8, unknown and inlined fields, broken times and raw JSON: the same
+    outcome from both decoders."""
+    api_version, kind = data.draw(st.sampled_from(DEFAULT_SCHEMA.kinds()))
+    body = data.draw(raw_messages(DEFAULT_SCHEMA.message_name(api_version, kind) or "", 3))
+    agree(_kubeproto_py.KubeProtoEncoder()._object_frame(api_version, kind, body), limit)

@@ -14,6 +14,11 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import streamcodec
+from streamcodec._kubeproto_py import _fields as kubeproto_fields
+from streamcodec._kubeproto_py import _int_of as kubeproto_int
+from streamcodec._kubeproto_py import _len_field
+from streamcodec._kubeproto_py import _text as kubeproto_text
+from streamcodec._kubeproto_py import _varint as _encode_varint
 from streamcodec.formats import FORMATS, PROTOBUF_MAGIC
 from streamcodec.kube_schema import KubeSchema
 
@@ -191,7 +196,8 @@ class JSONListReader:
 
 # ----------------------------------------------------------------------------- Kubernetes protobuf
 def _varint(data: Any, pos: int, end: int) -> Tuple[int, int]:
-    """(value, next position); (-1, pos) when the varint is not complete before ``end``."""
+    """(value, next position); (-1, pos) when the varint is not complete before ``end`` (more may come:
+    unlike the decoder's reader of complete messages, a list body is read as it arrives)."""
     shift = value = 0
     start = pos
     while pos < end:
@@ -206,64 +212,38 @@ def _varint(data: Any, pos: int, end: int) -> Tuple[int, int]:
     return -1, start
 
 
-def _fields(data: Any, start: int, end: int) -> Dict[int, Any]:
-    """The last value of each field of a complete message: varints as int, length-delimited as (start, end)."""
-    out: Dict[int, Any] = {}
-    pos = start
-    while pos < end:
-        tag, pos = _varint(data, pos, end)
-        if tag < 0:
-            raise DecodeFailed("a truncated field tag")
-        wire = tag & 7
-        if wire == 0:
-            v, pos = _varint(data, pos, end)
-            if v < 0:
-                raise DecodeFailed("a truncated varint")
-            out[tag >> 3] = v
-        elif wire == 2:
-            n, pos = _varint(data, pos, end)
-            if n < 0 or pos + n > end:
-                raise DecodeFailed("a length-delimited field past its message's end")
-            out[tag >> 3] = (pos, pos + n)
-            pos += n
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        else:
-            raise DecodeFailed(f"unsupported protobuf wire type {wire}")
-    if pos != end:
-        raise DecodeFailed("a field past its message's end")
-    return out
+Fields = Dict[int, List[Tuple[int, int, int]]]
 
 
-def _text(data: Any, span: Any) -> str:
-    if not isinstance(span, tuple):
-        return ""
+def _fields(data: Any, start: int, end: int) -> Fields:
+    """The fields of a complete message (the decoder's own index of them: number -> [(start, end, wire)])."""
     try:
-        return bytes(data[span[0]:span[1]]).decode("utf-8")
-    except UnicodeDecodeError:
+        return kubeproto_fields(data, start, end)
+    except streamcodec.DecodeError as exc:
+        raise DecodeFailed(f"a malformed protobuf message: {exc}") from None
+
+
+def _span(fields: Fields, number: int) -> Optional[Tuple[int, int]]:
+    """The payload of field ``number``'s last occurrence when it is length-delimited, else None."""
+    items = fields.get(number)
+    return (items[-1][0], items[-1][1]) if items and items[-1][2] == 2 else None
+
+
+def _text(data: Any, fields: Fields, number: int) -> str:
+    try:
+        return kubeproto_text(data, fields.get(number))
+    except streamcodec.DecodeError:
         raise DecodeFailed("a protobuf string that is not UTF-8") from None
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
-
-
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _list_meta(data: Any, span: Tuple[int, int]) -> Dict[str, Any]:
     f = _fields(data, *span)
-    meta: Dict[str, Any] = {"resourceVersion": _text(data, f.get(2))}
-    if _text(data, f.get(3)):
-        meta["continue"] = _text(data, f.get(3))
-    if isinstance(f.get(4), int):
-        meta["remainingItemCount"] = f[4]
+    meta: Dict[str, Any] = {"resourceVersion": _text(data, f, 2)}
+    if _text(data, f, 3):
+        meta["continue"] = _text(data, f, 3)
+    remaining = f.get(4)
+    if remaining and remaining[-1][2] == 0:
+        meta["remainingItemCount"] = kubeproto_int(data, remaining)
     return meta
 
 
@@ -273,7 +253,7 @@ class _ProtoBase:
         self._decoder = streamcodec.KubeProtoDecoder(schema, max_frame_size=max_object_bytes + 1024) \
             if schema is not None else streamcodec.KubeProtoDecoder(max_frame_size=max_object_bytes + 1024)
 
-    def _object(self, frame: bytes) -> Dict[str, Any]:
+    def _object(self, frame: "bytes | memoryview") -> Dict[str, Any]:
         try:
             return dict(self._decoder.decode(frame))
         except streamcodec.DecodeError as exc:
@@ -337,8 +317,8 @@ class ProtoListReader(_ProtoBase):
                 break
             if not in_list and number == 1:  # runtime.Unknown's TypeMeta
                 f = _fields(buf, q, q + size)
-                self._api_version = _text(buf, f.get(1))
-                kind = _text(buf, f.get(2))
+                self._api_version = _text(buf, f, 1)
+                kind = _text(buf, f, 2)
                 self.head.update(apiVersion=self._api_version, kind=kind)
                 self._item_kind = kind[:-4] if kind.endswith("List") else kind
             elif in_list and number == 1:
@@ -374,59 +354,86 @@ class ProtoWatchReader(_ProtoBase):
 
     def __init__(self, schema: Optional[KubeSchema] = None, max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> None:
         super().__init__(schema, max_object_bytes)
-        # the pieces received since the last complete frame: joined once a frame is complete, so a 1 MiB
-        # frame is copied once (a growing bytearray would copy it again at every reallocation)
-        self._parts: List[bytes] = []
-        self._have = 0
-        self._need = 4  # bytes that complete the next frame (its length prefix, then the frame)
+        # The frame being received, in a buffer kept from frame to frame: pieces are copied into memory
+        # already faulted in, not joined into a new 1 MiB bytes per frame (fresh pages: a page fault each
+        # 4 KiB, which cost more than the copy).  It grows to the largest frame as its bytes arrive, so a
+        # length prefix alone commits no memory.  Frames whole in one piece are decoded where they are.
+        self._buf = bytearray()
+        self._have = 0  # bytes of _buf in use: a length prefix, then (part of) its frame
 
     def feed(self, data: bytes) -> List[WatchEvent]:
-        if not data:
-            return []
-        self._parts.append(data)
-        self._have += len(data)
         out: List[WatchEvent] = []
-        while self._have >= self._need:
-            buf = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-            self._parts = []
-            p, n = 0, len(buf)
-            with memoryview(buf) as view:
-                while n - p >= 4:
-                    size = int.from_bytes(view[p:p + 4], "big")
-                    if size > self.max_object_bytes + 1024:
-                        raise DecodeFailed(f"a watch event of {size} bytes, more than {self.max_object_bytes}")
+        with memoryview(data) as piece:
+            p, n = 0, len(piece)
+            if self._have:
+                p = self._buffer(piece, out)
+            if not self._have:
+                while n - p >= 4:  # frames whole in the piece
+                    size = self._size(piece[p:p + 4])
                     if n - p - 4 < size:
                         break
-                    out.append(self._event(view[p + 4:p + 4 + size]))
+                    out.append(self._event(piece[p + 4:p + 4 + size]))
                     p += 4 + size
-                rest = view[p:].tobytes() if p < n else b""
-            del buf
-            self._parts = [rest] if rest else []
-            self._have = len(rest)
-            self._need = 4 + int.from_bytes(rest[:4], "big") if len(rest) >= 4 else 4
-            if len(rest) < 4 or self._have < self._need:
-                break
+                if p < n:
+                    self._buffer(piece[p:], out)  # the start of a frame: never completes it
         return out
 
-    def _event(self, frame: Any) -> WatchEvent:
+    def _size(self, prefix: Any) -> int:
+        size = int.from_bytes(prefix, "big")
+        if size > self.max_object_bytes + 1024:
+            raise DecodeFailed(f"a watch event of {size} bytes, more than {self.max_object_bytes}")
+        return size
+
+    def _reserve(self, size: int, most: int) -> None:
+        """Room for ``size`` bytes: a new buffer (a resize could be refused while a view of the old one is
+        held), at least twice the old one so that a large frame is copied a bounded number of times, and
+        at most ``most``."""
+        if len(self._buf) < size:
+            grown = bytearray(min(most, max(size, 2 * len(self._buf), 64 * 1024)))
+            with memoryview(self._buf) as old:
+                grown[:self._have] = old[:self._have]
+            self._buf = grown
+
+    def _buffer(self, piece: memoryview, out: List[WatchEvent]) -> int:
+        """Adds the start of ``piece`` to the buffered frame (its length prefix, then the frame), decoding
+        the frame once whole; returns the bytes of ``piece`` used."""
+        p = 0
+        if self._have < 4:
+            p = min(4 - self._have, len(piece))
+            self._reserve(4, 4 + self.max_object_bytes + 1024)
+            self._buf[self._have:self._have + p] = piece[:p]
+            self._have += p
+            if self._have < 4:
+                return p
+        need = 4 + self._size(self._buf[:4])
+        k = min(need - self._have, len(piece) - p)
+        self._reserve(self._have + k, need)
+        self._buf[self._have:self._have + k] = piece[p:p + k]  # same length: a copy in place
+        self._have += k
+        if self._have == need:
+            self._have = 0
+            with memoryview(self._buf) as buf:
+                out.append(self._event(buf[4:need]))
+        return p + k
+
+    def _event(self, frame: memoryview) -> WatchEvent:
         start, end = 0, len(frame)
         if frame[:4] == MAGIC:  # the envelope around the WatchEvent
-            unknown = _fields(frame, 4, end)
-            raw = unknown.get(2)
-            if not isinstance(raw, tuple):
+            raw = _span(_fields(frame, 4, end), 2)
+            if raw is None:
                 raise DecodeFailed("a watch frame without a WatchEvent")
             start, end = raw
         event = _fields(frame, start, end)
-        type_ = _text(frame, event.get(1))
-        ext = event.get(2)
-        if not type_ or not isinstance(ext, tuple):
+        type_ = _text(frame, event, 1)
+        ext = _span(event, 2)
+        if not type_ or ext is None:
             raise DecodeFailed("a WatchEvent without a type or an object")
-        raw_obj = _fields(frame, *ext).get(1)
-        if not isinstance(raw_obj, tuple):
+        raw_obj = _span(_fields(frame, *ext), 1)
+        if raw_obj is None:
             raise DecodeFailed("a WatchEvent whose object has no raw bytes")
-        return type_, self._object(bytes(frame[raw_obj[0]:raw_obj[1]]))
+        return type_, self._object(frame[raw_obj[0]:raw_obj[1]])  # a view: the decoder reads it in place
 
     def close(self) -> None:
         if self._have:
-            n, self._parts, self._have = self._have, [], 0
+            n, self._have = self._have, 0
             raise DecodeFailed(f"the watch stream ended inside an event ({n} bytes)")
