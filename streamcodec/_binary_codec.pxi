@@ -23,14 +23,15 @@
 # and anywhere in the module:
 #   check_raw_frame(p, n)  EncodeError unless p[:n] can be an object frame
 #   scan_frame(...)        the resumable scanner (see _framing_py's _scan)
-#   build_item(data, &pos, base)  the object of a scanned item at pos
+#   build_item(data, &pos, base, unique)  the object of a scanned item at pos
+#                     (map entries stored with set_entry)
 # It then subclasses _ScratchEncoder for integer, real, check_list_count and
 # put_items_head, and _CompiledStreamDecoder for the decoder's docstring.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.dict cimport PyDict_Next, PyDict_Size
+from cpython.dict cimport PyDict_Next, PyDict_SetItem, PyDict_Size
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -39,13 +40,14 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memmove
 
-from ._framing_py import StreamDecoderBase, check_limits, check_list_header
+from ._framing_py import StreamDecoderBase, check_limits, check_list_header, duplicate_key
 from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge, TooManyValues
 from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH
 from .pool import PoolBuffer
 
 
 cdef extern from "Python.h":
+    Py_ssize_t PyDict_GET_SIZE(object o)
     bint PyUnicode_IS_COMPACT_ASCII(object o)
     void* PyUnicode_DATA(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
@@ -624,9 +626,18 @@ class _CompiledStreamDecoder(StreamDecoderBase):
         # The view also keeps a bytearray from being resized while it is read.
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            return build_item(<const uint8_t*>view.buf, &pos, base)
+            return build_item(<const uint8_t*>view.buf, &pos, base, self._unique_keys)
         finally:
             PyBuffer_Release(&view)
+
+
+cdef inline int set_entry(dict result, object key, object value, Py_ssize_t i, bint unique, Py_ssize_t offset) except -1:
+    """``result[key] = value``, entry ``i`` of its map (the key's head at ``offset``).  With
+    ``unique``, a map that did not grow took a key it had: DuplicateKey (after the value, as Go's)."""
+    PyDict_SetItem(result, key, value)
+    if unique and PyDict_GET_SIZE(result) <= i:
+        raise duplicate_key(key, i, offset)
+    return 0
 
 
 cdef object decode_utf8(const uint8_t* data, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t base, str what):

@@ -10,7 +10,6 @@ frames, events, raw pass-through, list bodies) and the decoder's stream
 logic come from ``_binary_codec.pxi``, shared with :mod:`streamcodec._msgpack`.
 """
 
-from cpython.dict cimport PyDict_SetItem
 from cpython.float cimport PyFloat_FromDouble
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
@@ -332,7 +331,7 @@ cdef Py_ssize_t scan_frame(ScanState st, const uint8_t* data, Py_ssize_t end, Py
             return frame_end(st, pos, end)
 
 
-cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base):
+cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base, bint unique):
     cdef Py_ssize_t p = pos[0]
     cdef uint8_t ib = data[p]
     cdef uint8_t major = ib >> 5
@@ -340,7 +339,7 @@ cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base):
     cdef uint64_t arg
     cdef int width
     cdef bint indefinite = False
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, at
     cdef uint32_t b32
     cdef float f
     cdef uint64_t b64
@@ -386,13 +385,13 @@ cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base):
         if not indefinite:
             items = PyList_New(<Py_ssize_t>arg)
             for i in range(<Py_ssize_t>arg):
-                value = build_item(data, pos, base)
+                value = build_item(data, pos, base, unique)
                 Py_INCREF(value)
                 PyList_SET_ITEM(items, i, value)
             return items
         items = []
         while data[pos[0]] != 0xFF:
-            items.append(build_item(data, pos, base))
+            items.append(build_item(data, pos, base, unique))
         pos[0] += 1
         return items
     if major == 5:
@@ -400,17 +399,21 @@ cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base):
         result = {}
         if not indefinite:
             for i in range(<Py_ssize_t>arg):
-                key = build_item(data, pos, base)
-                PyDict_SetItem(result, key, build_item(data, pos, base))
+                at = pos[0]
+                key = build_item(data, pos, base, unique)
+                set_entry(result, key, build_item(data, pos, base, unique), i, unique, base + at)
             return result
+        i = 0
         while data[pos[0]] != 0xFF:
-            key = build_item(data, pos, base)
-            PyDict_SetItem(result, key, build_item(data, pos, base))
+            at = pos[0]
+            key = build_item(data, pos, base, unique)
+            set_entry(result, key, build_item(data, pos, base, unique), i, unique, base + at)
+            i += 1
         pos[0] += 1
         return result
     if major == 6:
         pos[0] = p
-        value = build_item(data, pos, base)
+        value = build_item(data, pos, base, unique)
         if arg == TAG_SELF_DESCRIBE:
             return value
         magnitude = int.from_bytes(value, "big")

@@ -41,6 +41,7 @@ from ._framing_py import (
     ScanState,
     StreamDecoderBase,
     close_item,
+    duplicate_key,
     event_prefixes,
 )
 from .errors import DecodeError, EncodeError, TooManyValues
@@ -203,7 +204,8 @@ class CBORDecoder(StreamDecoderBase):
     of the same data model: the self-described tag anywhere (ignored),
     bignums, any head width, indefinite-length arrays and maps.  It rejects
     (DecodeError) map keys that are not text, other tags, a tag directly on a
-    tag, undefined and other simple values, and indefinite-length strings.
+    tag, undefined and other simple values, and indefinite-length strings;
+    with ``unique_keys``, a map holding a key twice (DuplicateKey).
     """
 
     def _new_scan_state(self, pos: int) -> _ScanState:
@@ -352,14 +354,24 @@ class CBORDecoder(StreamDecoderBase):
             return items, pos + 1
         if major == 5:
             result = {}
+            unique = self._unique_keys
+            # A map that did not grow took a key it had (checked after the value, as Go's decoder does).
             if arg >= 0:
-                for _ in range(arg):
+                for i in range(arg):
+                    at = pos
                     key, pos = self._key(data, pos, base)
                     result[key], pos = self._item(data, pos, base)
+                    if unique and len(result) <= i:
+                        raise duplicate_key(key, i, base + at)
                 return result, pos
+            i = 0
             while data[pos] != 0xFF:
+                at = pos
                 key, pos = self._key(data, pos, base)
                 result[key], pos = self._item(data, pos, base)
+                if unique and len(result) <= i:
+                    raise duplicate_key(key, i, base + at)
+                i += 1
             return result, pos + 1
         if major == 6:
             value, pos = self._item(data, pos, base)

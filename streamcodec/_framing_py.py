@@ -25,7 +25,7 @@ import collections
 import sys
 from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optional, Tuple, Type
 
-from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge
+from .errors import BufferFull, DecodeError, DuplicateKey, EncodeError, FrameTooLarge
 from .limits import DEFAULT_MAX_FRAME_SIZE, EVENT_TYPES, MAX_DEPTH, MAX_DEPTH_LIMIT
 from .pool import PoolBuffer
 from .protocol import BytesLike, Event
@@ -63,6 +63,18 @@ def check_max_values(max_values: Optional[int]) -> int:
     if type(max_values) is not int or max_values < 1:
         raise ValueError(f"max_values must be a positive int or None, got {max_values!r}")
     return min(max_values, sys.maxsize)  # a compiled scanner counts in a Py_ssize_t
+
+
+def check_unique_keys(unique_keys: bool) -> bool:
+    """A decoder's ``unique_keys`` (a key twice in one map is :class:`~streamcodec.errors.DuplicateKey`), or ValueError."""
+    if type(unique_keys) is not bool:
+        raise ValueError(f"unique_keys must be a bool, got {unique_keys!r}")
+    return unique_keys
+
+
+def duplicate_key(key: str, index: int, offset: int) -> DuplicateKey:
+    """The error of a CBOR / MessagePack map whose entry ``index`` (its key's head at ``offset``) repeats ``key``."""
+    return DuplicateKey([key], offset, index=index)
 
 
 def check_event_type(type_: Any) -> str:
@@ -440,14 +452,25 @@ class StreamDecoderBase(Limits):
     complete, and at most ``max_frame_size`` of them: a longer partial frame
     is an error.  Errors are sticky: once one has been raised, every later
     ``feed``, iteration and ``close`` raises it again.
+
+    ``unique_keys``: a map holding a key twice is
+    :class:`~streamcodec.errors.DuplicateKey` at the first repeat (its key, its
+    entry's index and offset), as Kubernetes' CBOR decoder refuses it; else the
+    last value wins.  The builder tells a repeat by the map not growing.
     """
 
     def __init__(
-        self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_values: Optional[int] = None
+        self,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_depth: int = MAX_DEPTH,
+        max_values: Optional[int] = None,
+        unique_keys: bool = False,
     ) -> None:
         super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
         self._values_budget = check_max_values(max_values)
         self._max_values = max_values
+        self._unique_keys = check_unique_keys(unique_keys)
         self._buf = bytearray()
         self._base = 0  # absolute stream offset of self._buf[0]
         self._frame_start = 0  # index in _buf of the frame being scanned
@@ -460,6 +483,11 @@ class StreamDecoderBase(Limits):
     def max_values(self) -> Optional[int]:
         """Most values one frame may hold (TooManyValues beyond; see :class:`~streamcodec.errors.TooManyValues`), or None."""
         return self._max_values
+
+    @property
+    def unique_keys(self) -> bool:
+        """Whether a map holding a key twice is DuplicateKey (else its last value wins)."""
+        return self._unique_keys
 
     # -- format hooks ------------------------------------------------------
     def _new_scan_state(self, pos: int) -> Any:
@@ -476,7 +504,8 @@ class StreamDecoderBase(Limits):
         raise NotImplementedError
 
     def _build(self, data: Any, start: int, end: int, base: int) -> Any:  # pragma: no cover - abstract
-        """The object of the complete, scanned frame ``data[start:end]``."""
+        """The object of the complete, scanned frame ``data[start:end]`` (DuplicateKey, with
+        ``unique_keys``, from :func:`duplicate_key`)."""
         raise NotImplementedError
 
     @staticmethod

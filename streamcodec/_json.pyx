@@ -819,7 +819,7 @@ def _reject_constant(name):
 _parse = _json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
-cdef object _parse_frame(bytes data, Py_ssize_t base, Py_ssize_t max_depth, Py_ssize_t max_values):
+cdef object _parse_frame(bytes data, Py_ssize_t base, Py_ssize_t max_depth, Py_ssize_t max_values, bint unique_keys):
     """Parse one complete JSON text; errors carry offsets relative to ``base``."""
     cdef int what = 0
     cdef Py_ssize_t at
@@ -830,6 +830,8 @@ cdef object _parse_frame(bytes data, Py_ssize_t base, Py_ssize_t max_depth, Py_s
     at = sc_prescan(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), max_depth, max_values, &what)
     if at >= 0:
         raise _json_py.prescan_error(what, base + at, max_depth, max_values)
+    if unique_keys:  # the twin's parse: the same hook, and its duplicate report
+        return _json_py.parse_text(text, base, data)
     try:
         return _parse(text)
     except _json.JSONDecodeError as exc:
@@ -838,8 +840,8 @@ cdef object _parse_frame(bytes data, Py_ssize_t base, Py_ssize_t max_depth, Py_s
         raise DecodeError(f"invalid JSON: {exc}", base) from None
 
 
-def _parse_frame_compiled(data, base, max_depth, max_values):
-    return _parse_frame(data, base, max_depth, max_values)
+def _parse_frame_compiled(data, base, max_depth, max_values, unique_keys):
+    return _parse_frame(data, base, max_depth, max_values, unique_keys)
 
 
 class JSONDecoder(_json_py.JSONDecoder):

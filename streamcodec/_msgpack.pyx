@@ -13,7 +13,6 @@ stream logic come from ``_binary_codec.pxi``, shared with
 :mod:`streamcodec._cbor`.
 """
 
-from cpython.dict cimport PyDict_SetItem
 from cpython.float cimport PyFloat_FromDouble
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
@@ -312,12 +311,12 @@ cdef Py_ssize_t scan_frame(ScanState st, const uint8_t* data, Py_ssize_t end, Py
             return frame_end(st, pos, end)
 
 
-cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base):
+cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base, bint unique):
     cdef Py_ssize_t p = pos[0]
     cdef uint8_t b = data[p]
     cdef int kind, arg
     cdef uint64_t n, raw
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, at
     cdef uint32_t b32
     cdef float f
     cdef double d
@@ -365,14 +364,15 @@ cdef object build_item(const uint8_t* data, Py_ssize_t* pos, Py_ssize_t base):
     if kind == K_ARRAY:
         items = PyList_New(<Py_ssize_t>n)
         for i in range(<Py_ssize_t>n):
-            value = build_item(data, pos, base)
+            value = build_item(data, pos, base, unique)
             Py_INCREF(value)
             PyList_SET_ITEM(items, i, value)
         return items
     result = {}
     for i in range(<Py_ssize_t>n):
-        key = build_item(data, pos, base)
-        PyDict_SetItem(result, key, build_item(data, pos, base))
+        at = pos[0]
+        key = build_item(data, pos, base, unique)
+        set_entry(result, key, build_item(data, pos, base, unique), i, unique, base + at)
     return result
 
 

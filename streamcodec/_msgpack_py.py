@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 from typing import Any, List, Optional, cast
 
-from ._framing_py import EncodingBase, FrameEncoderBase, ScanState, StreamDecoderBase, close_item, event_prefixes
+from ._framing_py import EncodingBase, FrameEncoderBase, ScanState, StreamDecoderBase, close_item, duplicate_key, event_prefixes
 from .errors import DecodeError, EncodeError, TooManyValues
 
 __all__ = ["MsgpackEncoder", "MsgpackDecoder"]
@@ -208,7 +208,9 @@ class MsgpackDecoder(StreamDecoderBase):
     stream of event frames and iterate :class:`~streamcodec.protocol.Event`.
     Accepts every well-formed encoding of the data model (any width, float
     32 or 64); rejects (DecodeError) map keys that are not str, ext types
-    and the unused byte 0xc1.
+    and the unused byte 0xc1.  Kubernetes has no MessagePack; its CBOR
+    decoder is the model: with ``unique_keys``, a map holding a key twice is
+    DuplicateKey (the server always asks for it).
     """
 
     def _scan(self, data: Any, end: int, state: ScanState, frame_start: int, depth_limit: int, base: int) -> Optional[int]:
@@ -307,8 +309,12 @@ class MsgpackDecoder(StreamDecoderBase):
                 items.append(value)
             return items, pos
         result = {}
-        for _ in range(n):
+        unique = self._unique_keys
+        for i in range(n):
+            at = pos
             key, pos = self._item(data, pos, base)
             result[key], pos = self._item(data, pos, base)
+            if unique and len(result) <= i:  # the map did not grow: a key it had
+                raise duplicate_key(key, i, base + at)
         return result, pos
 

@@ -6,12 +6,16 @@ server can catch one class and map it to a response.
 
 from __future__ import annotations
 
+from typing import Any, Optional, Sequence
+
 __all__ = [
     "StreamCodecError",
     "EncodeError",
     "FrameTooLarge",
     "DecodeError",
     "TooManyValues",
+    "DuplicateKey",
+    "go_quote",
     "PoolExhausted",
     "BufferFull",
     "BufferExported",
@@ -75,6 +79,58 @@ class TooManyValues(DecodeError):
     def __init__(self, max_values: int, offset: int) -> None:
         super().__init__(f"more than max_values={max_values} values in one frame", offset)
         self.max_values = max_values
+
+
+#: Go's strconv.Quote escapes of the ASCII control characters that have a short form
+_GO_SHORT_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def go_quote(text: str) -> str:
+    """``text`` quoted as Go's ``strconv.Quote`` (``%q``) quotes it: how Kubernetes' messages quote names.
+
+    Printable characters stay as they are; quotes and backslashes are escaped, other characters
+    written as ``\\xNN`` (ASCII), ``\\uNNNN`` or ``\\UNNNNNNNN``, so the result is always printable.
+    """
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    out = []
+    for ch in text:
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        elif ch in _GO_SHORT_ESCAPES:
+            out.append(_GO_SHORT_ESCAPES[ch])
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+class DuplicateKey(DecodeError):
+    """A map (a JSON object) holds a key more than once, in a decoder made with ``unique_keys=True``.
+
+    ``paths``: the duplicated keys.  The JSON decoder reports every one, as Kubernetes' strict JSON
+    decoding (``sigs.k8s.io/json``) does: by its path (``metadata.name``, ``spec.ports[0].name``), in
+    document order, each path once, at most 100.  The CBOR and MessagePack decoders stop at the first,
+    as Kubernetes' CBOR decoder does, and give its key alone, with ``index``, its entry's index in its
+    map.  ``problems``: one text per path, Kubernetes' (``duplicate field "metadata.name"``).
+    ``value``: (JSON) the frame decoded as without the option (the last of a key's values wins), so a
+    caller may accept it and only warn; else None.  ``offset``: the first duplicate key's.
+    """
+
+    #: Kubernetes' cap on the strict decoding errors of one object
+    MAX_PATHS = 100
+
+    def __init__(self, paths: Sequence[str], offset: int, *, index: Optional[int] = None, value: Any = None) -> None:
+        self.paths = list(paths)
+        self.problems = [f"duplicate field {go_quote(path)}" for path in self.paths]
+        super().__init__(", ".join(self.problems), offset)
+        self.index = index
+        self.value = value
 
 
 class PoolExhausted(StreamCodecError):

@@ -510,3 +510,59 @@ def test_byte_strings_can_be_enclosed_in_a_tag_as_kubernetes_encloses_byte_slice
     for bad in (-1, 2**64, "22"):
         with pytest.raises(ValueError):
             module.CBOREncoder(byte_string_tag=bad)
+
+
+# -- duplicate keys (unique_keys) -------------------------------------------------------
+
+from streamcodec import DuplicateKey  # noqa: E402
+
+CBOR_DECODERS = pytest.mark.parametrize("decoder_cls", [_cbor.CBORDecoder, _cbor_py.CBORDecoder], ids=["compiled", "twin"])
+
+
+def _cbor_map(pairs: List[Any], definite: bool = True) -> bytes:
+    """A CBOR map of these (key, item bytes) pairs, keys free to repeat (cbor2 cannot write that)."""
+    body = b"".join(cbor2.dumps(k) + v for k, v in pairs)
+    return (bytes([0xA0 + len(pairs)]) if definite else b"\xbf") + body + (b"" if definite else b"\xff")
+
+
+@CBOR_DECODERS
+@pytest.mark.parametrize("definite", [True, False], ids=["definite", "indefinite"])
+def test_unique_keys_refuse_a_map_holding_a_key_twice_as_kubernetes_cbor_does(decoder_cls: Any, definite: bool) -> None:
+    inner = _cbor_map([("a", b"\x01"), ("b", b"\x02"), ("a", b"\x03")], definite)
+    frame = TAG + _cbor_map([("x", inner)])
+    assert decoder_cls().decode(frame) == {"x": {"a": 3, "b": 2}}  # off by default: the last value wins
+    assert not decoder_cls().unique_keys and decoder_cls(unique_keys=True).unique_keys
+    with pytest.raises(DuplicateKey) as info:
+        decoder_cls(unique_keys=True).decode(frame)
+    exc = info.value
+    # fxamacker/cbor's DupMapKeyError gives the key and its entry's index; the offset is its head's
+    assert (exc.paths, exc.index, exc.offset, exc.value) == (["a"], 2, 3 + 1 + 2 + 1 + 6, None)
+    assert str(exc) == f'duplicate field "a" (at byte {exc.offset})'
+    dec = decoder_cls(unique_keys=True)  # in a stream: an error that sticks
+    dec.feed(_cbor.CBOREncoder().encode_event("ADDED", {"a": 1}) + TAG + _cbor_map([("type", cbor2.dumps("ADDED")), ("object", inner)]))
+    assert next(dec) == Event("ADDED", {"a": 1})
+    with pytest.raises(DuplicateKey):
+        next(dec)
+    with pytest.raises(DuplicateKey):
+        dec.close()
+    with pytest.raises(ValueError):
+        decoder_cls(unique_keys=1)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "é"]), st.integers(0, 23)), max_size=6), st.booleans())
+def test_unique_keys_find_exactly_the_maps_with_a_repeated_key_in_both_implementations(pairs: List[Any], definite: bool) -> None:
+    frame = TAG + _cbor_map([("k", _cbor_map([(k, bytes([v])) for k, v in pairs], definite))])
+    outcomes: List[Any] = []
+    for cls in (_cbor.CBORDecoder, _cbor_py.CBORDecoder):
+        try:
+            outcomes.append(("ok", cls(unique_keys=True).decode(frame)))
+        except DuplicateKey as exc:
+            outcomes.append(("dup", str(exc), exc.paths, exc.index, exc.offset))
+    assert outcomes[0] == outcomes[1]
+    keys = [k for k, _ in pairs]
+    first_repeat = next((i for i, k in enumerate(keys) if k in keys[:i]), None)
+    if first_repeat is None:
+        assert outcomes[0] == ("ok", {"k": dict(pairs)})
+    else:
+        assert outcomes[0][2:4] == ([keys[first_repeat]], first_repeat)

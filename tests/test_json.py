@@ -742,3 +742,132 @@ def test_fuzz_decode_of_arbitrary_frames(data: bytes) -> None:
     except DecodeError:
         return
     assert obj == json.loads(data)
+
+
+# -- duplicate keys (unique_keys) -------------------------------------------------------
+
+from streamcodec import DuplicateKey, _json  # noqa: E402  (the compiled module, beside its twin)
+
+JSON_DECODERS = pytest.mark.parametrize("decoder_cls", [_json.JSONDecoder, _json_py.JSONDecoder], ids=["compiled", "twin"])
+
+
+@JSON_DECODERS
+@pytest.mark.parametrize(
+    "text, paths, offset",
+    [
+        (b'{"metadata":{"name":"a","name":"b"}}', ["metadata.name"], 24),
+        # sigs.k8s.io/json's own case (kubernetes_patch_test.go, "duplicate untyped map"): its paths, its order
+        (b'{"a":"","b":"","a":"","b":"","c":{"c":"","c":""},"d":{"e":{"f":1,"f":1}},"e":[{"g":1,"g":1}]}',
+         ["a", "b", "c.c", "d.e.f", "e[0].g"], 15),
+        (b'{"a":1,"a":2,"a":3}', ["a"], 7),  # each path once
+        (b'{"a":1,"\\u0061":2}', ["a"], 7),  # the same key, escaped
+        (b'{"a":{"x":1,"x":2},"a":{}}', ["a.x", "a"], 12),  # inside a value a later one replaces, first
+        (b'[{"k":[1,{"v":1,"v":2}]}]', ["[0].k[1].v"], 16),
+        (b' {"\xc3\xa9":1, "\xc3\xa9":2}', ["\u00e9"], 10),  # offsets in bytes
+        (b'[{}, "k", {"a":1,"a":2}]', ["[2].a"], 17),  # a string after an empty object is no key
+    ],
+)
+def test_unique_keys_name_every_duplicate_by_its_kubernetes_path(decoder_cls: Any, text: bytes, paths: List[str], offset: int) -> None:
+    assert decoder_cls().decode(text) == json.loads(text)  # off by default: the last value wins
+    dec = decoder_cls(unique_keys=True)
+    assert dec.unique_keys and not decoder_cls().unique_keys
+    with pytest.raises(DuplicateKey) as info:
+        dec.decode(text)
+    exc = info.value
+    assert isinstance(exc, DecodeError)
+    assert (exc.paths, exc.offset, exc.index) == (paths, offset, None)
+    assert exc.problems == [f'duplicate field "{p}"' for p in paths]
+    assert str(exc) == ", ".join(exc.problems) + f" (at byte {offset})"
+    assert exc.value == json.loads(text)  # what a caller that only warns keeps
+
+
+@JSON_DECODERS
+def test_unique_keys_keep_every_other_behaviour(decoder_cls: Any) -> None:
+    dec = decoder_cls(unique_keys=True)
+    for make in FIXTURES.values():
+        obj = make()
+        assert dec.decode(stdlib(obj)) == obj
+    # a syntax error after a duplicate is that error, as without the check
+    with pytest.raises(DecodeError) as info:
+        dec.decode(b'{"a":1,"a":2,tru}')
+    assert not isinstance(info.value, DuplicateKey) and info.value.offset == 13
+    with pytest.raises(DuplicateKey) as dup:  # at most Kubernetes' 100, in order
+        dec.decode(b"{" + b",".join(b'"k%d":1,"k%d":2' % (i, i) for i in range(150)) + b"}")
+    assert dup.value.paths == [f"k{i}" for i in range(100)]
+    with pytest.raises(ValueError):
+        decoder_cls(unique_keys="yes")
+
+
+@JSON_DECODERS
+def test_a_watch_event_with_a_duplicate_key_is_an_error_that_sticks(decoder_cls: Any) -> None:
+    dec = decoder_cls(unique_keys=True)
+    first = b'{"type":"ADDED","object":{"a":1}}\n'
+    dec.feed(first + b'{"type":"ADDED","object":{"a":1,"a":2}}\n')
+    assert next(dec) == Event("ADDED", {"a": 1})
+    with pytest.raises(DuplicateKey) as info:
+        next(dec)
+    assert info.value.paths == ["object.a"] and info.value.offset == len(first) + 32
+    with pytest.raises(DuplicateKey):
+        dec.close()
+
+
+class _Pairs(list):
+    """A JSON object as the pairs it is written with (its keys may repeat)."""
+
+
+_keys = st.sampled_from(["a", "b", "é", "k.x", 'q"'])  # few keys: repeats are common
+_pair_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=4) | st.lists(st.tuples(_keys, children), max_size=4).map(_Pairs),
+    max_leaves=20,
+)
+
+
+def _dump(x: Any, ascii_keys: bool) -> str:
+    if isinstance(x, _Pairs):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=ascii_keys)}:{_dump(v, ascii_keys)}" for k, v in x) + "}"
+    if isinstance(x, list):
+        return "[" + ", ".join(_dump(v, ascii_keys) for v in x) + "]"
+    return json.dumps(x)
+
+
+def _expected_paths(x: Any, path: str = "") -> List[str]:
+    """sigs.k8s.io/json's duplicate paths, walked over the pairs (not the text) as an independent reference."""
+    out: List[str] = []
+    if isinstance(x, _Pairs):
+        seen = set()
+        for k, v in x:
+            p = f"{path}.{k}" if path else k
+            if k in seen and p not in out:
+                out.append(p)
+            seen.add(k)
+            out += [q for q in _expected_paths(v, p) if q not in out]
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            out += [q for q in _expected_paths(v, f"{path}[{i}]") if q not in out]
+    return out
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(_pair_values, st.booleans())
+def test_a_duplicated_key_is_always_found_and_a_text_without_one_never(value: Any, ascii_keys: bool) -> None:
+    text = _dump(value, ascii_keys).encode()
+    repeats: List[bool] = []
+
+    def hook(pairs: List[Any]) -> dict:  # the standard library's view of each object
+        repeats.append(len({k for k, _ in pairs}) != len(pairs))
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=hook)
+    outcomes: List[Any] = []
+    for cls in (_json.JSONDecoder, _json_py.JSONDecoder):
+        try:
+            outcomes.append(("ok", cls(unique_keys=True).decode(text)))
+        except DuplicateKey as exc:
+            outcomes.append(("dup", str(exc), exc.offset, exc.paths, exc.value))
+    assert outcomes[0] == outcomes[1]
+    if any(repeats):
+        assert outcomes[0][0] == "dup" and outcomes[0][3] == _expected_paths(value) and outcomes[0][4] == json.loads(text)
+        assert text[outcomes[0][2]:].startswith(b'"')  # the offset of a key's opening quote
+    else:
+        assert outcomes[0] == ("ok", json.loads(text))

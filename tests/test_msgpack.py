@@ -371,3 +371,44 @@ def test_public_classes_follow_the_environment() -> None:
     expected = _msgpack_py if streamcodec.PURE_PYTHON else _msgpack
     assert streamcodec.MsgpackEncoder is expected.MsgpackEncoder
     assert streamcodec.MsgpackDecoder is expected.MsgpackDecoder
+
+
+# -- duplicate keys (unique_keys) -------------------------------------------------------
+
+from streamcodec import DuplicateKey  # noqa: E402
+
+
+def _msgpack_map(pairs: List[Any]) -> bytes:
+    """A MessagePack map of these (key, value) pairs, keys free to repeat (packb cannot write that)."""
+    return bytes([0x80 + len(pairs)]) + b"".join(packb(k) + packb(v) for k, v in pairs)
+
+
+@pytest.mark.parametrize("decoder_cls", [_msgpack.MsgpackDecoder, _msgpack_py.MsgpackDecoder], ids=["compiled", "twin"])
+def test_unique_keys_refuse_a_map_holding_a_key_twice_as_cbor_is_refused(decoder_cls: Any) -> None:
+    frame = b"\x92" + packb(1) + _msgpack_map([("a", 1), ("a", 2)])
+    assert decoder_cls().decode(frame) == [1, {"a": 2}]  # off by default: the last value wins
+    assert not decoder_cls().unique_keys
+    with pytest.raises(DuplicateKey) as info:
+        decoder_cls(unique_keys=True).decode(frame)
+    assert (info.value.paths, info.value.index, info.value.offset, info.value.value) == (["a"], 1, 1 + 1 + 1 + 2 + 1, None)
+    with pytest.raises(ValueError):
+        decoder_cls(unique_keys=None)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "é"]), st.integers(-5, 300)), max_size=6))
+def test_unique_keys_find_exactly_the_maps_with_a_repeated_key_in_both_implementations(pairs: List[Any]) -> None:
+    frame = _msgpack_map([("k", None), ("m", None)])[:1] + packb("k") + _msgpack_map(pairs) + packb("m") + packb(0)
+    outcomes: List[Any] = []
+    for cls in (_msgpack.MsgpackDecoder, _msgpack_py.MsgpackDecoder):
+        try:
+            outcomes.append(("ok", cls(unique_keys=True).decode(frame)))
+        except DuplicateKey as exc:
+            outcomes.append(("dup", str(exc), exc.paths, exc.index, exc.offset))
+    assert outcomes[0] == outcomes[1]
+    keys = [k for k, _ in pairs]
+    first_repeat = next((i for i, k in enumerate(keys) if k in keys[:i]), None)
+    if first_repeat is None:
+        assert outcomes[0] == ("ok", {"k": dict(pairs), "m": 0})
+    else:
+        assert outcomes[0][2:4] == ([keys[first_repeat]], first_repeat)
