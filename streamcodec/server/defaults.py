@@ -34,6 +34,7 @@ POOL_BYTES = 64 * 1024 * 1024
 SEND_PIECE_BYTES = 256 * 1024
 
 #: Bytes of watch-event frames kept so that the readers of one collection transcode each object once
-#: (:class:`~streamcodec.server.items.FrameCache`): twice a shared scan's ring (4 pages of 2 MiB),
-#: since a scan's members are at most a ring apart.
+#: (:class:`~streamcodec.server.items.FrameCache`): a shared scan's ring (8 pages of ~2 MiB of stored
+#: values), since a scan's members are at most a ring apart, and frames are no larger than the stored
+#: JSON they come from (typed protobuf carries ``[]byte`` as bytes, not base64: 3/4 of it).
 FRAME_CACHE_BYTES = 16 * 1024 * 1024
