@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--frame-cache-bytes", type=_size, default=ServerConfig.frame_cache_bytes, metavar="N",
                        help="watch-event frames kept so the readers of one shared scan or watch transcode each object "
                             f"once (default {ServerConfig.frame_cache_bytes}; 0: off)")
+    serve.add_argument("--namespace-lifecycle", action=argparse.BooleanOptionalAction, default=ServerConfig.namespace_lifecycle,
+                       help="kube's NamespaceLifecycle admission: creates and updates in a namespace without a Namespace "
+                            "object are 404, default/kube-system/kube-public cannot be deleted, and the system namespaces "
+                            f"are created at start-up (default {'on' if ServerConfig.namespace_lifecycle else 'off'})")
     serve.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
                        help="on SIGTERM/SIGINT, wait this long for open streams before closing them (default 5)")
     serve.add_argument("--continue-secret-file", default=None, metavar="FILE",
@@ -186,6 +190,7 @@ def serve(args: argparse.Namespace) -> int:
             key_root=args.key_root.rstrip("/") or "/registry",
             shared_scans=args.shared_scans,
             frame_cache_bytes=args.frame_cache_bytes,
+            namespace_lifecycle=args.namespace_lifecycle,
         )
     except ValueError as exc:
         raise SystemExit(f"streamcodec serve: {exc}") from None

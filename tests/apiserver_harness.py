@@ -56,12 +56,16 @@ class ServerThread:
     ``port``: listen there instead of on a free port (e.g. a restarted server on its predecessor's port).
     ``ssl``: uvicorn's ``ssl_*`` keyword arguments (serve HTTPS; ``url`` is then https://);
     ``app_options``: more App keyword arguments (``authenticator``, ``authorizer``, ``audit``).
+    ``namespace_lifecycle`` is off unless a test turns it on (ServerConfig's default is on): the tests of
+    other things write into throwaway namespaces ("team-a", "a", "x", ...) they never create, and should
+    keep testing those things, not kube's NamespaceLifecycle (tests/test_namespace_lifecycle.py does).
     """
 
     def __init__(self, etcd_endpoint: str, prefix: bytes, *, port: Optional[int] = None, ssl: Optional[dict] = None,
-                 app_options: Optional[dict] = None, **config: Any) -> None:
+                 app_options: Optional[dict] = None, namespace_lifecycle: bool = False, **config: Any) -> None:
         key_root = prefix.decode().rstrip("/")
-        self.app = App(etcd_endpoints=[etcd_endpoint], config=ServerConfig(key_root=key_root, **config), **(app_options or {}))
+        server_config = ServerConfig(key_root=key_root, namespace_lifecycle=namespace_lifecycle, **config)
+        self.app = App(etcd_endpoints=[etcd_endpoint], config=server_config, **(app_options or {}))
         self.port = port if port is not None else free_port()
         self.url = f"{'https' if ssl else 'http'}://127.0.0.1:{self.port}"
         self.loop: Optional[asyncio.AbstractEventLoop] = None

@@ -102,3 +102,25 @@ def test_kubectl_get_raw_watch_list(kubectl: Any) -> None:
     events: List[Dict[str, Any]] = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert [e["type"] for e in events[:3]] == ["ADDED", "ADDED", "BOOKMARK"]
     assert events[2]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_kubectl_reads_duplicate_field_warnings_and_the_strict_error_as_kubes(kubectl: Any, tmp_path: Path) -> None:
+    """client-go parses the Warning headers (Warn) and the Status (Strict) of a body with a field twice.
+
+    ``--raw``: ``kubectl create -f`` sends fieldValidation=Strict only once the server's OpenAPI
+    shows it supports the parameter, and this server serves no OpenAPI (with --validate=false it sends Ignore)."""
+    body = tmp_path / "twice.json"
+    for validation in ("Warn", "Strict"):
+        name = f"twice-{validation.lower()}"
+        body.write_text('{"metadata":{"name":"%s"},"data":{"k":"YQ==","k":"Yg=="}}' % name)
+        proc = subprocess.run(
+            kubectl.base + ["create", "--raw", f"{NS}?fieldValidation={validation}", "-f", str(body)],
+            capture_output=True, text=True, timeout=60, env=kubectl.env,
+        )
+        if validation == "Warn":
+            assert proc.returncode == 0 and proc.stderr == 'Warning: duplicate field "data.k"\n', proc.stderr
+            assert json.loads(proc.stdout)["data"] == {"k": "Yg=="}
+        else:
+            assert proc.returncode == 1, proc.stdout
+            assert proc.stderr.strip() == ('Error from server (BadRequest): Secret in version "v1" cannot be handled as a Secret: '
+                                           'strict decoding error: duplicate field "data.k"')

@@ -49,7 +49,12 @@ def test_serve_runs_and_serves_lists(etcd: Any, prefix: bytes) -> None:
                 pass
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.1)
-        r = httpx.post(url + "/api/v1/namespaces/ns1/configmaps", json={"metadata": {"name": "cm"}, "data": {"a": "b"}}, timeout=10)
+        cm = {"metadata": {"name": "cm"}, "data": {"a": "b"}}
+        # kube's NamespaceLifecycle, on by default: ns1 must be created first, as with kube-apiserver
+        r = httpx.post(url + "/api/v1/namespaces/ns1/configmaps", json=cm, timeout=10)
+        assert r.status_code == 404 and r.json()["message"] == 'namespaces "ns1" not found', r.text
+        assert httpx.post(url + "/api/v1/namespaces", json={"metadata": {"name": "ns1"}}, timeout=10).status_code == 201
+        r = httpx.post(url + "/api/v1/namespaces/ns1/configmaps", json=cm, timeout=10)
         assert r.status_code == 201
         listed = json.loads(httpx.get(url + "/api/v1/configmaps", timeout=10).content)
         assert listed["kind"] == "ConfigMapList" and [i["metadata"]["name"] for i in listed["items"]] == ["cm"]

@@ -83,6 +83,9 @@ def served(etcd35: EtcdProcess) -> Iterator[Tuple[str, "subprocess.Popen[bytes]"
     )  # fmt: skip
     try:
         wait_until_serving(port, proc)
+        # the writers' namespace, made as a kube client must (NamespaceLifecycle is on), before the seed
+        created = httpx.post(f"http://127.0.0.1:{port}/api/v1/namespaces", json={"metadata": {"name": "load"}}, timeout=30)
+        assert created.status_code == 201, created.text
         yield f"http://127.0.0.1:{port}", proc
     finally:
         stop_process(proc)

@@ -150,3 +150,99 @@ def test_errors_and_continue_tokens_show_no_internals(server: ServerThread, etcd
     gone = c.get(NS, params={"watch": "1", "resourceVersion": rv, "timeoutSeconds": "2"})
     text = gone.text
     assert ("410" in text or gone.status_code == 410) and "b'" not in text and "/registry" not in text, text
+
+
+# -- fieldValidation: a field given twice, as kube-apiserver treats it --------------------------------
+
+CANNOT = 'Secret in version "v1" cannot be handled as a Secret: '
+
+
+def _twice(name: str) -> bytes:
+    """A Secret body with metadata.name and data.k each given twice (data.k: "a", then "b")."""
+    return b'{"metadata":{"name":"%s","name":"%s"},"data":{"k":"YQ==","k":"Yg=="}}' % (name.encode(), name.encode())
+
+
+def test_strict_field_validation_refuses_duplicate_fields_with_kubes_message_and_stores_nothing(server: ServerThread) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    strict = {"fieldValidation": "Strict"}  # what kubectl sends
+    r = c.post(NS, params=strict, content=_twice("fv-strict"), headers=JSON)
+    assert r.status_code == 400, r.text
+    assert (r.json()["reason"], r.json()["code"]) == ("BadRequest", 400)
+    assert r.json()["message"] == CANNOT + 'strict decoding error: duplicate field "metadata.name", duplicate field "data.k"'
+    assert "warning" not in r.headers
+    assert c.get(NS + "/fv-strict").status_code == 404
+    assert c.post(NS, json={"metadata": {"name": "fv-strict"}, "data": {"k": "YQ=="}}).status_code == 201
+    r = c.put(NS + "/fv-strict", params=strict, content=_twice("fv-strict"), headers=JSON)
+    assert r.status_code == 400 and r.json()["message"].endswith('duplicate field "data.k"'), r.text
+    assert c.get(NS + "/fv-strict").json()["data"] == {"k": "YQ=="}
+
+
+@pytest.mark.parametrize("params", [{"fieldValidation": "Warn"}, {}], ids=["Warn", "absent"])
+def test_warn_and_absent_field_validation_keep_the_last_value_with_a_warning_per_duplicate(server: ServerThread, params: Dict[str, str]) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    name = f"fv-warn-{len(params)}"
+    warnings = ['299 - "duplicate field \\"metadata.name\\""', '299 - "duplicate field \\"data.k\\""']
+    r = c.post(NS, params=params, content=_twice(name), headers=JSON)
+    assert r.status_code == 201, r.text
+    assert r.headers.get_list("warning") == warnings
+    assert r.json()["data"] == {"k": "Yg=="} == c.get(NS + "/" + name).json()["data"]
+    r = c.put(NS + "/" + name, params=params, content=_twice(name).replace(b"Yg==", b"Yw=="), headers=JSON)
+    assert r.status_code == 200 and r.headers.get_list("warning") == warnings, r.text
+    assert c.get(NS + "/" + name).json()["data"] == {"k": "Yw=="}
+    r = c.put(NS + "/" + name, params=params, json={"metadata": {"name": name}, "data": {"k": "YQ=="}})
+    assert r.status_code == 200 and "warning" not in r.headers  # a body without duplicates: no warning
+
+
+def test_ignore_field_validation_keeps_the_last_value_without_the_default_warning(server: ServerThread) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    r = c.post(NS, content=_twice("fv-ignore"), headers=JSON)  # no fieldValidation: Warn
+    assert r.status_code == 201 and len(r.headers.get_list("warning")) == 2, r.text
+    r = c.put(NS + "/fv-ignore", params={"fieldValidation": "Ignore"}, content=_twice("fv-ignore").replace(b"Yg==", b"Yw=="), headers=JSON)
+    assert r.status_code == 200 and "warning" not in r.headers, r.text
+    assert c.get(NS + "/fv-ignore").json()["data"] == {"k": "Yw=="}
+    r = c.post(NS, params={"fieldValidation": "Ignore"}, content=_twice("fv-ignore-2"), headers=JSON)
+    assert r.status_code == 201 and "warning" not in r.headers and r.json()["data"] == {"k": "Yg=="}, r.text
+
+
+@pytest.mark.parametrize("method, options", [("POST", "CreateOptions"), ("PUT", "UpdateOptions")])
+@pytest.mark.parametrize("value", ["strict", "Bogus"])
+def test_a_field_validation_kube_does_not_know_is_its_422(server: ServerThread, method: str, options: str, value: str) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    path = NS if method == "POST" else NS + "/fv-bad"
+    r = c.request(method, path, params={"fieldValidation": value}, json={"metadata": {"name": "fv-bad"}})
+    assert r.status_code == 422, r.text
+    status = r.json()
+    detail = f'Unsupported value: "{value}": supported values: "", "Ignore", "Strict", "Warn"'
+    assert status["reason"] == "Invalid" and status["message"] == f'{options}.meta.k8s.io "" is invalid: fieldValidation: {detail}'
+    assert status["details"] == {"group": "meta.k8s.io", "kind": options,
+                                 "causes": [{"reason": "FieldValueNotSupported", "message": detail, "field": "fieldValidation"}]}
+    assert c.get(NS + "/fv-bad").status_code == 404
+
+
+@pytest.mark.parametrize("validation", ["Strict", "Warn", "Ignore"])
+def test_a_cbor_or_msgpack_map_holding_a_key_twice_is_400_whatever_field_validation_says(server: ServerThread, validation: str) -> None:
+    import cbor2
+    import msgpack  # type: ignore[import-untyped]
+
+    c = httpx.Client(base_url=server.url, timeout=10)
+    name = f"fv-binary-{validation.lower()}"
+    cbor = b"\xd9\xd9\xf7\xa2" + cbor2.dumps("metadata") + cbor2.dumps({"name": name}) + cbor2.dumps("data") + (
+        b"\xa2" + cbor2.dumps("k") + cbor2.dumps(b"a") + cbor2.dumps("k") + cbor2.dumps(b"b"))
+    pack = b"\x82" + msgpack.packb("metadata") + msgpack.packb({"name": name}) + msgpack.packb("data") + (
+        b"\x82" + msgpack.packb("k") + msgpack.packb(b"a", use_bin_type=True) + msgpack.packb("k") + msgpack.packb(b"b", use_bin_type=True))
+    for fmt, body, media in (("cbor", cbor, "application/cbor"), ("msgpack", pack, "application/vnd.msgpack")):
+        r = c.post(NS, params={"fieldValidation": validation}, content=body, headers={"Content-Type": media})
+        assert r.status_code == 400, (fmt, r.text)
+        # fxamacker/cbor's DupMapKeyError, as kube-apiserver reports it
+        assert r.json()["message"] == CANNOT + f'{fmt}: found duplicate map key "k" at map element index 1'
+        assert c.get(NS + "/" + name).status_code == 404
+
+
+def test_warning_headers_follow_kubes_warning_recorder() -> None:
+    from streamcodec.server.status import WARNING_ITEM_CHARS, WARNING_TOTAL_CHARS, warning_headers
+
+    assert warning_headers(['a "b" \\ c', "", 'a "b" \\ c', "é"]) == ['299 - "a \\"b\\" \\\\ c"', '299 - "é"']
+    long = [f"{i:03d}" + "x" * 400 for i in range(30)]  # past the total: each cut, then the rest dropped
+    kept = warning_headers(long)
+    assert len(kept) == WARNING_TOTAL_CHARS // WARNING_ITEM_CHARS
+    assert kept == [f'299 - "{t[:WARNING_ITEM_CHARS]}"' for t in long[: len(kept)]]

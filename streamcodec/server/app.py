@@ -23,7 +23,7 @@ import urllib.parse
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import streamcodec
-from streamcodec import BufferPool
+from streamcodec import BufferPool, EncodeError
 from streamcodec.kube_schema import DEFAULT_SCHEMA, KubeSchema
 from streamcodec.formats import FORMATS
 from streamcodec.limits import DEFAULT_BUFFER_SIZE, DEFAULT_MAX_BODY_VALUES, DEFAULT_POOL_BYTES
@@ -37,10 +37,11 @@ from .bodies import ListBody, WatchBody, buffered_list_body, watch_error_event
 from .defaults import FRAME_CACHE_BYTES, POOL_BYTES, QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT
 from .handlers import ListRequest, WatchRequest, resource_version
 from .items import FrameCache, ItemWriter
+from .namespaces import NAMESPACES, NamespaceLifecycle
 from .negotiation import available_formats, format_for_content_type, negotiate
 from .objects import DEFAULT_RESOURCES, Resource
-from .status import APIError, bad_request, from_storage_error, internal_error
-from .streams import ResponseBody, StreamResponse, send_error_response
+from .status import APIError, bad_request, from_storage_error, internal_error, warning_headers
+from .streams import ResponseBody, StreamResponse, send_error_response, to_api_error
 
 __all__ = ["App", "ServerConfig", "create_app", "KUBERNETES_VERSION"]
 
@@ -114,7 +115,11 @@ class ServerConfig:
     readers of one shared scan or watch transcode each object once (0: none; see
     :class:`~streamcodec.server.items.FrameCache`).  ``header_timeout`` /
     ``body_timeout`` / ``max_connections``: see :mod:`streamcodec.server.connections`
-    (used through :meth:`App.uvicorn_options`).
+    (used through :meth:`App.uvicorn_options`).  ``namespace_lifecycle``: kube-apiserver's
+    NamespaceLifecycle admission, on by default as in kube, so clients meet kube's answers: a create
+    or update in a namespace without a Namespace object is a 404, ``default`` / ``kube-system`` /
+    ``kube-public`` cannot be deleted, and the system namespaces are created at start-up (see
+    :mod:`streamcodec.server.namespaces`); off, objects may be written in any namespace.
     """
 
     list_mode: str = "streaming"
@@ -144,6 +149,7 @@ class ServerConfig:
     kube_schema: KubeSchema = DEFAULT_SCHEMA
     shared_scans: bool = True
     frame_cache_bytes: int = FRAME_CACHE_BYTES
+    namespace_lifecycle: bool = True
 
     def __post_init__(self) -> None:
         if self.list_mode not in ("streaming", "buffered"):
@@ -245,6 +251,10 @@ class App:
         self.needs_count = {name for name in self.encoders if FORMATS[name].list_needs == "count"}
         #: transcoded watch-event frames, shared by every response (None: off)
         self.frame_cache = FrameCache(self.config.frame_cache_bytes) if self.config.frame_cache_bytes > 0 else None
+        #: kube's NamespaceLifecycle admission and system namespaces (namespaces.py); None: off
+        self.namespaces = (
+            NamespaceLifecycle(self.store, lambda name: self._key(NAMESPACES, None, name)) if self.config.namespace_lifecycle else None
+        )
         #: one large request body is decoded at a time, in a worker thread (_read_object)
         self._large_body_slot = asyncio.Semaphore(1)
         self.active_streams = 0
@@ -259,13 +269,18 @@ class App:
     # -- lifecycle ---------------------------------------------------------
 
     async def store(self) -> Store:
-        """The store; the EtcdStore of ``etcd_endpoints`` is made here, in the running loop, on first use."""
+        """The store; the EtcdStore of ``etcd_endpoints`` is made here, in the running loop, on first use
+        (which also starts creating the system namespaces, when ``namespace_lifecycle`` is on)."""
         if self._store is None:
             assert self._endpoints is not None
             self._store = EtcdStore(self._endpoints, **self._store_options)
+        if self.namespaces is not None:
+            self.namespaces.start(self._store)  # once, in the background: only a write into one not made yet waits
         return self._store
 
     async def aclose(self) -> None:
+        if self.namespaces is not None:
+            await self.namespaces.aclose()  # before the store it writes to
         if self.security is not None:
             self.security.flush()  # the audit log's buffered lines
         if self._owns_store and self._store is not None:
@@ -323,8 +338,8 @@ class App:
         except APIError as exc:
             await send_error_response(send, exc, encoder)
             return
-        except storage_errors.StorageError as exc:
-            await send_error_response(send, from_storage_error(exc), encoder)
+        except (storage_errors.StorageError, EncodeError) as exc:  # EncodeError: an object this media type cannot carry, 406
+            await send_error_response(send, to_api_error(exc), encoder)
             return
         except Exception:
             log.exception("unexpected error handling %s %s", scope.get("method"), scope.get("path"))
@@ -336,6 +351,8 @@ class App:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.namespaces is not None:
+                    await self.store()  # the system namespaces are created from start-up, not the first request
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -466,8 +483,9 @@ class App:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
         return self._kv_response(200, kv.value, int(kv.mod_revision), fmt, resource)
 
-    async def _read_object(self, scope: Dict[str, Any], receive: Any, resource: Resource) -> Dict[str, Any]:
-        """The request body, decoded and checked (:func:`objects.decode_body`).
+    async def _read_object(self, scope: Dict[str, Any], receive: Any, resource: Resource) -> Tuple[Dict[str, Any], List[str]]:
+        """The request body, decoded and checked (:func:`objects.decode_body`) under the write's
+        ``fieldValidation``, and the warnings that lets through (Warning headers of the response).
 
         Decoding and checking a body costs ~1-2 us of CPU per value, and a body may hold
         ``max_body_values``: past INLINE_BODY_BYTES it runs in a worker thread, one body at a time,
@@ -475,14 +493,18 @@ class App:
         decode) and the objects of at most one large body are being built at once.
         """
         body, body_format = await self._read_body(scope, receive)
+        query = _parse_query(scope.get("query_string", b""))
+        validation = objects.field_validation(query.get("fieldValidation"), scope["method"])
+        warnings: List[str] = []
         decode = functools.partial(
             objects.decode_body, body, body_format, resource,
             max_values=self.config.max_body_values, schema=self.config.kube_schema,
+            field_validation=validation, warnings=warnings,
         )
         if len(body) <= INLINE_BODY_BYTES:
-            return decode()
+            return decode(), warnings
         async with self._large_body_slot:
-            return await asyncio.to_thread(decode)
+            return await asyncio.to_thread(decode), warnings
 
     async def _read_body(self, scope: Dict[str, Any], receive: Any) -> Tuple[bytes, str]:
         chunks: List[bytes] = []
@@ -503,7 +525,7 @@ class App:
         return b"".join(chunks), body_format
 
     async def _create(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], fmt: str) -> "PlainResponse":
-        obj = await self._read_object(scope, receive, resource)
+        obj, warnings = await self._read_object(scope, receive, resource)
         metadata = obj.get("metadata") or {}
         name = metadata.get("name")
         if not name and isinstance(metadata.get("generateName"), str):
@@ -514,6 +536,8 @@ class App:
         body_ns = metadata.get("namespace")
         if body_ns and namespace is not None and body_ns != namespace:
             raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+        if self.namespaces is not None:  # kube's NamespaceLifecycle: its namespace must exist
+            await self.namespaces.admit("create", resource, namespace, name)
         stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=True)
         value = objects.encode_for_storage(stored)
         store = await self.store()
@@ -521,10 +545,12 @@ class App:
             revision = await store.create(self._key(resource, namespace, name), value)
         except storage_errors.StorageError as exc:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
-        return self._kv_response(201, value, revision, fmt, resource)
+        response = self._kv_response(201, value, revision, fmt, resource)
+        response.warnings = warnings
+        return response
 
     async def _replace(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
-        obj = await self._read_object(scope, receive, resource)
+        obj, warnings = await self._read_object(scope, receive, resource)
         metadata = obj.get("metadata") or {}
         if metadata.get("name", name) != name:
             raise bad_request("the name of the object does not match the name on the URL")
@@ -541,6 +567,8 @@ class App:
         for attempt in range(UPDATE_RETRIES):
             try:
                 current = await store.get(key)
+                if attempt == 0 and self.namespaces is not None:  # admitted once its object is read, as in kube
+                    await self.namespaces.admit("update", resource, namespace, name)
                 previous = objects.decode_stored(current.value, int(current.mod_revision))
                 stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=False, previous=previous)
                 value = objects.encode_for_storage(stored)
@@ -551,9 +579,13 @@ class App:
                     raise from_storage_error(exc, resource=resource.name, name=name) from None
             except storage_errors.StorageError as exc:
                 raise from_storage_error(exc, resource=resource.name, name=name) from None
-        return self._kv_response(200, value, revision, fmt, resource)
+        response = self._kv_response(200, value, revision, fmt, resource)
+        response.warnings = warnings
+        return response
 
     async def _delete(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
+        if self.namespaces is not None:  # kube's NamespaceLifecycle: immortal namespaces stay
+            await self.namespaces.admit("delete", resource, namespace, name)
         store = await self.store()
         try:
             deleted = await store.delete(self._key(resource, namespace, name))
@@ -672,17 +704,19 @@ class App:
 
 
 class PlainResponse:
-    """A complete, non-streaming ASGI response."""
+    """A complete, non-streaming ASGI response; ``warnings``: texts sent as kube's Warning headers."""
 
     def __init__(self, status: int, body: bytes, content_type: str, headers: Optional[Dict[str, str]] = None) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers or {}
+        self.warnings: List[str] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         headers = [(b"content-type", self.content_type.encode()), (b"content-length", str(len(self.body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        headers += [(b"warning", value.encode()) for value in warning_headers(self.warnings)]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body, "more_body": False})
 

@@ -1,7 +1,8 @@
 """Request parsing: the query of a list or a watch, as kube-apiserver reads it.
 
 Pure functions of the query (no storage, no I/O), each rule a 400/422 :class:`~.status.APIError`
-with kube's message; :mod:`.bodies` turns a parsed request into a response body.
+with kube's message (and the 504 "Too large resource version" of an exact read past any etcd
+revision); :mod:`.bodies` turns a parsed request into a response body.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ import dataclasses
 import random
 from typing import Dict, Optional
 
-from .status import APIError, bad_request
+from streamcodec.storage import errors as storage_errors
 
-__all__ = ["KeyFilter", "ListRequest", "WatchRequest", "count_param", "resource_version"]
+from .status import APIError, bad_request, from_storage_error
+
+__all__ = ["KeyFilter", "ListRequest", "WatchRequest", "count_param", "resource_version", "MAX_REVISION"]
+
+#: The newest revision etcd can have (its revisions are int64); a resourceVersion is parsed as uint64, as kube does.
+MAX_REVISION = (1 << 63) - 1
 
 
 def _rv(value: str) -> int:
@@ -114,6 +120,10 @@ class ListRequest:
         if match == "Exact" and rv == 0:
             raise bad_request("resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"")
         exact = match == "Exact" or (match == "" and limit is not None and rv > 0)
+        if exact and rv > MAX_REVISION:
+            # past any etcd revision: etcd's own answer to a revision from the future (kube's "Too large
+            # resource version"), not a read at a revision its int64 field cannot carry
+            raise from_storage_error(storage_errors.FutureRevision(f"resourceVersion {rv} is past etcd's int64 revisions"))
         return cls(limit, token, rv if exact else None, 0 if exact else rv, KeyFilter.parse(query))
 
 

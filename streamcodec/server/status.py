@@ -8,13 +8,13 @@ internals: unexpected exceptions become a generic 500.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from streamcodec.storage import errors as storage_errors
 
 from .defaults import RETRY_AFTER
 
-__all__ = ["APIError", "status_object", "from_storage_error", "internal_error"]
+__all__ = ["APIError", "status_object", "from_storage_error", "internal_error", "warning_headers", "not_found", "forbidden"]
 
 
 class APIError(Exception):
@@ -66,8 +66,47 @@ def status_object(code: int, reason: str, message: str, details: Optional[Dict[s
     return status
 
 
+#: k8s.io/apiserver's warning recorder: past this many characters of warnings in one response, each is
+#: cut to WARNING_ITEM_CHARS, and once the cut ones reach it the rest are dropped.
+WARNING_TOTAL_CHARS = 4 * 1024
+WARNING_ITEM_CHARS = 256
+
+
+def warning_headers(texts: Iterable[str]) -> List[str]:
+    """The values of the ``Warning`` headers kube-apiserver sends for these warning texts (its warning
+    recorder's rules): one header a text, ``299 - "text"`` with quotes and backslashes escaped, each text
+    once, truncated as :data:`WARNING_TOTAL_CHARS` says.  Texts hold no control characters (kube drops
+    such a warning)."""
+    kept: List[str] = []
+    written, truncating = 0, False
+    for text in dict.fromkeys(t for t in texts if t):
+        if truncating:
+            if written >= WARNING_TOTAL_CHARS:
+                break
+            text = text[:WARNING_ITEM_CHARS]
+        elif written + len(text) > WARNING_TOTAL_CHARS:
+            truncating = True  # replay what was kept, truncated, as kube does
+            kept = [t[:WARNING_ITEM_CHARS] for t in kept]
+            written = sum(map(len, kept))
+            text = text[:WARNING_ITEM_CHARS]
+        kept.append(text)
+        written += len(text)
+    return ['299 - "%s"' % t.replace("\\", "\\\\").replace('"', '\\"') for t in kept]
+
+
 def bad_request(message: str) -> APIError:
     return APIError(400, "BadRequest", message)
+
+
+def not_found(resource: str, name: str) -> APIError:
+    """kube's ``errors.NewNotFound``: ``{resource} "{name}" not found``, details ``{name, kind: resource}``."""
+    return APIError(404, "NotFound", f'{resource} "{name}" not found', details={"name": name, "kind": resource})
+
+
+def forbidden(resource: str, name: str, reason: str) -> APIError:
+    """kube's ``errors.NewForbidden`` of a named object: ``{resource} "{name}" is forbidden: {reason}``,
+    details ``{name, kind: resource}``."""
+    return APIError(403, "Forbidden", f'{resource} "{name}" is forbidden: {reason}', details={"name": name, "kind": resource})
 
 
 def internal_error() -> APIError:

@@ -45,6 +45,7 @@ from streamcodec.storage import errors as storage_errors
 from streamcodec.writer import FrameWriter
 
 from .defaults import QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT
+from .objects import codec_message
 from .status import APIError, from_storage_error, internal_error
 
 __all__ = [
@@ -507,7 +508,7 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, EncodeError):
         # a stored object this media type cannot carry (an int past 2**53 in the Struct protobuf):
         # the client may ask for another; other streams are unaffected
-        return APIError(406, "NotAcceptable", f"an object cannot be represented in the requested media type: {exc}")
+        return APIError(406, "NotAcceptable", f"an object cannot be represented in the requested media type: {codec_message(str(exc))}")
     log.error("unexpected error in a stream", exc_info=exc)
     return internal_error()
 

@@ -1,0 +1,149 @@
+"""kube-apiserver's NamespaceLifecycle admission (issue #11), over real etcd: a create or update in a
+namespace without a Namespace object is kube's 404 and stores nothing; the system namespaces exist after
+start-up, also when another replica made them first; the immortal namespaces cannot be deleted; and
+``namespace_lifecycle=False`` keeps the old behaviour.
+
+kube's answers, as k8s.io/apiserver's admission/plugin/namespace/lifecycle and apimachinery's
+errors.NewNotFound / NewForbidden make them, and its system namespaces controller's list.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterator, List
+
+import httpx
+import pytest
+
+from streamcodec import cli
+from streamcodec.server.app import ServerConfig
+from tests.apiserver_harness import ServerThread
+
+SYSTEM = ["default", "kube-node-lease", "kube-public", "kube-system"]  # as listed: in key order
+IMMORTAL = ["default", "kube-system", "kube-public"]
+
+
+def started(srv: ServerThread) -> ServerThread:
+    """``srv`` once its first try to create the system namespaces has ended."""
+    assert srv.app.namespaces is not None
+    srv.call(srv.app.store())  # lifespan start-up did this already; harmless again
+    srv.call(srv.app.namespaces.first_try.wait(), timeout=30)
+    return srv
+
+
+@pytest.fixture
+def server(etcd: Any, prefix: bytes) -> Iterator[ServerThread]:
+    with ServerThread(etcd.endpoint, prefix, namespace_lifecycle=True) as srv:
+        yield started(srv)
+
+
+def status_of(r: httpx.Response, code: int, reason: str, message: str, details: Dict[str, Any]) -> None:
+    assert r.status_code == code, (r.status_code, r.text)
+    status = r.json()
+    assert status["kind"] == "Status" and status["apiVersion"] == "v1" and status["status"] == "Failure", status
+    assert (status["code"], status["reason"], status["message"]) == (code, reason, message), status
+    assert status["details"] == details, status
+
+
+def stored_keys(etcd: Any, prefix: bytes) -> List[str]:
+    """Every key under ``prefix``, read from etcd itself (not through the server)."""
+    out = etcd.etcdctl("get", "--prefix", "--keys-only", prefix.decode())
+    return sorted(line[len(prefix):] for line in out.splitlines() if line.strip())
+
+
+def names(r: httpx.Response) -> List[str]:
+    assert r.status_code == 200, r.text
+    return [item["metadata"]["name"] for item in r.json()["items"]]
+
+
+def test_a_create_in_a_namespace_without_a_namespace_object_is_404_and_stores_nothing(server: ServerThread, etcd: Any,
+                                                                                      prefix: bytes) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    cms = "/api/v1/namespaces/team-a/configmaps"
+    for body in ({"metadata": {"name": "cm"}, "data": {"a": "b"}}, {"metadata": {"generateName": "cm-"}}):
+        status_of(c.post(cms, json=body), 404, "NotFound", 'namespaces "team-a" not found', {"name": "team-a", "kind": "namespaces"})
+    assert not [k for k in stored_keys(etcd, prefix) if not k.startswith("namespaces/")]
+    assert c.get(cms).json()["items"] == []  # reads are not admission's: an empty list, as in kube
+
+    # created the way a kube client does it, then the same create succeeds
+    assert c.post("/api/v1/namespaces", json={"metadata": {"name": "team-a"}}).status_code == 201
+    created = c.post(cms, json={"metadata": {"name": "cm"}, "data": {"a": "b"}})
+    assert created.status_code == 201, created.text
+    assert c.get(cms + "/cm").json()["data"] == {"a": "b"}
+    assert "configmaps/team-a/cm" in stored_keys(etcd, prefix)
+
+
+def test_an_update_in_a_missing_namespace_is_404_and_a_delete_is_allowed(server: ServerThread, etcd: Any, prefix: bytes) -> None:
+    """What a deleted namespace left behind (this server deletes a Namespace's key, not its content): kube's plugin
+    refuses updates there (after the object is read, so a missing object is its own 404) and allows deletes."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    assert c.post("/api/v1/namespaces", json={"metadata": {"name": "gone"}}).status_code == 201
+    cm = "/api/v1/namespaces/gone/configmaps/left"
+    assert c.post("/api/v1/namespaces/gone/configmaps", json={"metadata": {"name": "left"}, "data": {"a": "1"}}).status_code == 201
+    assert c.delete("/api/v1/namespaces/gone").status_code == 200
+
+    status_of(c.put(cm, json={"metadata": {"name": "left"}, "data": {"a": "2"}}), 404, "NotFound", 'namespaces "gone" not found',
+              {"name": "gone", "kind": "namespaces"})
+    assert c.get(cm).json()["data"] == {"a": "1"}  # unchanged
+    status_of(c.put("/api/v1/namespaces/gone/configmaps/never", json={"metadata": {"name": "never"}}), 404, "NotFound",
+              'configmaps "never" not found', {"name": "never", "kind": "configmaps"})
+    assert c.delete(cm).status_code == 200
+    assert "configmaps/gone/left" not in stored_keys(etcd, prefix)
+
+
+def test_the_system_namespaces_exist_after_start_up_and_a_second_replica_starts_fine(etcd: Any, prefix: bytes,
+                                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="streamcodec.server")
+    with ServerThread(etcd.endpoint, prefix, namespace_lifecycle=True) as first:
+        # the first request, as soon as the server listens: it meets default whether or not it is made yet
+        r = httpx.post(first.url + "/api/v1/namespaces/default/secrets", json={"metadata": {"name": "s"}}, timeout=30)
+        assert r.status_code == 201, r.text
+        started(first)
+        listed = httpx.get(first.url + "/api/v1/namespaces", timeout=10).json()["items"]
+        assert [ns["metadata"]["name"] for ns in listed] == SYSTEM
+        assert stored_keys(etcd, prefix) == ["namespaces/" + ns for ns in SYSTEM] + ["secrets/default/s"]
+        with ServerThread(etcd.endpoint, prefix, namespace_lifecycle=True) as second:  # a replica on the same etcd prefix
+            started(second)
+            again = httpx.get(second.url + "/api/v1/namespaces", timeout=10).json()["items"]
+            assert again == listed  # create-if-absent: the first replica's objects, untouched (uids, revisions)
+            r = httpx.post(second.url + "/api/v1/namespaces/kube-system/configmaps", json={"metadata": {"name": "cm"}}, timeout=10)
+            assert r.status_code == 201, r.text
+    assert not [r.getMessage() for r in caplog.records if r.name == "streamcodec.server"]
+
+
+@pytest.mark.parametrize("namespace", IMMORTAL)
+def test_deleting_an_immortal_namespace_is_403_and_it_stays(server: ServerThread, namespace: str) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    status_of(c.delete(f"/api/v1/namespaces/{namespace}"), 403, "Forbidden",
+              f'namespaces "{namespace}" is forbidden: this namespace may not be deleted', {"name": namespace, "kind": "namespaces"})
+    assert c.get(f"/api/v1/namespaces/{namespace}").status_code == 200
+    assert c.post(f"/api/v1/namespaces/{namespace}/secrets", json={"metadata": {"name": "still"}}).status_code == 201
+
+
+def test_other_namespaces_may_be_deleted_kube_node_lease_too(server: ServerThread) -> None:
+    """kube's plugin guards three namespaces; kube-node-lease is a system namespace but not immortal."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    assert c.post("/api/v1/namespaces", json={"metadata": {"name": "mine"}}).status_code == 201
+    for namespace in ("mine", "kube-node-lease"):
+        assert c.delete(f"/api/v1/namespaces/{namespace}").status_code == 200, namespace
+        assert c.post(f"/api/v1/namespaces/{namespace}/secrets", json={"metadata": {"name": "s"}}).status_code == 404
+
+
+def test_with_namespace_lifecycle_off_objects_go_in_any_namespace(etcd: Any, prefix: bytes) -> None:
+    """The old behaviour (ServerThread's default): no check, no system namespaces, nothing immortal."""
+    with ServerThread(etcd.endpoint, prefix, namespace_lifecycle=False) as srv:
+        assert srv.app.namespaces is None
+        c = httpx.Client(base_url=srv.url, timeout=10)
+        assert c.post("/api/v1/namespaces/team-a/configmaps", json={"metadata": {"name": "cm"}}).status_code == 201
+        assert c.put("/api/v1/namespaces/team-a/configmaps/cm", json={"metadata": {"name": "cm"}, "data": {"a": "b"}}).status_code == 200
+        assert names(c.get("/api/v1/namespaces")) == []
+        assert c.post("/api/v1/namespaces", json={"metadata": {"name": "default"}}).status_code == 201
+        assert c.delete("/api/v1/namespaces/default").status_code == 200
+        assert stored_keys(etcd, prefix) == ["configmaps/team-a/cm"]
+
+
+def test_namespace_lifecycle_is_on_by_default_and_serve_can_turn_it_off() -> None:
+    assert ServerConfig().namespace_lifecycle is True
+    parse = cli.build_parser().parse_args
+    assert parse(["serve", "--etcd", "x:1"]).namespace_lifecycle is True
+    assert parse(["serve", "--etcd", "x:1", "--no-namespace-lifecycle"]).namespace_lifecycle is False
