@@ -538,7 +538,7 @@ class App:
             raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
         if self.namespaces is not None:  # kube's NamespaceLifecycle: its namespace must exist
             await self.namespaces.admit("create", resource, namespace, name)
-        stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=True)
+        stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=True, schema=self.config.kube_schema)
         value = objects.encode_for_storage(stored)
         store = await self.store()
         try:
@@ -570,7 +570,7 @@ class App:
                 if attempt == 0 and self.namespaces is not None:  # admitted once its object is read, as in kube
                     await self.namespaces.admit("update", resource, namespace, name)
                 previous = objects.decode_stored(current.value, int(current.mod_revision))
-                stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=False, previous=previous)
+                stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=False, previous=previous, schema=self.config.kube_schema)
                 value = objects.encode_for_storage(stored)
                 revision = await store.update(key, value, int(current.mod_revision) if expected is None else expected)
                 break
