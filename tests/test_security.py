@@ -590,7 +590,7 @@ def test_audited_streams_keep_zero_copy_and_abort(etcd: Any, prefix: bytes, tmp_
         with ServerThread(etcd.endpoint, prefix, app_options={"audit": audit}) as srv:
             c = httpx.Client(base_url=srv.url, timeout=10)
             for i in range(20):
-                c.post("/api/v1/namespaces/x/secrets", json={"metadata": {"name": f"s{i:02d}"}, "data": {"k": "dg==" * 5000}})
+                c.post("/api/v1/namespaces/x/secrets", json={"metadata": {"name": f"s{i:02d}"}, "data": {"k": "dg" * 10000}})
             r = c.get(f"/api/v1/namespaces/x/secrets?{WATCH_LIST}&timeoutSeconds=1")
             assert r.status_code == 200 and r.content.count(b'"type":"ADDED"') == 20
             assert srv.wait_idle()["pool"].in_use == 0
