@@ -482,7 +482,10 @@ def _raw_json(reader: MessageReader, raw: BytesLike, offset: int) -> Any:
     first (the field counted the value itself)."""
     raw = bytes(raw)
     reader.count(_json_value_count(raw) - 1, offset)
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # bad JSON, or text that is not UTF-8: the message is damaged, not the decoder
+        raise DecodeError(f"the JSON of a FieldsV1 or RawExtension is not valid: {exc}", offset) from None
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)

@@ -479,3 +479,17 @@ def test_compiled_and_twin_decoders_agree_on_random_wire_messages(data: st.DataO
     api_version, kind = data.draw(st.sampled_from(DEFAULT_SCHEMA.kinds()))
     body = data.draw(raw_messages(DEFAULT_SCHEMA.message_name(api_version, kind) or "", 3))
     agree(_kubeproto_py.KubeProtoEncoder()._object_frame(api_version, kind, body), limit)
+
+
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("damaged", [b'{"f:x":{]}', b'{"f:\xff":{}}'])  # not JSON; not UTF-8
+def test_a_fields_v1_that_is_not_json_is_a_decode_error(impl: str, damaged: bytes) -> None:
+    module = IMPLEMENTATIONS[impl]
+    good = b'{"f:x":{}}'
+    frame = module.KubeProtoEncoder().for_kind("v1", "ConfigMap").encode(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "managedFields": [{"manager": "m", "fieldsV1": {"f:x": {}}}]}}
+    )
+    assert frame.count(good) == 1 and len(damaged) == len(good)
+    with pytest.raises(DecodeError, match="FieldsV1 or RawExtension is not valid") as caught:
+        module.KubeProtoDecoder().decode(frame.replace(good, damaged))
+    assert caught.value.offset == frame.index(good)
