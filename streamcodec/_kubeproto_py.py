@@ -473,8 +473,31 @@ def _time_text(seconds: int, nanos: int, offset: int) -> str:
 
 
 def _duration_text(nanoseconds: int) -> str:
-    """The text of a ``metav1.Duration`` {1: nanoseconds}, as :func:`parse_duration` reads it back."""
-    return f"{nanoseconds / 1e9:g}s"
+    """The text of a ``metav1.Duration`` {1: nanoseconds} as Go's ``time.Duration.String`` writes it
+    ("1h0m0s", "1.5s", "300ms", "0s"): exact, and what a Go client would show."""
+    if nanoseconds == 0:
+        return "0s"
+    sign, n = ("-", -nanoseconds) if nanoseconds < 0 else ("", nanoseconds)
+    if n < 1000:
+        return f"{sign}{n}ns"
+    if n < 10**9:
+        unit, scale = ("µs", 1000) if n < 10**6 else ("ms", 10**6)
+        return sign + _with_fraction(n, scale) + unit
+    seconds, rest = divmod(n, 10**9)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    text = _with_fraction(seconds * 10**9 + rest, 10**9) + "s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{text}"
+    return f"{sign}{minutes}m{text}" if minutes else sign + text
+
+
+def _with_fraction(n: int, scale: int) -> str:
+    """``n / scale`` in decimal, exact, without trailing zeros (Go's fmtFrac and fmtInt)."""
+    whole, frac = divmod(n, scale)
+    if not frac:
+        return str(whole)
+    return f"{whole}." + f"{frac:0{len(str(scale)) - 1}d}".rstrip("0")
 
 
 def _raw_json(reader: MessageReader, raw: BytesLike, offset: int) -> Any:

@@ -406,6 +406,25 @@ def test_the_compiled_decoder_follows_its_schema_as_it_changes() -> None:
         assert cls(schema).decode(frame) == {"size": 3, "blob": "/w==", "kind": "Widget", "apiVersion": "example.com/v1"}
 
 
+#: Go's own durationTests (time/time_test.go): nanoseconds and what time.Duration.String writes
+GO_DURATIONS = [(0, "0s"), (1, "1ns"), (1100, "1.1µs"), (2200 * 10**3, "2.2ms"), (3300 * 10**6, "3.3s"),
+                (245 * 10**9, "4m5s"), (245001 * 10**6, "4m5.001s"), (18367001 * 10**6, "5h6m7.001s"),
+                (8 * 60 * 10**9 + 1, "8m0.000000001s"), (2**63 - 1, "2562047h47m16.854775807s"),
+                (-(2**63), "-2562047h47m16.854775808s"), (-300 * 10**6, "-300ms"), (3600 * 10**9, "1h0m0s")]
+
+
+@pytest.mark.parametrize("nanoseconds, text", GO_DURATIONS)
+def test_durations_read_as_go_writes_them_and_back(nanoseconds: int, text: str) -> None:
+    schema = KubeSchema({("example.com/v1", "Timer"): "example.Timer"},
+                        {"example.Timer": [("every", 1, "DURATION", None, "ONE")]})
+    duration = b"\x08" + _kubeproto_py._varint(nanoseconds & (2**64 - 1))
+    frame = _kubeproto_py.KubeProtoEncoder(schema)._object_frame(
+        "example.com/v1", "Timer", _kubeproto_py._len_field(1, duration))
+    for cls in DECODERS.values():
+        assert cls(schema).decode(frame)["every"] == text
+    assert _kubeproto_py.parse_duration(text, "every") == nanoseconds
+
+
 def _wire_field(number: int, wire: int, payload: Any) -> bytes:
     tag = _kubeproto_py._varint(number << 3 | wire)
     if wire == 0:
