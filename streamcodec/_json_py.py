@@ -449,6 +449,17 @@ def _duplicate_keys(data: bytes) -> Dict[str, int]:
     (``a.b``, ``a[0].b``), mapped to the offset of its repeat, in document order, each path once,
     at most DuplicateKey.MAX_PATHS (sigs.k8s.io/json's rules).  ``data`` is valid JSON."""
     found: Dict[str, int] = {}
+    for path, offset, again in key_paths(data):
+        if again and path not in found:
+            found[path] = offset
+            if len(found) == DuplicateKey.MAX_PATHS:
+                break
+    return found
+
+
+def key_paths(data: bytes) -> Iterator[Tuple[str, int, bool]]:
+    """Every key of valid JSON ``data`` in document order: its path as Kubernetes' strict decoding names
+    it (``a.b``, ``a[0].b``), its offset, and whether its object held it before."""
     # Per open container: [its path, the keys seen (an object) or None (an array), the path of
     # the current key (an object) or the current item's index (an array)].
     stack: List[List[Any]] = []
@@ -463,12 +474,9 @@ def _duplicate_keys(data: bytes) -> Dict[str, int]:
             token = m.group()
             key = json.loads(token) if b"\\" in token else token[1:-1].decode("utf-8")
             top[2] = f"{top[0]}.{key}" if top[0] else key
-            if key not in top[1]:
-                top[1].add(key)
-            elif top[2] not in found:
-                found[top[2]] = m.start()
-                if len(found) == DuplicateKey.MAX_PATHS:
-                    break
+            again = key in top[1]
+            top[1].add(key)
+            yield top[2], m.start(), again
         elif kind == "e" or kind == "o":
             parent = stack[-1] if stack else None
             if parent is None:
@@ -488,7 +496,6 @@ def _duplicate_keys(data: bytes) -> Dict[str, int]:
                 top[2] += 1
             else:
                 want_key = True
-    return found
 
 
 def parse_text(text: str, base: int, unique_in: Optional[bytes] = None) -> Any:
@@ -510,7 +517,8 @@ def parse_text(text: str, base: int, unique_in: Optional[bytes] = None) -> Any:
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"invalid JSON: {exc}", base) from None
     found = _duplicate_keys(unique_in)
-    raise DuplicateKey(list(found), base + next(iter(found.values()), 0), value=value)
+    raise DuplicateKey(list(found), base + next(iter(found.values()), 0), value=value,
+                       offsets=[base + at for at in found.values()])
 
 
 def _parse_frame(data: bytes, base: int, max_depth: int, max_values: int, unique_keys: bool) -> Any:

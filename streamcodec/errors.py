@@ -119,14 +119,17 @@ class DuplicateKey(DecodeError):
     as Kubernetes' CBOR decoder does, and give its key alone, with ``index``, its entry's index in its
     map.  ``problems``: one text per path, Kubernetes' (``duplicate field "metadata.name"``).
     ``value``: (JSON) the frame decoded as without the option (the last of a key's values wins), so a
-    caller may accept it and only warn; else None.  ``offset``: the first duplicate key's.
+    caller may accept it and only warn; else None.  ``offset``: the first duplicate key's;
+    ``offsets``: each path's (its repeat's), as ``paths`` has them.
     """
 
     #: Kubernetes' cap on the strict decoding errors of one object
     MAX_PATHS = 100
 
-    def __init__(self, paths: Sequence[str], offset: int, *, index: Optional[int] = None, value: Any = None) -> None:
+    def __init__(self, paths: Sequence[str], offset: int, *, index: Optional[int] = None, value: Any = None,
+                 offsets: Optional[Sequence[int]] = None) -> None:
         self.paths = list(paths)
+        self.offsets = list(offsets) if offsets is not None else [offset] * len(self.paths)
         self.problems = [f"duplicate field {go_quote(path)}" for path in self.paths]
         super().__init__(", ".join(self.problems), offset)
         self.index = index

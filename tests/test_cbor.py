@@ -553,8 +553,14 @@ def test_unique_keys_refuse_a_map_holding_a_key_twice_as_kubernetes_cbor_does(de
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "é"]), st.integers(0, 23)), max_size=6), st.booleans())
 def test_unique_keys_find_exactly_the_maps_with_a_repeated_key_in_both_implementations(pairs: List[Any], definite: bool) -> None:
     frame = TAG + _cbor_map([("k", _cbor_map([(k, bytes([v])) for k, v in pairs], definite))])
+    unique_keys_judged_alike((_cbor.CBORDecoder, _cbor_py.CBORDecoder), frame, pairs, lambda inner: {"k": inner})
+
+
+def unique_keys_judged_alike(decoders: Any, frame: bytes, pairs: List[Any], whole: Any) -> None:
+    """Both ``decoders`` (with unique_keys) judge ``frame``, which holds the map of ``pairs``, alike: a
+    DuplicateKey at the first key given again, else ``whole(dict(pairs))``."""
     outcomes: List[Any] = []
-    for cls in (_cbor.CBORDecoder, _cbor_py.CBORDecoder):
+    for cls in decoders:
         try:
             outcomes.append(("ok", cls(unique_keys=True).decode(frame)))
         except DuplicateKey as exc:
@@ -563,6 +569,6 @@ def test_unique_keys_find_exactly_the_maps_with_a_repeated_key_in_both_implement
     keys = [k for k, _ in pairs]
     first_repeat = next((i for i, k in enumerate(keys) if k in keys[:i]), None)
     if first_repeat is None:
-        assert outcomes[0] == ("ok", {"k": dict(pairs)})
+        assert outcomes[0] == ("ok", whole(dict(pairs)))
     else:
         assert outcomes[0][2:4] == ([keys[first_repeat]], first_repeat)

@@ -1131,8 +1131,9 @@ def test_a_single_object_the_struct_protobuf_cannot_carry_is_406_as_its_list(ser
     carry it); its list in the Struct protobuf is a 406, and so is a GET of it (and the answer to its POST, PUT
     or DELETE), which App._http's catch-all made a 500."""
     c = httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT)
-    path = "/api/v1/namespaces/kube-public/configmaps"
-    assert c.post(path, json={"metadata": {"name": "past-2-53"}, "n": 2**53 + 1}).status_code in (201, 409)
+    path = "/api/v1/namespaces/kube-public/pods"
+    body = {"metadata": {"name": "past-2-53"}, "spec": {"activeDeadlineSeconds": 2**53 + 1}}  # an int64 field
+    assert c.post(path, json=body).status_code in (201, 409)
     struct = {"Accept": "application/vnd.streamcodec.struct+protobuf"}
     assert c.get(path, headers=struct).status_code == 406
     reply = c.get(path + "/past-2-53", headers=struct)

@@ -197,6 +197,37 @@ def test_configmaps_and_namespaces(kube_bin: str, etcd: EtcdProcess) -> None:
         assert c.get("/api/v1/namespaces").json()["items"] == []
 
 
+def test_writes_are_judged_by_field_validation_as_by_kube(kube_bin: str, etcd: EtcdProcess) -> None:
+    """The same writes to the real k8s.io/apiserver and to ours: fields given twice and fields Secret lacks, under
+    each fieldValidation; stringData merged into data.  Status, message, Warning headers and the stored data agree."""
+    from tests.apiserver_harness import ServerThread
+
+    bodies = [
+        b'{"metadata":{"name":"fv","bogus":1},"data":{"k":"YQ==","k":"Yg=="},"dat":1,"type":"Opaque"}',
+        b'{"metadata":{"name":"fv2"},"stringData":{"k":"new","p":"pw"},"data":{"k":"b2xk","d":"ZA=="}}',
+    ]
+
+    def answers(url: str) -> List[Any]:
+        out: List[Any] = []
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for validation in ("Strict", "Warn", "Ignore", None):
+                for i, body in enumerate(bodies):
+                    ns = f"fv-{(validation or 'absent').lower()}"
+                    params = {"fieldValidation": validation} if validation else {}
+                    r = c.post(f"/api/v1/namespaces/{ns}/secrets", params=params, content=body,
+                               headers={"Content-Type": "application/json"})
+                    got = r.json()
+                    kept = got.get("message") if got.get("kind") == "Status" else {k: got.get(k) for k in ("data", "stringData", "dat")}
+                    out.append((validation, i, r.status_code, kept, r.headers.get_list("warning")))
+        return out
+
+    with KubeAPIServer(kube_bin, etcd.endpoint, prefix=new_prefix()) as kube, \
+            ServerThread(etcd.endpoint, f"/registry-ours-{uuid.uuid4().hex[:8]}/".encode()) as ours:
+        theirs = answers(kube.url)
+        assert answers(ours.url) == theirs
+    assert theirs[0][2] == 400 and "unknown field" in theirs[0][3] and "duplicate field" in theirs[0][3], theirs[0]
+
+
 @pytest.mark.parametrize("watch_cache", [True, False], ids=["watch-cache", "no-watch-cache"])
 def test_secrets_in_json_and_protobuf_and_as_stored_in_etcd(
     kube_bin: str, etcd: EtcdProcess, kube_proto: Any, watch_cache: bool

@@ -1,16 +1,21 @@
-"""kube-apiserver's NamespaceLifecycle admission (issue #11), over real etcd: a create or update in a
-namespace without a Namespace object is kube's 404 and stores nothing; the system namespaces exist after
-start-up, also when another replica made them first; the immortal namespaces cannot be deleted; and
-``namespace_lifecycle=False`` keeps the old behaviour.
+"""kube-apiserver's NamespaceLifecycle admission and namespace termination (issue #11), over real etcd: a
+create or update in a namespace without a Namespace object is kube's 404 and stores nothing; the system
+namespaces exist after start-up, also when another replica made them first; the immortal namespaces
+cannot be deleted; deleting a Namespace terminates it (its objects deleted, each a DELETED event, then
+the Namespace; creates in it meanwhile 403, a second DELETE 409), also when the server that took the
+DELETE stopped before it finished; and ``namespace_lifecycle=False`` keeps the old behaviour.
 
-kube's answers, as k8s.io/apiserver's admission/plugin/namespace/lifecycle and apimachinery's
-errors.NewNotFound / NewForbidden make them, and its system namespaces controller's list.
+kube's answers, as k8s.io/apiserver's admission/plugin/namespace/lifecycle, the namespace registry and
+apimachinery's errors.NewNotFound / NewForbidden / NewConflict make them, and its system namespaces
+controller's list.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Dict, Iterator, List
+import time
+from typing import Any, Callable, Dict, Iterator, List
 
 import httpx
 import pytest
@@ -74,14 +79,12 @@ def test_a_create_in_a_namespace_without_a_namespace_object_is_404_and_stores_no
 
 
 def test_an_update_in_a_missing_namespace_is_404_and_a_delete_is_allowed(server: ServerThread, etcd: Any, prefix: bytes) -> None:
-    """What a deleted namespace left behind (this server deletes a Namespace's key, not its content): kube's plugin
-    refuses updates there (after the object is read, so a missing object is its own 404) and allows deletes."""
+    """What another writer left in a namespace without a Namespace object: kube's plugin refuses updates there
+    (after the object is read, so a missing object is its own 404) and allows deletes."""
     c = httpx.Client(base_url=server.url, timeout=10)
-    assert c.post("/api/v1/namespaces", json={"metadata": {"name": "gone"}}).status_code == 201
+    etcd.etcdctl("put", prefix.decode() + "configmaps/gone/left", json.dumps({"metadata": {"name": "left", "namespace": "gone"},
+                                                                              "data": {"a": "1"}, "kind": "ConfigMap", "apiVersion": "v1"}))
     cm = "/api/v1/namespaces/gone/configmaps/left"
-    assert c.post("/api/v1/namespaces/gone/configmaps", json={"metadata": {"name": "left"}, "data": {"a": "1"}}).status_code == 201
-    assert c.delete("/api/v1/namespaces/gone").status_code == 200
-
     status_of(c.put(cm, json={"metadata": {"name": "left"}, "data": {"a": "2"}}), 404, "NotFound", 'namespaces "gone" not found',
               {"name": "gone", "kind": "namespaces"})
     assert c.get(cm).json()["data"] == {"a": "1"}  # unchanged
@@ -89,6 +92,102 @@ def test_an_update_in_a_missing_namespace_is_404_and_a_delete_is_allowed(server:
               'configmaps "never" not found', {"name": "never", "kind": "configmaps"})
     assert c.delete(cm).status_code == 200
     assert "configmaps/gone/left" not in stored_keys(etcd, prefix)
+
+
+def test_admission_comes_before_the_objects_validation_as_in_kube(server: ServerThread) -> None:
+    """kube's NamespaceLifecycle is a mutating admission plugin: it runs before the name is validated."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    for body in ({"metadata": {"name": "Not_A_Name"}}, {"metadata": {}}):
+        status_of(c.post("/api/v1/namespaces/nowhere/secrets", json=body), 404, "NotFound", 'namespaces "nowhere" not found',
+                  {"name": "nowhere", "kind": "namespaces"})
+    assert c.post("/api/v1/namespaces/default/secrets", json={"metadata": {"name": "Not_A_Name"}}).status_code == 422
+
+
+def until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+def test_deleting_a_namespace_deletes_its_objects_then_itself_each_a_watch_event(server: ServerThread, etcd: Any, prefix: bytes) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    created = c.post("/api/v1/namespaces", json={"metadata": {"name": "doomed"}})
+    assert created.status_code == 201, created.text
+    assert created.json()["spec"] == {"finalizers": ["kubernetes"]} and created.json()["status"] == {"phase": "Active"}
+    for ns in ("doomed", "kept"):
+        if ns == "kept":
+            assert c.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).status_code == 201
+        for i in range(3):
+            assert c.post(f"/api/v1/namespaces/{ns}/configmaps", json={"metadata": {"name": f"cm-{i}"}}).status_code == 201
+        assert c.post(f"/api/v1/namespaces/{ns}/secrets", json={"metadata": {"name": "s"}}).status_code == 201
+    listed = c.get("/api/v1/namespaces/doomed/configmaps").json()
+    params = {"watch": "1", "resourceVersion": listed["metadata"]["resourceVersion"], "timeoutSeconds": "20"}
+    deleted: List[str] = []
+    with httpx.stream("GET", server.url + "/api/v1/namespaces/doomed/configmaps", params=params, timeout=30) as watch:
+        r = c.delete("/api/v1/namespaces/doomed")
+        assert r.status_code == 200, r.text
+        marked = r.json()
+        assert marked["status"]["phase"] == "Terminating" and marked["metadata"]["deletionTimestamp"], marked
+        for line in watch.iter_lines():
+            event = json.loads(line)
+            assert event["type"] == "DELETED", event
+            deleted.append(event["object"]["metadata"]["name"])
+            if len(deleted) == 3:
+                break
+    assert sorted(deleted) == ["cm-0", "cm-1", "cm-2"]
+    until(lambda: c.get("/api/v1/namespaces/doomed").status_code == 404, "the namespace is gone")
+    assert not [k for k in stored_keys(etcd, prefix) if "/doomed" in k]
+    assert [k for k in stored_keys(etcd, prefix) if "/kept/" in k] == ["configmaps/kept/cm-0", "configmaps/kept/cm-1",
+                                                                        "configmaps/kept/cm-2", "secrets/kept/s"]
+    status_of(c.post("/api/v1/namespaces/doomed/secrets", json={"metadata": {"name": "s"}}), 404, "NotFound",
+              'namespaces "doomed" not found', {"name": "doomed", "kind": "namespaces"})
+
+
+def test_a_terminating_namespace_refuses_creates_and_a_second_delete_as_kube(server: ServerThread, etcd: Any, prefix: bytes) -> None:
+    """A finalizer nobody here removes keeps the namespace terminating once its content is gone (kube: until its
+    owner calls /finalize), so what kube answers meanwhile can be seen."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    r = c.post("/api/v1/namespaces", json={"metadata": {"name": "held"}, "spec": {"finalizers": ["example.com/hold"]}})
+    assert r.status_code == 201 and r.json()["spec"]["finalizers"] == ["kubernetes", "example.com/hold"], r.text
+    assert c.post("/api/v1/namespaces/held/configmaps", json={"metadata": {"name": "cm"}}).status_code == 201
+    assert c.delete("/api/v1/namespaces/held").status_code == 200
+
+    def finalized() -> bool:
+        return c.get("/api/v1/namespaces/held").json()["spec"]["finalizers"] == ["example.com/hold"]
+
+    until(finalized, "the kubernetes finalizer removed")
+    assert not [k for k in stored_keys(etcd, prefix) if k.startswith("configmaps/held/")]
+    held = c.get("/api/v1/namespaces/held").json()
+    assert held["status"]["phase"] == "Terminating" and held["metadata"]["deletionTimestamp"]
+    status_of(c.post("/api/v1/namespaces/held/configmaps", json={"metadata": {"name": "late"}}), 403, "Forbidden",
+              'configmaps "late" is forbidden: unable to create new content in namespace held because it is being terminated',
+              {"name": "late", "kind": "configmaps", "causes": [
+                  {"reason": "NamespaceTerminating", "message": "namespace held is being terminated", "field": "metadata.namespace"}]})
+    status_of(c.delete("/api/v1/namespaces/held"), 409, "Conflict",
+              'Operation cannot be fulfilled on namespaces "held": The system is ensuring all content is removed from this '
+              "namespace.  Upon completion, this namespace will automatically be purged by the system.",
+              {"name": "held", "kind": "namespaces"})
+    # an update keeps the status and finalizers (they are the /status and /finalize subresources' to change)
+    r = c.put("/api/v1/namespaces/held", json={"metadata": {"name": "held", "labels": {"a": "b"}}, "spec": {}, "status": {"phase": "Active"}})
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["spec"], r.json()["metadata"]["labels"]) == (held["status"], held["spec"], {"a": "b"})
+    assert r.json()["metadata"]["deletionTimestamp"] == held["metadata"]["deletionTimestamp"]
+
+
+def test_a_server_that_starts_finishes_a_termination_left_unfinished(etcd: Any, prefix: bytes) -> None:
+    """As if the server that took the DELETE had stopped before deleting anything: etcd holds the marked namespace."""
+    def put(key: str, obj: Dict[str, Any]) -> None:
+        etcd.etcdctl("put", prefix.decode() + key, json.dumps({"metadata": obj.pop("metadata"), **obj}))
+
+    put("namespaces/left", {"metadata": {"name": "left", "uid": "u", "deletionTimestamp": "2026-12-02T00:00:00Z"},
+                            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Terminating"}, "kind": "Namespace", "apiVersion": "v1"})
+    for i in range(5):
+        put(f"secrets/left/s-{i}", {"metadata": {"name": f"s-{i}", "namespace": "left"}, "kind": "Secret", "apiVersion": "v1"})
+    with ServerThread(etcd.endpoint, prefix, namespace_lifecycle=True) as srv:
+        started(srv)
+        until(lambda: not [k for k in stored_keys(etcd, prefix) if "left" in k], "the namespace and its secrets are gone")
+        assert httpx.get(srv.url + "/api/v1/namespaces/left", timeout=10).status_code == 404
 
 
 def test_the_system_namespaces_exist_after_start_up_and_a_second_replica_starts_fine(etcd: Any, prefix: bytes,
@@ -126,6 +225,7 @@ def test_other_namespaces_may_be_deleted_kube_node_lease_too(server: ServerThrea
     assert c.post("/api/v1/namespaces", json={"metadata": {"name": "mine"}}).status_code == 201
     for namespace in ("mine", "kube-node-lease"):
         assert c.delete(f"/api/v1/namespaces/{namespace}").status_code == 200, namespace
+        until(lambda: c.get(f"/api/v1/namespaces/{namespace}").status_code == 404, f"{namespace} is gone")
         assert c.post(f"/api/v1/namespaces/{namespace}/secrets", json={"metadata": {"name": "s"}}).status_code == 404
 
 

@@ -12,6 +12,8 @@ from streamcodec.server.objects import DEFAULT_RESOURCES, Resource
 from tests.apiserver_harness import ServerThread
 
 NS = "/api/v1/namespaces/default/secrets"
+#: a kind without a schema keeps every field, so what its values may hold is judged on them
+WIDGETS = "/api/v1/namespaces/default/widgets"
 JSON = {"Content-Type": "application/json"}
 
 
@@ -34,20 +36,21 @@ def test_a_resource_the_server_does_not_serve_is_404_as_in_kube(server: ServerTh
 
 
 @pytest.mark.parametrize(
-    "body, code, words",
+    "path, body, code, words",
     [
-        (b'{"metadata":{"name":"a"},"spec":{"n":9223372036854775808}}', 422, "int64"),
-        (b'{"metadata":{"name":"a"},"spec":{"n":-9223372036854775809}}', 422, "int64"),
-        (b'{"metadata":{"name":"a"},"data":{"k":"\\ud800"}}', 422, "surrogate"),
-        (b'{"metadata":{"name":"a"},"spec":{"f":1e400}}', 422, "finite"),
-        (b'{"metadata":{"name":"evil\\n"}}', 422, "RFC 1123"),
-        (b'{"metadata":{"name":"UPPER"}}', 422, "RFC 1123"),
-        (b'{"kind":"Secret","apiVersion":"v9","metadata":{"name":"a"}}', 400, "API version"),
-        (b'{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"a"}}', 400, "kind"),
+        (WIDGETS, b'{"metadata":{"name":"a"},"spec":{"n":9223372036854775808}}', 422, "int64"),
+        (WIDGETS, b'{"metadata":{"name":"a"},"spec":{"n":-9223372036854775809}}', 422, "int64"),
+        (NS, b'{"metadata":{"name":"a"},"stringData":{"k":"\\ud800"}}', 422, "surrogate"),
+        (WIDGETS, b'{"metadata":{"name":"a"},"spec":{"f":1e400}}', 422, "finite"),
+        (NS, b'{"metadata":{"name":"evil\\n"}}', 422, "RFC 1123"),
+        (NS, b'{"metadata":{"name":"UPPER"}}', 422, "RFC 1123"),
+        (NS, b'{"kind":"Secret","apiVersion":"v9","metadata":{"name":"a"}}', 400, "API version"),
+        (NS, b'{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"a"}}', 400, "kind"),
     ],
 )
-def test_bodies_kubernetes_refuses_are_refused_with_a_status(server: ServerThread, body: bytes, code: int, words: str) -> None:
-    r = httpx.post(server.url + NS, content=body, headers=JSON, timeout=10)
+def test_bodies_kubernetes_refuses_are_refused_with_a_status(server: ServerThread, path: str, body: bytes, code: int,
+                                                             words: str) -> None:
+    r = httpx.post(server.url + path, content=body, headers=JSON, timeout=10)
     assert r.status_code == code, r.text
     status = r.json()
     assert status["kind"] == "Status" and status["code"] == code and words in status["message"]
@@ -236,6 +239,71 @@ def test_a_cbor_or_msgpack_map_holding_a_key_twice_is_400_whatever_field_validat
         # fxamacker/cbor's DupMapKeyError, as kube-apiserver reports it
         assert r.json()["message"] == CANNOT + f'{fmt}: found duplicate map key "k" at map element index 1'
         assert c.get(NS + "/" + name).status_code == 404
+
+
+# -- fieldValidation: fields the kind does not have --------------------------------------------------
+
+PODS = "/api/v1/namespaces/default/pods"
+UNKNOWN_POD = {"metadata": {"name": "", "bogus": 1}, "spec": {"containers": [
+    {"name": "a", "image": "x", "imagePullPolcy": "Always", "ports": [{"containerPort": 80, "hostPorts": 1}]}], "nodeNmae": "n"},
+    "extra": {"k": "v"}}
+UNKNOWN_PATHS = ["metadata.bogus", "spec.containers[0].imagePullPolcy", "spec.containers[0].ports[0].hostPorts", "spec.nodeNmae", "extra"]
+
+
+def _unknown_pod(name: str) -> Dict[str, Any]:
+    return {**UNKNOWN_POD, "metadata": {**UNKNOWN_POD["metadata"], "name": name}}
+
+
+def test_strict_field_validation_refuses_unknown_fields_by_their_paths_and_stores_nothing(server: ServerThread) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    r = c.post(PODS, params={"fieldValidation": "Strict"}, json=_unknown_pod("u-strict"))
+    assert r.status_code == 400, r.text
+    assert r.json()["message"] == ('Pod in version "v1" cannot be handled as a Pod: strict decoding error: '
+                                   + ", ".join(f'unknown field "{p}"' for p in UNKNOWN_PATHS))
+    assert c.get(PODS + "/u-strict").status_code == 404
+    # given twice and unknown: both named, duplicates first
+    body = b'{"metadata":{"name":"u-both","name":"u-both"},"spec":{"nodeNmae":"n"}}'
+    r = c.post(PODS, params={"fieldValidation": "Strict"}, content=body, headers=JSON)
+    assert r.status_code == 400 and r.json()["message"].endswith(
+        'strict decoding error: duplicate field "metadata.name", unknown field "spec.nodeNmae"'), r.text
+
+
+@pytest.mark.parametrize("validation", ["Warn", "Ignore"])
+def test_unknown_fields_are_dropped_as_kubes_typed_decoding_drops_them(server: ServerThread, validation: str) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    name = f"u-{validation.lower()}"
+    r = c.post(PODS, params={"fieldValidation": validation}, json=_unknown_pod(name))
+    assert r.status_code == 201, r.text
+    warnings = [f'299 - "unknown field \\"{p}\\""' for p in UNKNOWN_PATHS] if validation == "Warn" else []
+    assert r.headers.get_list("warning") == warnings
+    for got in (r.json(), c.get(PODS + "/" + name).json()):
+        assert "extra" not in got and "bogus" not in got["metadata"] and "nodeNmae" not in got["spec"], got
+        assert got["spec"]["containers"] == [{"name": "a", "image": "x", "ports": [{"containerPort": 80}]}]
+    # a kind without a schema (a custom resource preserving unknown fields) keeps everything
+    r = c.post(WIDGETS, params={"fieldValidation": "Strict"}, json={"metadata": {"name": name}, "spec": {"anything": 1}})
+    assert r.status_code == 201 and r.json()["spec"] == {"anything": 1} and "warning" not in r.headers, r.text
+
+
+def test_a_cbor_body_with_an_unknown_field_is_judged_as_json(server: ServerThread) -> None:
+    import cbor2
+
+    c = httpx.Client(base_url=server.url, timeout=10)
+    body = b"\xd9\xd9\xf7" + cbor2.dumps({"metadata": {"name": "u-cbor"}, "data": {"k": b"v"}, "dat": 1})
+    r = c.post(NS, params={"fieldValidation": "Strict"}, content=body, headers={"Content-Type": "application/cbor"})
+    assert r.status_code == 400 and r.json()["message"] == CANNOT + 'strict decoding error: unknown field "dat"', r.text
+    r = c.post(NS, content=body, headers={"Content-Type": "application/cbor"})
+    assert r.status_code == 201 and r.headers.get_list("warning") == ['299 - "unknown field \\"dat\\""'], r.text
+    assert c.get(NS + "/u-cbor").json()["data"] == {"k": "dg=="}
+
+
+def test_a_writes_warnings_go_on_its_error_response_too(server: ServerThread) -> None:
+    """kube's warning recorder adds its headers to whatever the response is."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    r = c.post(NS, content=b'{"metadata":{"name":"Bad_Name","name":"Bad_Name"},"dat":1}', headers=JSON)
+    assert r.status_code == 422, r.text
+    assert r.headers.get_list("warning") == ['299 - "duplicate field \\"metadata.name\\""', '299 - "unknown field \\"dat\\""']
+    r = c.put(NS + "/never-made", content=b'{"metadata":{"name":"never-made"},"dat":1}', headers=JSON)
+    assert r.status_code == 404 and r.headers.get_list("warning") == ['299 - "unknown field \\"dat\\""'], r.text
 
 
 def test_warning_headers_follow_kubes_warning_recorder() -> None:

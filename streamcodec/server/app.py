@@ -14,13 +14,14 @@ Routes: ``/api``, ``/api/v1``, ``/apis``, ``/version``, ``/healthz``;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import secrets
 import urllib.parse
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import streamcodec
 from streamcodec import BufferPool, EncodeError
@@ -34,10 +35,10 @@ from streamcodec.storage.interface import Store
 from . import objects
 from .admission import Admission, client_of
 from .bodies import ListBody, WatchBody, buffered_list_body, watch_error_event
-from .defaults import FRAME_CACHE_BYTES, POOL_BYTES, QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT
+from .defaults import FRAME_CACHE_BYTES, POOL_BYTES, QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT, UPDATE_RETRIES
 from .handlers import ListRequest, WatchRequest, resource_version
 from .items import FrameCache, ItemWriter
-from .namespaces import NAMESPACES, NamespaceLifecycle
+from .namespaces import NAMESPACES, NamespaceLifecycle, admitted_namespace
 from .negotiation import available_formats, format_for_content_type, negotiate
 from .objects import DEFAULT_RESOURCES, Resource
 from .status import APIError, bad_request, from_storage_error, internal_error, warning_headers
@@ -50,10 +51,6 @@ log = logging.getLogger("streamcodec.server")
 #: Encoder options of Kubernetes' conventions: CBOR encloses []byte in tag 22 ("expected later base64"
 #: encoding), which client-go's decoder needs to take a byte string as bytes rather than base64 text.
 FORMAT_OPTIONS: Dict[str, Dict[str, Any]] = {"cbor": {"byte_string_tag": 22}}
-
-#: Tries of an unconditional update that meets concurrent writes (each a fresh read); kube's
-#: GuaranteedUpdate retries until its request times out, this until the tries run out.
-UPDATE_RETRIES = 100
 
 #: Request bodies up to this size are decoded on the event loop: at most ~4,000 values, a few ms of
 #: CPU; larger ones go to a worker thread (_read_object), which costs ~0.1 ms more.
@@ -253,7 +250,9 @@ class App:
         self.frame_cache = FrameCache(self.config.frame_cache_bytes) if self.config.frame_cache_bytes > 0 else None
         #: kube's NamespaceLifecycle admission and system namespaces (namespaces.py); None: off
         self.namespaces = (
-            NamespaceLifecycle(self.store, lambda name: self._key(NAMESPACES, None, name)) if self.config.namespace_lifecycle else None
+            NamespaceLifecycle(self.store, lambda name: self._key(NAMESPACES, None, name),
+                               lambda namespace: [self._prefix(r, namespace) for r in self.config.resources.values() if r.namespaced])
+            if self.config.namespace_lifecycle else None
         )
         #: one large request body is decoded at a time, in a worker thread (_read_object)
         self._large_body_slot = asyncio.Semaphore(1)
@@ -424,14 +423,18 @@ class App:
             if method == "POST":
                 if resource.namespaced and namespace is None:
                     raise APIError(405, "MethodNotAllowed", "create a namespaced object under /api/v1/namespaces/{namespace}/...")
-                return await self._create(scope, receive, resource, namespace, fmt)
+                obj, warnings = await self._read_object(scope, receive, resource, query)
+                with _warned(warnings):
+                    return await self._create(obj, warnings, resource, namespace, fmt)
         else:
             if method == "GET":
                 if _bool_param(query, "watch"):
                     raise bad_request("watch a single object with fieldSelector=metadata.name=NAME on the collection")
                 return await self._get(resource, namespace, name, fmt)
             if method == "PUT":
-                return await self._replace(scope, receive, resource, namespace, name, fmt)
+                obj, warnings = await self._read_object(scope, receive, resource, query)
+                with _warned(warnings):
+                    return await self._replace(obj, warnings, resource, namespace, name, fmt)
             if method == "DELETE":
                 return await self._delete(resource, namespace, name, fmt)
         raise APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource: {method}")
@@ -483,7 +486,8 @@ class App:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
         return self._kv_response(200, kv.value, int(kv.mod_revision), fmt, resource)
 
-    async def _read_object(self, scope: Dict[str, Any], receive: Any, resource: Resource) -> Tuple[Dict[str, Any], List[str]]:
+    async def _read_object(self, scope: Dict[str, Any], receive: Any, resource: Resource,
+                           query: Dict[str, str]) -> Tuple[Dict[str, Any], List[str]]:
         """The request body, decoded and checked (:func:`objects.decode_body`) under the write's
         ``fieldValidation``, and the warnings that lets through (Warning headers of the response).
 
@@ -493,7 +497,6 @@ class App:
         decode) and the objects of at most one large body are being built at once.
         """
         body, body_format = await self._read_body(scope, receive)
-        query = _parse_query(scope.get("query_string", b""))
         validation = objects.field_validation(query.get("fieldValidation"), scope["method"])
         warnings: List[str] = []
         decode = functools.partial(
@@ -524,10 +527,13 @@ class App:
         body_format = format_for_content_type(_header(scope, b"content-type"), self.formats, from_browser=from_browser)
         return b"".join(chunks), body_format
 
-    async def _create(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], fmt: str) -> "PlainResponse":
-        obj, warnings = await self._read_object(scope, receive, resource)
+    async def _create(self, obj: Dict[str, Any], warnings: List[str], resource: Resource, namespace: Optional[str],
+                             fmt: str) -> "PlainResponse":
         metadata = obj.get("metadata") or {}
         name = metadata.get("name")
+        # kube's admission (NamespaceLifecycle: its namespace must exist) comes before the object's validation
+        if self.namespaces is not None:
+            await self.namespaces.admit("create", resource, namespace, name if isinstance(name, str) else "")
         if not name and isinstance(metadata.get("generateName"), str):
             name = metadata["generateName"] + secrets.token_hex(3)[:5]
         if not isinstance(name, str) or not name:
@@ -536,9 +542,9 @@ class App:
         body_ns = metadata.get("namespace")
         if body_ns and namespace is not None and body_ns != namespace:
             raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
-        if self.namespaces is not None:  # kube's NamespaceLifecycle: its namespace must exist
-            await self.namespaces.admit("create", resource, namespace, name)
         stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=True, schema=self.config.kube_schema)
+        if resource.name == NAMESPACES.name and self.namespaces is not None:
+            stored = admitted_namespace(stored, None)
         value = objects.encode_for_storage(stored)
         store = await self.store()
         try:
@@ -549,8 +555,8 @@ class App:
         response.warnings = warnings
         return response
 
-    async def _replace(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
-        obj, warnings = await self._read_object(scope, receive, resource)
+    async def _replace(self, obj: Dict[str, Any], warnings: List[str], resource: Resource, namespace: Optional[str],
+                              name: str, fmt: str) -> "PlainResponse":
         metadata = obj.get("metadata") or {}
         if metadata.get("name", name) != name:
             raise bad_request("the name of the object does not match the name on the URL")
@@ -571,6 +577,8 @@ class App:
                     await self.namespaces.admit("update", resource, namespace, name)
                 previous = objects.decode_stored(current.value, int(current.mod_revision))
                 stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=False, previous=previous, schema=self.config.kube_schema)
+                if resource.name == NAMESPACES.name and self.namespaces is not None:
+                    stored = admitted_namespace(stored, previous)
                 value = objects.encode_for_storage(stored)
                 revision = await store.update(key, value, int(current.mod_revision) if expected is None else expected)
                 break
@@ -586,6 +594,9 @@ class App:
     async def _delete(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
         if self.namespaces is not None:  # kube's NamespaceLifecycle: immortal namespaces stay
             await self.namespaces.admit("delete", resource, namespace, name)
+            if resource.name == NAMESPACES.name:  # marked terminating; its content goes first
+                value, revision = await self.namespaces.terminate(name)
+                return self._kv_response(200, value, revision, fmt, resource)
         store = await self.store()
         try:
             deleted = await store.delete(self._key(resource, namespace, name))
@@ -727,6 +738,16 @@ def create_app(etcd_endpoints: List[str], **config: Any) -> App:
 
 
 # -- helpers ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _warned(warnings: List[str]) -> Iterator[None]:
+    """A write's warnings go on its error response too, as kube's warning recorder sends them."""
+    try:
+        yield
+    except APIError as exc:
+        exc.warnings = warnings + exc.warnings
+        raise
 
 
 def _header(scope: Dict[str, Any], name: bytes) -> Optional[str]:

@@ -38,3 +38,7 @@ SEND_PIECE_BYTES = 256 * 1024
 #: values), since a scan's members are at most a ring apart, and frames are no larger than the stored
 #: JSON they come from (typed protobuf carries ``[]byte`` as bytes, not base64: 3/4 of it).
 FRAME_CACHE_BYTES = 16 * 1024 * 1024
+
+#: Tries of an unconditional update that meets concurrent writes (each a fresh read); kube's
+#: GuaranteedUpdate retries until its request times out, this until the tries run out.
+UPDATE_RETRIES = 100

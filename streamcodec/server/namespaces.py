@@ -7,10 +7,21 @@ What k8s.io/apiserver's ``NamespaceLifecycle`` plugin (admission/plugin/namespac
 * the deletion of an immortal namespace (``default``, ``kube-system``, ``kube-public``): 403,
   ``namespaces "default" is forbidden: this namespace may not be deleted``.
 
-Deletes of other objects are always allowed (so what a deleted namespace left behind can be cleaned
-up), and so are operations on Namespaces themselves and on cluster-scoped objects.  kube also refuses
-creates in a namespace being terminated (phase ``Terminating``); this server deletes a Namespace's key
-outright, so it has no such state (a stored Namespace's status is not read: existence is one etcd get).
+* a create in a namespace being terminated: 403, ``configmaps "cm" is forbidden: unable to create new
+  content in namespace X because it is being terminated`` (cause ``NamespaceTerminating``).
+
+Deletes of other objects are always allowed, and so are operations on Namespaces themselves and on
+cluster-scoped objects.
+
+Deleting a Namespace is kube's two-step termination: the DELETE marks it (``deletionTimestamp``, phase
+``Terminating``) and answers 200 with it; a DELETE of one already terminating is kube's 409 ("The system
+is ensuring all content is removed ..."); then, as kube's namespace controller does, every object of
+every namespaced resource in it is deleted (each a DELETED event for its watchers), its ``kubernetes``
+finalizer is removed and, with no finalizer left, the Namespace itself.  The replica that took the
+DELETE does this in the background, retrying while etcd fails; a server that starts finishes any
+termination left unfinished.  A Namespace is created with ``spec.finalizers: [kubernetes]`` and phase
+``Active``; an update keeps both as they were (kube's namespace strategy: they are the ``/finalize``
+and ``/status`` subresources' to change, which this server does not serve).
 
 kube-apiserver creates its system namespaces when it starts (``default``, ``kube-system``,
 ``kube-public``, ``kube-node-lease``: its system namespaces controller, create-if-absent, an
@@ -23,13 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Set, Tuple
 
 from streamcodec.storage import errors as storage_errors
 from streamcodec.storage.interface import Store
 
-from .objects import DEFAULT_RESOURCES, Resource, encode_for_storage, prepare_for_storage
-from .status import forbidden, from_storage_error, not_found
+from .defaults import UPDATE_RETRIES
+from .objects import DEFAULT_RESOURCES, Resource, decode_stored, encode_for_storage, prepare_for_storage, timestamp_now
+from .status import APIError, forbidden, from_storage_error, not_found
 
 __all__ = ["NamespaceLifecycle", "SYSTEM_NAMESPACES", "IMMORTAL_NAMESPACES"]
 
@@ -44,15 +56,23 @@ NAMESPACES: Resource = DEFAULT_RESOURCES["namespaces"]
 #: The first and the longest wait (seconds, doubling) between tries to create the system namespaces while
 #: etcd fails (kube's controller tries every minute).
 RETRY_SECONDS = (1.0, 60.0)
+#: The finalizer kube's namespace controller owns: the namespace's content is deleted once it is removed.
+KUBERNETES_FINALIZER = "kubernetes"
+TERMINATING = "Terminating"
 
 
 class NamespaceLifecycle:
     """NamespaceLifecycle for one App: ``store`` gives its store, ``key`` the etcd key of a Namespace."""
 
-    def __init__(self, store: Callable[[], Awaitable[Store]], key: Callable[[str], bytes]) -> None:
+    def __init__(self, store: Callable[[], Awaitable[Store]], key: Callable[[str], bytes],
+                 content: Callable[[str], Iterable[bytes]] = lambda namespace: ()) -> None:
+        """``content``: the key prefixes of a namespace's objects (one per namespaced resource)."""
         self._store = store
         self._key = key
+        self._content = content
         self._creator: Optional["asyncio.Task[None]"] = None
+        #: the terminations this server is finishing, by namespace
+        self._finalizers: Dict[str, "asyncio.Task[None]"] = {}
         #: set once the first try to create the system namespaces has ended, whatever its outcome (tests wait on it)
         self.first_try = asyncio.Event()
 
@@ -71,25 +91,120 @@ class NamespaceLifecycle:
             return
         if namespace is None:
             return
-        if await self._exists(namespace):
-            return
+        phase = await self._phase(namespace)
         # kube waits for its namespace cache before it refuses; here a system namespace may be missing only
         # because this server has just started and is still creating it
-        if namespace in SYSTEM_NAMESPACES and self._creator is not None and not self.first_try.is_set():
+        if phase is None and namespace in SYSTEM_NAMESPACES and self._creator is not None and not self.first_try.is_set():
             await self.first_try.wait()
-            if await self._exists(namespace):
-                return
-        raise not_found(NAMESPACES.name, namespace)
+            phase = await self._phase(namespace)
+        if phase is None:
+            raise not_found(NAMESPACES.name, namespace)
+        if phase == TERMINATING and operation == "create":
+            error = forbidden(resource.name, name, f"unable to create new content in namespace {namespace} because it is being terminated")
+            error.details["causes"] = [{"reason": "NamespaceTerminating", "message": f"namespace {namespace} is being terminated",
+                                        "field": "metadata.namespace"}]
+            raise error
 
-    async def _exists(self, namespace: str) -> bool:
+    async def _phase(self, namespace: str) -> Optional[str]:
+        """The namespace's ``status.phase`` ("" when it has none), None when it does not exist."""
         store = await self._store()
         try:
-            await store.get(self._key(namespace))
+            kv = await store.get(self._key(namespace))
         except storage_errors.NotFound:
-            return False
+            return None
         except storage_errors.StorageError as exc:
             raise from_storage_error(exc) from None  # etcd down: 503, not the 404 of a missing namespace
-        return True
+        return _phase_of(decode_stored(kv.value, int(kv.mod_revision)))
+
+    # -- termination (kube's namespace registry's Delete and its namespace controller) ---------------
+
+    async def terminate(self, name: str) -> Tuple[bytes, int]:
+        """DELETE of Namespace ``name``: mark it terminating and start deleting its content; the stored
+        value and revision of the marked Namespace.  kube's 409 when it is terminating already (its
+        termination is resumed here, should the replica finishing it have gone), its 404 when it does not
+        exist, its 503 while etcd fails."""
+        store = await self._store()
+        key = self._key(name)
+        try:
+            for _ in range(UPDATE_RETRIES):
+                kv = await store.get(key)
+                obj = _stored_form(decode_stored(kv.value, int(kv.mod_revision)))
+                if obj["metadata"].get("deletionTimestamp"):
+                    self._finish(name)
+                    raise APIError(409, "Conflict", f'Operation cannot be fulfilled on namespaces "{name}": The system is ensuring all '
+                                   "content is removed from this namespace.  Upon completion, this namespace will automatically be "
+                                   "purged by the system.", details={"name": name, "kind": NAMESPACES.name})
+                obj["metadata"]["deletionTimestamp"] = timestamp_now()
+                obj["status"] = {**_mapping(obj.get("status")), "phase": TERMINATING}
+                value = encode_for_storage(obj)
+                try:
+                    revision = await store.update(key, value, int(kv.mod_revision))
+                except storage_errors.Conflict:
+                    continue  # written meanwhile: mark the newer version
+                self._finish(name)
+                return value, revision
+            raise storage_errors.Conflict("the namespace kept changing")
+        except storage_errors.StorageError as exc:
+            raise from_storage_error(exc, resource=NAMESPACES.name, name=name) from None
+
+    def _finish(self, name: str) -> None:
+        """Finish the termination of ``name`` in the background (once at a time)."""
+        if name not in self._finalizers:
+            task = asyncio.get_running_loop().create_task(self._finalize(name))
+            self._finalizers[name] = task
+            task.add_done_callback(lambda _: self._finalizers.pop(name, None))
+
+    async def _finalize(self, name: str) -> None:
+        delay = RETRY_SECONDS[0]
+        while True:
+            try:
+                store = await self._store()
+                await self._delete_content(store, name)
+                if await self._purge(store, name):
+                    await self._delete_content(store, name)  # what a create admitted just before the mark wrote
+                return
+            except storage_errors.StorageError as exc:
+                log.warning("could not finish terminating namespace %s (storage: %s); trying again in %g s", name, exc.code, delay)
+            except Exception:  # noqa: BLE001 -- not etcd's failure: trying again would not help
+                log.exception("terminating namespace %s failed", name)
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RETRY_SECONDS[1])
+
+    async def _delete_content(self, store: Store, name: str) -> None:
+        """Delete every object under the namespace's content prefixes, until none is left."""
+        for prefix in self._content(name):
+            while True:
+                keys = [kv.key async for kv in store.list_stream(prefix)]
+                if not keys:
+                    break
+                for key in keys:
+                    try:
+                        await store.delete(key)
+                    except storage_errors.NotFound:
+                        pass  # deleted by its own client meanwhile
+
+    async def _purge(self, store: Store, name: str) -> bool:
+        """Remove the ``kubernetes`` finalizer and, with none left, the Namespace; whether it is gone."""
+        key = self._key(name)
+        for _ in range(UPDATE_RETRIES):
+            try:
+                kv = await store.get(key)
+            except storage_errors.NotFound:
+                return True
+            obj = _stored_form(decode_stored(kv.value, int(kv.mod_revision)))
+            spec = _mapping(obj.get("spec"))
+            left = [f for f in spec.get("finalizers") or [] if f != KUBERNETES_FINALIZER]
+            try:
+                if not left:
+                    await store.delete(key, int(kv.mod_revision))
+                    return True
+                obj["spec"] = {**spec, "finalizers": left}
+                await store.update(key, encode_for_storage(obj), int(kv.mod_revision))
+                return False  # another finalizer's owner ends it (kube: through /finalize)
+            except (storage_errors.Conflict, storage_errors.NotFound):
+                continue
+        raise storage_errors.Conflict("the namespace kept changing")
 
     # -- system namespaces -------------------------------------------------
 
@@ -100,12 +215,13 @@ class NamespaceLifecycle:
 
     async def aclose(self) -> None:
         creator, self._creator = self._creator, None
-        if creator is not None and not creator.done():
-            creator.cancel()
-            try:
-                await creator
-            except asyncio.CancelledError:
-                pass
+        for task in [creator, *self._finalizers.values()]:
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
 
     async def _create_system_namespaces(self, store: Store) -> None:
         delay = RETRY_SECONDS[0]
@@ -118,7 +234,11 @@ class NamespaceLifecycle:
                 return
             failed = [o for o in outcomes if isinstance(o, storage_errors.StorageError)]
             if not failed:
-                return
+                try:
+                    await self._resume_terminations(store)
+                    return
+                except storage_errors.StorageError as exc:
+                    failed = [exc]
             # the storage error's code only: its text (gRPC's details) says nothing an operator can act on here
             log.warning("could not create the system namespaces (storage: %s); trying again in %g s", failed[0].code, delay)
             await asyncio.sleep(delay)
@@ -126,8 +246,54 @@ class NamespaceLifecycle:
 
     async def _create(self, store: Store, namespace: str) -> None:
         """Create-if-absent, as a client would POST ``{"metadata": {"name": namespace}}``."""
-        stored = prepare_for_storage({"metadata": {"name": namespace}}, NAMESPACES, None, namespace, creating=True)
+        stored = admitted_namespace(prepare_for_storage({"metadata": {"name": namespace}}, NAMESPACES, None, namespace, creating=True), None)
         try:
             await store.create(self._key(namespace), encode_for_storage(stored))
         except storage_errors.AlreadyExists:
             pass  # there already, or another replica made it first
+
+    async def _resume_terminations(self, store: Store) -> None:
+        """Finish the terminations a server left unfinished (it stopped, or its etcd did)."""
+        async for kv in store.list_stream(self._key("")):
+            obj = decode_stored(kv.value, int(kv.mod_revision))
+            if obj.get("metadata", {}).get("deletionTimestamp"):
+                self._finish(obj["metadata"]["name"])
+
+
+def admitted_namespace(obj: Dict[str, Any], previous: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A Namespace as it is stored: created with the ``kubernetes`` finalizer and phase ``Active``; updated,
+    with the finalizers and status it had (kube's namespace strategy, PrepareForCreate and PrepareForUpdate)."""
+    out = dict(obj)
+    spec = dict(_mapping(obj.get("spec")))
+    if previous is None:
+        finalizers = [f for f in spec.get("finalizers") or [] if f != KUBERNETES_FINALIZER]
+        spec["finalizers"] = [KUBERNETES_FINALIZER] + finalizers
+        out["status"] = {"phase": "Active"}
+    else:
+        old_spec = _mapping(previous.get("spec"))
+        spec.pop("finalizers", None)
+        if "finalizers" in old_spec:
+            spec["finalizers"] = old_spec["finalizers"]
+        out.pop("status", None)
+        if "status" in previous:
+            out["status"] = previous["status"]
+        if previous.get("metadata", {}).get("deletionTimestamp"):
+            out["metadata"] = {**out["metadata"], "deletionTimestamp": previous["metadata"]["deletionTimestamp"]}
+    out["spec"] = spec
+    return out
+
+
+def _phase_of(namespace: Dict[str, Any]) -> str:
+    return str(_mapping(namespace.get("status")).get("phase") or "")
+
+
+def _mapping(value: Any) -> Dict[str, Any]:
+    """``value`` if it is an object, else an empty one (a field another writer gave the wrong type)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _stored_form(obj: Dict[str, Any]) -> Dict[str, Any]:
+    """An object read back (:func:`decode_stored`) as it is stored again: without its resourceVersion."""
+    obj["metadata"].pop("resourceVersion", None)
+    return obj
+

@@ -29,9 +29,10 @@ import datetime
 import json
 import re
 import uuid
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import streamcodec
+from streamcodec._json_py import key_paths as json_key_paths
 from streamcodec.errors import go_quote
 from streamcodec.formats import CBOR_MAGIC, FORMATS, PROTOBUF_MAGIC
 from streamcodec.kube_schema import DEFAULT_SCHEMA, KubeSchema
@@ -271,12 +272,13 @@ def decode_body(
     values) or 422 otherwise.
 
     ``max_values`` bounds what decoding can build (see :data:`streamcodec.limits.DEFAULT_MAX_BODY_VALUES`);
-    ``schema``: the :class:`~streamcodec.kube_schema.KubeSchema` typed protobuf bodies are read with.
-    ``field_validation`` (:func:`field_validation`) says what a JSON object holding a key twice is, as in
-    kube-apiserver: Strict, a 400 naming every one; Warn, kube's text for each appended to ``warnings``
-    (Warning headers) and the last value kept; Ignore, the last value kept silently.  A CBOR or MessagePack
-    map holding a key twice is a 400 whatever it says.  Typed protobuf is left as it is: a message field
-    given twice is protobuf's own merge, which kube accepts too.
+    ``schema``: the :class:`~streamcodec.kube_schema.KubeSchema` of the kinds (default
+    :data:`~streamcodec.kube_schema.DEFAULT_SCHEMA`).  ``field_validation`` (:func:`field_validation`) says, as
+    in kube-apiserver, what a JSON object holding a key twice and a field the kind does not have
+    (:func:`drop_unknown_fields`: dropped, as kube's typed decoding drops it) are: Strict, one 400 naming
+    every one; Warn, kube's text for each appended to ``warnings`` (Warning headers); Ignore, nothing.
+    A CBOR or MessagePack map holding a key twice is a 400 whatever it says.  Typed protobuf is left as it
+    is: a message field given twice is protobuf's own merge, which kube accepts too.
     Pure CPU work that touches no server state, so a caller may run it in a worker thread.
     """
     if not body:
@@ -286,13 +288,16 @@ def decode_body(
         options["schema"] = schema
     if fmt in _UNIQUE_KEY_FORMATS or (fmt == "json" and field_validation != "Ignore"):
         options["unique_keys"] = True
+    duplicates: List[Tuple[int, str]] = []  # (offset, path)
     try:
         obj = FORMATS[fmt].decoder(**options).decode(body)
     except streamcodec.TooManyValues as exc:
         raise APIError(413, "RequestEntityTooLarge",
                        f"the request body holds more than {exc.max_values} values (elements, keys and map values)") from None
     except streamcodec.DuplicateKey as exc:
-        obj = _accept_duplicate_keys(exc, fmt, resource, field_validation, warnings)
+        if fmt != "json":
+            raise _strict_decoding_error(resource, f'{fmt}: found duplicate map key "{exc.paths[0]}" at map element index {exc.index}')
+        obj, duplicates = exc.value, list(zip(exc.offsets, exc.paths))
     except streamcodec.DecodeError as exc:
         raise bad_request(f"the request body is not valid {fmt}: {exc}") from None
     if not isinstance(obj, dict):
@@ -302,23 +307,82 @@ def decode_body(
     if not isinstance(obj.get("metadata", {}), dict):
         raise bad_request("metadata must be an object")
     check_type_meta(obj, resource)
+    unknown = drop_unknown_fields(obj, resource.kind, schema) if fmt != "protobuf" else []
+    problems = _strict_problems(body, duplicates, unknown)[:STRICT_PROBLEMS]
+    if problems and field_validation == "Strict":
+        raise _strict_decoding_error(resource, "strict decoding error: " + ", ".join(problems))
+    if problems and field_validation == "Warn" and warnings is not None:
+        warnings.extend(problems)
     check_values(obj)
     return obj
 
 
-def _accept_duplicate_keys(exc: "streamcodec.DuplicateKey", fmt: str, resource: "Resource", field_validation: str,
-                           warnings: Optional[List[str]]) -> Any:
-    """The value of a body holding a key twice, under Warn (its problems appended to ``warnings``); else
-    kube-apiserver's 400 for it (a strict decoding error; CBOR: fxamacker/cbor's duplicate map key)."""
-    if fmt == "json" and field_validation == "Warn":
-        if warnings is not None:
-            warnings.extend(exc.problems)
-        return exc.value
-    if fmt == "json":
-        detail = "strict decoding error: " + ", ".join(exc.problems)
-    else:
-        detail = f'{fmt}: found duplicate map key "{exc.paths[0]}" at map element index {exc.index}'
-    raise bad_request(f'{resource.kind} in version "v1" cannot be handled as a {resource.kind}: {detail}')
+#: What kube's strict JSON decoding reports at most (sigs.k8s.io/json keeps the first 100 problems).
+STRICT_PROBLEMS = 100
+
+
+def _strict_problems(body: bytes, duplicates: List[Tuple[int, str]], unknown: List[str]) -> List[str]:
+    """kube's texts for the fields given twice (JSON: with their offsets) and the unknown ones, in document
+    order, as sigs.k8s.io/json meets them: a field it does not know it skips, and what that holds with it."""
+    inside = tuple(p + sep for p in unknown for sep in ".[")
+    kept = [(at, path) for at, path in duplicates if path not in unknown and not path.startswith(inside)]
+    found = [(at, f"duplicate field {go_quote(path)}") for at, path in kept]
+    if kept and unknown:  # where each unknown field first is, to interleave the two (only JSON has duplicates)
+        first: Dict[str, int] = {}
+        wanted = set(unknown)
+        for path, at, _ in json_key_paths(body):
+            if path in wanted:
+                first.setdefault(path, at)
+        found += [(first.get(path, len(body)), f"unknown field {go_quote(path)}") for path in unknown]
+        return [text for _, text in sorted(found, key=lambda problem: problem[0])]
+    return [text for _, text in found] + [f"unknown field {go_quote(path)}" for path in unknown]
+
+
+def _strict_decoding_error(resource: "Resource", detail: str) -> APIError:
+    """kube-apiserver's 400 for a body its strict decoding refuses."""
+    return bad_request(f'{resource.kind} in version "v1" cannot be handled as a {resource.kind}: {detail}')
+
+
+def drop_unknown_fields(obj: Dict[str, Any], kind: str, schema: Optional[KubeSchema] = None) -> List[str]:
+    """Remove from ``obj`` (in place) every field the ``kind``'s message in ``schema`` does not have, down
+    its message fields, and say where they were, in document order, as sigs.k8s.io/json writes paths
+    (``spec.containers[0].imagePullPolcy``, ``.key`` into a map).
+
+    kube-apiserver decodes a body into the kind's Go type, which keeps no field it does not declare; here
+    a field no typed format could carry would otherwise be served in JSON and missing from protobuf.
+    Kinds without a message (custom resources) keep everything, as a CRD that preserves unknown fields.
+    """
+    schema = schema if schema is not None else DEFAULT_SCHEMA
+    name = schema.message_name("v1", kind)
+    if name is None:
+        return []
+    found: List[str] = []
+    # depth-first in document order without recursion: each entry walks one object's keys
+    stack: List[Tuple[Dict[str, Any], Any, str, Iterator[str]]] = [(obj, schema.message(name).by_json, "", iter(list(obj)))]
+    while stack:
+        value, table, path, keys = stack[-1]
+        key = next(keys, None)
+        if key is None:
+            stack.pop()
+            continue
+        where = f"{path}.{key}" if path else key
+        f = table.get(key)
+        if f is None:
+            if path or key not in ("apiVersion", "kind"):
+                found.append(where)
+                del value[key]
+            continue
+        if f.kind != "MESSAGE" or not f.message:
+            continue
+        inner, fields = value[key], schema.message(f.message).by_json
+        if f.shape == "ONE":
+            children = [(inner, where)] if isinstance(inner, dict) else []
+        elif f.shape == "REPEATED":
+            children = [(e, f"{where}[{i}]") for i, e in enumerate(inner) if isinstance(e, dict)] if isinstance(inner, list) else []
+        else:
+            children = [(e, f"{where}.{k}") for k, e in inner.items() if isinstance(e, dict)] if isinstance(inner, dict) else []
+        stack.extend((child, fields, at, iter(list(child))) for child, at in reversed(children))
+    return found
 
 
 def check_values(obj: Any, where: str = "") -> None:
@@ -381,7 +445,7 @@ def prepare_for_storage(
         metadata.pop("namespace", None)
     if creating:
         metadata["uid"] = str(uuid.uuid4())
-        metadata["creationTimestamp"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        metadata["creationTimestamp"] = timestamp_now()
     elif previous is not None:
         old = previous.get("metadata") or {}
         for owned in ("uid", "creationTimestamp"):
@@ -394,7 +458,24 @@ def prepare_for_storage(
     out["kind"] = resource.kind
     out["apiVersion"] = "v1"
     check_servable_object(out, resource.kind, schema)
+    if resource.kind == "Secret" and isinstance(out.get("stringData"), dict):
+        merge_string_data(out)
     return out
+
+
+def merge_string_data(secret: Dict[str, Any]) -> None:
+    """A Secret's write-only ``stringData`` merged into ``data`` (base64), over the keys it shares with it,
+    and removed: kube's v1 Secret conversion, so no reader ever sees ``stringData``."""
+    text = secret.pop("stringData")
+    data = dict(secret.get("data") or {})
+    for key, value in text.items():
+        data[key] = base64.b64encode((value or "").encode("utf-8")).decode("ascii")
+    secret["data"] = data
+
+
+def timestamp_now() -> str:
+    """Now as a metav1.Time is written: RFC 3339 in UTC, whole seconds."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_servable_object(obj: Dict[str, Any], kind: str, schema: Optional[KubeSchema] = None) -> None:

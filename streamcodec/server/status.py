@@ -21,7 +21,8 @@ class APIError(Exception):
     """An error with its HTTP status code and Kubernetes ``reason``.
 
     ``retry_after`` (seconds) becomes a ``Retry-After`` header and
-    ``details.retryAfterSeconds``.
+    ``details.retryAfterSeconds``.  ``warnings``: what the request was warned of before it failed
+    (kube sends its Warning headers on an error response too).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class APIError(Exception):
         self.message = message
         self.details = dict(details or {})
         self.retry_after = retry_after
+        self.warnings: List[str] = []
         if retry_after is not None:
             self.details.setdefault("retryAfterSeconds", retry_after)
 

@@ -46,7 +46,7 @@ from streamcodec.writer import FrameWriter
 
 from .defaults import QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT
 from .objects import codec_message
-from .status import APIError, from_storage_error, internal_error
+from .status import APIError, from_storage_error, internal_error, warning_headers
 
 __all__ = [
     "StreamResponse",
@@ -527,5 +527,6 @@ async def send_error_response(send: Any, error: APIError, encoder: Any) -> None:
     ]
     for k, v in error.headers().items():
         headers.append((k.lower().encode(), v.encode()))
+    headers += [(b"warning", value.encode()) for value in warning_headers(error.warnings)]
     await send({"type": "http.response.start", "status": error.code, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
