@@ -1,6 +1,6 @@
 """The Python informer (streamcodec.informer) against real servers on a real etcd 3.5: our API server
-(tests/apiserver_harness.py) and the real k8s.io/apiserver peer (tests/kube_apiserver_harness.py), in JSON
-and Kubernetes protobuf, by watch-list and by paged LIST, with a refused watch-list (the peer without its
+(tests/apiserver_harness.py) and the real k8s.io/apiserver peer (tests/kube_apiserver_harness.py), in JSON,
+Kubernetes protobuf and CBOR, by watch-list and by paged LIST, with a refused watch-list (the peer without its
 WatchList feature gate answers 422), a watch-list whose bookmark never comes, live changes, server
 restarts and an etcd compaction.  Every store and every event is checked against what etcd holds."""
 
@@ -137,6 +137,20 @@ class Running:
             pass
 
 
+#: The media types each --content-type is answered with, by our server and kube-apiserver: (list, watch)
+WIRE = {"json": ("application/json", "application/json"),
+        "protobuf": ("application/vnd.kubernetes.protobuf", "application/vnd.kubernetes.protobuf"),
+        "cbor": ("application/cbor", "application/cbor-seq")}
+
+
+def wire_types(content_type: str, watch_list: bool, *, watched: bool) -> Dict[str, str]:
+    """``Reflector.media_types`` after a sync (by watch-list, or by LIST then, when ``watched``, a watch)."""
+    listed, watch = WIRE[content_type]
+    if watch_list:
+        return {"watch": watch}
+    return {"list": listed, "watch": watch} if watched else {"list": listed}
+
+
 def synced_count(n: int) -> Callable[[List[InformerEvent]], bool]:
     return lambda evs: sum(e.type == "synced" for e in evs) >= n
 
@@ -146,7 +160,7 @@ def has(type_: str, key: str) -> Callable[[List[InformerEvent]], bool]:
 
 
 # ----------------------------------------------------------------------------- our server
-@pytest.mark.parametrize("content_type", ["json", "protobuf"])
+@pytest.mark.parametrize("content_type", ["json", "protobuf", "cbor"])
 @pytest.mark.parametrize("watch_list", ["auto", "on", "off"])
 async def test_syncs_from_our_server(etcd35: EtcdProcess, content_type: str, watch_list: str) -> None:
     root = new_root()
@@ -161,14 +175,13 @@ async def test_syncs_from_our_server(etcd35: EtcdProcess, content_type: str, wat
             assert sorted((e.type, e.key) for e in events) == sorted(("added", k) for k in expected)
             assert ref.used_watch_list is (watch_list != "off")
             assert ref.stats["list"] == (0 if watch_list != "off" else -(-len(expected) // 7)), ref.stats
-            wire = "application/vnd.kubernetes.protobuf" if content_type == "protobuf" else "application/json"
-            assert set(ref.media_types.values()) == {wire}, ref.media_types
+            assert ref.media_types == wire_types(content_type, watch_list != "off", watched=False), ref.media_types
             assert int(ref.resource_version) >= max(int(v[0]) for v in expected.values())
             if content_type == "protobuf":
                 assert all(o["kind"] == "Secret" and o["apiVersion"] == "v1" for o in ref.store.values())
 
 
-@pytest.mark.parametrize("content_type", ["json", "protobuf"])
+@pytest.mark.parametrize("content_type", ["json", "protobuf", "cbor"])
 async def test_live_changes_restart_and_compaction_on_our_server(etcd35: EtcdProcess, content_type: str) -> None:
     """After the sync, a create/update/delete each come exactly once, in order, as etcd holds them; a server
     restart is a re-watch from the last resourceVersion (no re-list); changes made while the watch was down
@@ -200,6 +213,7 @@ async def test_live_changes_restart_and_compaction_on_our_server(etcd35: EtcdPro
             assert upd["data"] == {"k": b64(b"changed")} and "managedFields" not in upd["metadata"]
             assert store_view(ref.store) == {k: v for k, v in etcd_secrets(etcd35, root).items() if k.startswith("default/")}
         assert ref.stats["watch"] >= 1 and ref.stats["list"] == 0
+        assert ref.media_types == wire_types(content_type, True, watched=True), ref.media_types
 
         # restart: changes while it is down come through the re-watch from the last resourceVersion
         srv.__exit__(None, None, None)
@@ -289,7 +303,8 @@ async def test_falls_back_to_list_when_the_bookmark_does_not_come(etcd35: EtcdPr
         assert store_view(ref.store) == {k: v for k, v in etcd_secrets(etcd35, root).items() if k.startswith("default/")}
 
 
-def test_cli_until_synced_prints_one_line(etcd35: EtcdProcess) -> None:
+@pytest.mark.parametrize("content_type", ["protobuf", "cbor"])
+def test_cli_until_synced_prints_one_line(etcd35: EtcdProcess, content_type: str) -> None:
     root = new_root()
     with ServerThread(etcd35.endpoint, f"{root}/".encode()) as srv:
         asyncio.run(fill(srv.url, 5))
@@ -297,7 +312,7 @@ def test_cli_until_synced_prints_one_line(etcd35: EtcdProcess) -> None:
         for mode, watch_list in (("auto", True), ("off", False)):
             proc = subprocess.run(
                 [sys.executable, "-m", "streamcodec", "informer", srv.url, SECRETS, "--until-synced", f"--watch-list={mode}",
-                 "--content-type=protobuf", "--timeout=30"],
+                 f"--content-type={content_type}", "--timeout=30"],
                 capture_output=True, text=True, timeout=60, cwd=ROOT,
             )
             assert proc.returncode == 0, proc.stderr
@@ -316,7 +331,7 @@ def test_cli_until_synced_prints_one_line(etcd35: EtcdProcess) -> None:
 
 # ----------------------------------------------------------------------------- the real k8s.io/apiserver
 @pytest.mark.clientgo
-@pytest.mark.parametrize("content_type", ["json", "protobuf"])
+@pytest.mark.parametrize("content_type", ["json", "protobuf", "cbor"])
 @pytest.mark.parametrize("watch_list", ["on", "off"])
 async def test_syncs_from_kube_apiserver_and_follows_it(kube_bin: str, etcd35: EtcdProcess, content_type: str, watch_list: str) -> None:
     root = new_root()
@@ -332,8 +347,6 @@ async def test_syncs_from_kube_apiserver_and_follows_it(kube_bin: str, etcd35: E
         assert len(expected) == 8 and store_view(ref.store) == expected
         assert ref.used_watch_list is (watch_list == "on")
         assert ref.stats["list"] == (0 if watch_list == "on" else 3), ref.stats
-        wire = "application/vnd.kubernetes.protobuf" if content_type == "protobuf" else "application/json"
-        assert set(ref.media_types.values()) == {wire}, ref.media_types
         async with httpx.AsyncClient(base_url=kube.url, timeout=30) as c:
             n = len(run.events)
             created = await create(c, "live", b"new")
@@ -348,6 +361,7 @@ async def test_syncs_from_kube_apiserver_and_follows_it(kube_bin: str, etcd35: E
             assert live["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
             assert upd["metadata"]["resourceVersion"] == updated["metadata"]["resourceVersion"]
             assert store_view(ref.store) == {k: v for k, v in etcd_secrets(etcd35, root).items() if k.startswith("default/")}
+        assert ref.media_types == wire_types(content_type, watch_list == "on", watched=True), ref.media_types
         # a restart of the server, with a change while it is down (written by a second server)
         kube.stop()
         with KubeAPIServer(kube_bin, etcd35.endpoint, prefix=root, max_seconds=120) as other:
@@ -358,13 +372,29 @@ async def test_syncs_from_kube_apiserver_and_follows_it(kube_bin: str, etcd35: E
         await run.wait(has("added", "default/while-down"), 40, "the change made while the server was down")
         assert [t for t in run.since(n) if t != ("synced", "")] == [("added", "default/while-down")]
         assert store_view(ref.store) == {k: v for k, v in etcd_secrets(etcd35, root).items() if k.startswith("default/")}
+        # compaction: changes while it is down and etcd compacted past the informer's resourceVersion; whatever
+        # the restarted server's fresh watch cache answers (a re-sync NotOlderThan it, or 410 and a re-list from ""),
+        # exactly the differences come
+        kube.stop()
+        with KubeAPIServer(kube_bin, etcd35.endpoint, prefix=root, max_seconds=120) as other:
+            async with httpx.AsyncClient(base_url=other.url, timeout=30) as c:
+                n, syncs = len(run.events), ref.stats["syncs"]
+                await create(c, "after-compaction", b"y")
+                await update(c, "s001", b"z")
+                await delete(c, "while-down")
+        etcd35.etcdctl("compact", str(etcd_revision(etcd35)))
+        kube.start()
+        await run.wait(synced_count(syncs + 1), 60, "the re-sync after the compaction")
+        assert sorted(t for t in run.since(n) if t != ("synced", "")) == sorted(
+            [("added", "default/after-compaction"), ("updated", "default/s001"), ("deleted", "default/while-down")])
+        assert store_view(ref.store) == {k: v for k, v in etcd_secrets(etcd35, root).items() if k.startswith("default/")}
         await run.stop()
     finally:
         kube.close()
 
 
 @pytest.mark.clientgo
-@pytest.mark.parametrize("content_type", ["json", "protobuf"])
+@pytest.mark.parametrize("content_type", ["json", "protobuf", "cbor"])
 async def test_kube_apiserver_refusing_watch_list(kube_bin: str, etcd35: EtcdProcess, content_type: str) -> None:
     """Without its WatchList feature gate kube-apiserver answers sendInitialEvents with 422: ``auto`` falls
     back to a paged LIST (and does not ask again), ``on`` fails."""
@@ -391,52 +421,105 @@ def _pieces(body: bytes, sizes: List[int]) -> Iterator[bytes]:
         i, k = i + n, k + 1
 
 
-@pytest.mark.parametrize("content_type", ["json", "protobuf"])
-def test_readers_cut_real_bodies_anywhere(etcd35: EtcdProcess, content_type: str) -> None:
-    """A LIST body and a watch stream of our server, fed in pieces of every size from 1 byte up, decode to
-    exactly what the whole body decodes to; a truncated body and an oversized object are errors."""
-    from streamcodec.informer import DecodeFailed, JSONListReader, JSONWatchReader, ProtoListReader, ProtoWatchReader
+#: Accept headers of the readers' test: what the reflector sends (list, watch)
+ACCEPT = {"json": ("application/json", "application/json"),
+          "protobuf": ("application/vnd.kubernetes.protobuf", "application/vnd.kubernetes.protobuf;stream=watch"),
+          "cbor": ("application/cbor", "application/cbor")}
 
-    root = new_root()
-    accept = "application/vnd.kubernetes.protobuf" if content_type == "protobuf" else "application/json"
-    with ServerThread(etcd35.endpoint, f"{root}/".encode()) as srv:
-        asyncio.run(fill(srv.url, 6, size=3000))
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            listed = c.get(SECRETS, headers={"Accept": accept})
-            watched = c.get(SECRETS, params={"watch": "1", "sendInitialEvents": "true", "allowWatchBookmarks": "true",
-                                             "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "1"},
-                            headers={"Accept": accept + (";stream=watch" if content_type == "protobuf" else "")})
-        assert listed.headers["content-type"].split(";")[0] == accept and watched.status_code == 200
-    list_reader: Any = ProtoListReader if content_type == "protobuf" else JSONListReader
-    watch_reader: Any = ProtoWatchReader if content_type == "protobuf" else JSONWatchReader
-    expected_names = {f"s{i:03d}" for i in range(6) if i % 3}
 
-    def read_all(cls: Any, body: bytes, sizes: List[int]) -> Tuple[List[Any], Any]:
-        reader = cls()
-        out: List[Any] = []
-        for piece in _pieces(body, sizes):
-            out.extend(reader.feed(piece))
-        out.extend(reader.close() or [])
-        return out, reader
+def _real_bodies(url: str, content_type: str) -> Tuple[bytes, bytes]:
+    """A LIST body and a watch-list stream (ending in its bookmark) of ``SECRETS`` from the server at ``url``."""
+    accept_list, accept_watch = ACCEPT[content_type]
+    list_type, watch_type = WIRE[content_type]
+    with httpx.Client(base_url=url, timeout=30) as c:
+        listed = c.get(SECRETS, headers={"Accept": accept_list})
+        watched = c.get(SECRETS, params={"watch": "1", "sendInitialEvents": "true", "allowWatchBookmarks": "true",
+                                         "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "1"},
+                        headers={"Accept": accept_watch})
+    assert listed.status_code == 200 and listed.headers["content-type"].split(";")[0] == list_type, listed.headers
+    assert watched.status_code == 200 and watched.headers["content-type"].split(";")[0] == watch_type, watched.headers
+    return listed.content, watched.content
 
-    whole_items, whole = read_all(list_reader, listed.content, [len(listed.content)])
+
+def _readers(content_type: str) -> Tuple[Any, Any]:
+    from streamcodec.informer import (
+        CBORListReader, CBORWatchReader, JSONListReader, JSONWatchReader, ProtoListReader, ProtoWatchReader,
+    )
+
+    return {"json": (JSONListReader, JSONWatchReader), "protobuf": (ProtoListReader, ProtoWatchReader),
+            "cbor": (CBORListReader, CBORWatchReader)}[content_type]
+
+
+def _read_all(cls: Any, body: bytes, sizes: List[int]) -> Tuple[List[Any], Any]:
+    reader = cls()
+    out: List[Any] = []
+    for piece in _pieces(body, sizes):
+        out.extend(reader.feed(piece))
+    out.extend(reader.close() or [])
+    return out, reader
+
+
+def _check_cut_anywhere(content_type: str, listed: bytes, watched: bytes, expected_names: set) -> Tuple[List[Any], List[Any]]:
+    """The checks of the readers' tests (see :func:`test_readers_cut_real_bodies_anywhere`); returns the
+    items and the events of the whole bodies."""
+    from streamcodec.informer import DecodeFailed
+
+    list_reader, watch_reader = _readers(content_type)
+    whole_items, whole = _read_all(list_reader, listed, [len(listed)])
     assert {i["metadata"]["name"] for i in whole_items} == expected_names
     assert int(whole.metadata["resourceVersion"]) >= max(int(i["metadata"]["resourceVersion"]) for i in whole_items)
-    whole_events, _ = read_all(watch_reader, watched.content, [len(watched.content)])
-    assert [t for t, _ in whole_events][-1] == "BOOKMARK" and sum(t == "ADDED" for t, _ in whole_events) == 4
+    whole_events, _ = _read_all(watch_reader, watched, [len(watched)])
+    assert [t for t, _ in whole_events][-1] == "BOOKMARK"
+    assert sum(t == "ADDED" for t, _ in whole_events) == len(expected_names)
     for sizes in ([1], [3, 7, 1], [4096], [17, 65536]):
-        assert read_all(list_reader, listed.content, sizes)[0] == whole_items, sizes
-        assert read_all(watch_reader, watched.content, sizes)[0] == whole_events, sizes
+        assert _read_all(list_reader, listed, sizes)[0] == whole_items, sizes
+        assert _read_all(watch_reader, watched, sizes)[0] == whole_events, sizes
     with pytest.raises(DecodeFailed):
-        read_all(list_reader, listed.content[:-40], [1000])
+        _read_all(list_reader, listed[:-40], [1000])
     with pytest.raises(DecodeFailed):
-        read_all(watch_reader, watched.content[:-3], [1000])
+        _read_all(watch_reader, watched[:-3], [1000])
     small = list_reader(max_object_bytes=1000)
     with pytest.raises(DecodeFailed):
-        for piece in _pieces(listed.content, [512]):
+        for piece in _pieces(listed, [512]):
             small.feed(piece)
         small.close()
+    return whole_items, whole_events
 
+
+@pytest.mark.parametrize("content_type", ["json", "protobuf", "cbor"])
+def test_readers_cut_real_bodies_anywhere(etcd35: EtcdProcess, content_type: str) -> None:
+    """A LIST body and a watch stream of our server, fed in pieces of every size from 1 byte up, decode to
+    exactly what the whole body decodes to; a truncated body and an oversized object are errors.  The
+    objects are those of the JSON body, whatever the format."""
+    root = new_root()
+    with ServerThread(etcd35.endpoint, f"{root}/".encode()) as srv:
+        asyncio.run(fill(srv.url, 6, size=3000))
+        listed, watched = _real_bodies(srv.url, content_type)
+        json_listed, json_watched = _real_bodies(srv.url, "json")
+    expected_names = {f"s{i:03d}" for i in range(6) if i % 3}
+    items, events = _check_cut_anywhere(content_type, listed, watched, expected_names)
+    json_items, json_events = _check_cut_anywhere("json", json_listed, json_watched, expected_names)
+    if content_type == "cbor":  # the same objects (protobuf adds kind/apiVersion to list items)
+        assert items == json_items and events == json_events
+
+
+@pytest.mark.clientgo
+def test_cbor_readers_cut_kube_apiserver_bodies_anywhere(kube_bin: str, etcd35: EtcdProcess) -> None:
+    """The same on kube-apiserver's own CBOR (its CBORServingAndStorage gate on): field names and strings as
+    byte strings, a definite-length items array, the List's entries in any order; the objects equal what
+    its JSON gives."""
+    root = new_root()
+    with KubeAPIServer(kube_bin, etcd35.endpoint, prefix=root, max_seconds=120) as kube:
+        assert kube.listening.get("featureGates", {}).get("CBORServingAndStorage") is True, kube.listening
+        asyncio.run(fill(kube.url, 6, size=3000))
+        listed, watched = _real_bodies(kube.url, "cbor")
+        json_listed, json_watched = _real_bodies(kube.url, "json")
+    assert b"\x4fresourceVersion" in listed  # a byte string: Kubernetes' FieldNameToByteString
+    expected_names = {f"s{i:03d}" for i in range(6) if i % 3}
+    items, events = _check_cut_anywhere("cbor", listed, watched, expected_names)
+    json_items, json_events = _check_cut_anywhere("json", json_listed, json_watched, expected_names)
+    assert items == json_items
+    assert events == json_events
 
 
 @settings(max_examples=examples(200), deadline=None)
@@ -491,3 +574,222 @@ async def test_backs_off_on_429_as_retry_after_says(etcd35: EtcdProcess) -> None
         await task
         assert 1 <= retries_while_held <= 4, ref.stats  # Retry-After: 1 s; the backoff alone would be ~8 tries
         assert store_view(ref.store) == {k: v for k, v in etcd_secrets(etcd35, root).items() if k.startswith("default/")}
+
+
+# ----------------------------------------------------------------------------- CBOR's objects are JSON's
+def _canonical(store: Dict[str, Dict[str, Any]]) -> Dict[str, str]:
+    """Each object as sorted-key JSON text: equal only when every value is, with its type (1 is not 1.0)."""
+    return {k: json.dumps(o, sort_keys=True, ensure_ascii=False) for k, o in store.items()}
+
+
+MIXED_SECRETS = [
+    {"metadata": {"name": "binary", "labels": {"app": "x", "tier": "b-1"}, "annotations": {"note": "ünïcode ✓ \u2028 \"quoted\""}},
+     "type": "Opaque", "data": {"all": b64(bytes(range(256)) * 3), "empty": "", "large": b64(os.urandom(70_000)),
+                                "one": b64(b"\x00")}},
+    {"metadata": {"name": "tls", "namespace": "default"}, "type": "kubernetes.io/tls",
+     "data": {"tls.crt": b64(b"-----BEGIN CERTIFICATE-----\n" + os.urandom(900)), "tls.key": b64(os.urandom(32))}},
+    {"metadata": {"name": "nodata"}, "type": "Opaque"},
+]
+
+
+async def _write_mixed(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        for obj in MIXED_SECRETS:
+            r = await c.post(SECRETS, json=obj)
+            assert r.status_code == 201, r.text[:300]
+        for i in range(5):
+            await create(c, f"plain{i}", os.urandom(i * 37))
+        r = await c.put(f"{SECRETS}/plain1", json={**(await c.get(f"{SECRETS}/plain1")).json(), "data": {"k": b64(b"v2")}})
+        assert r.status_code == 200, r.text[:300]
+
+
+async def _stores_by_format(url: str, formats: List[str], watch_list: str) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    out: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for content_type in formats:
+        ref = Reflector(url, SECRETS, content_type=content_type, watch_list=watch_list, page_size=3, **FAST)
+        await ref.run_until_synced(30)
+        assert ref.media_types == wire_types(content_type, watch_list == "on", watched=False), ref.media_types
+        out[content_type] = ref.store
+    return out
+
+
+@pytest.mark.parametrize("watch_list", ["on", "off"])
+async def test_cbor_store_equals_json_store_on_our_server(etcd35: EtcdProcess, watch_list: str) -> None:
+    """Secrets with binary, empty and large ``data``, labels and annotations in Unicode, synced in CBOR
+    (``[]byte`` as byte strings in tag 22) and in JSON (base64 text): the same store, object by object,
+    with the same value types; and then the same live events."""
+    root = new_root()
+    with ServerThread(etcd35.endpoint, f"{root}/".encode()) as srv:
+        await _write_mixed(srv.url)
+        stores = await _stores_by_format(srv.url, ["json", "cbor"], watch_list)
+        assert len(stores["json"]) == 8 and _canonical(stores["cbor"]) == _canonical(stores["json"])
+        assert stores["cbor"]["default/binary"]["data"]["all"] == b64(bytes(range(256)) * 3)
+        # live: each event's object is the one the JSON stream carries
+        runs = {ct: Running(Reflector(srv.url, SECRETS, content_type=ct, watch_list=watch_list, **FAST)) for ct in ("json", "cbor")}
+        try:
+            for run in runs.values():
+                await run.wait(synced_count(1), 30, "the sync")
+            n = {ct: len(run.events) for ct, run in runs.items()}
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
+                await create(c, "live", bytes(range(200)))
+                await update(c, "live", b"\xff\xfe changed")
+                await delete(c, "binary")
+            for run in runs.values():
+                await run.wait(has("deleted", "default/binary"), 20, "the live changes")
+            live = {ct: [(e.type, e.key, json.dumps(e.object, sort_keys=True)) for e in run.events[n[ct]:]] for ct, run in runs.items()}
+            assert [t[:2] for t in live["cbor"]] == [("added", "default/live"), ("updated", "default/live"),
+                                                      ("deleted", "default/binary")]
+            assert live["cbor"] == live["json"]
+            assert _canonical(runs["cbor"].reflector.store) == _canonical(runs["json"].reflector.store)
+        finally:
+            for run in runs.values():
+                await run.stop()
+
+
+@pytest.mark.clientgo
+async def test_cbor_store_equals_json_store_on_kube_apiserver(kube_bin: str, etcd35: EtcdProcess) -> None:
+    """The same on kube-apiserver, whose CBOR writes field names and strings as byte strings (and []byte in
+    tag 22): its CBOR and its JSON give one store, object by object, by watch-list and by LIST."""
+    root = new_root()
+    with KubeAPIServer(kube_bin, etcd35.endpoint, prefix=root, max_seconds=120) as kube:
+        await _write_mixed(kube.url)
+        for watch_list in ("on", "off"):
+            stores = await _stores_by_format(kube.url, ["json", "cbor"], watch_list)
+            assert len(stores["json"]) == 8 and _canonical(stores["cbor"]) == _canonical(stores["json"]), watch_list
+            assert stores["cbor"]["default/binary"]["data"]["all"] == b64(bytes(range(256)) * 3)
+
+
+@pytest.mark.clientgo
+async def test_kube_apiserver_without_cbor_answers_json(kube_bin: str, etcd35: EtcdProcess) -> None:
+    """Without its CBORServingAndStorage gate kube-apiserver answers the CBOR-first Accept with JSON: the
+    informer reads the JSON it was answered with, by watch-list and by LIST then watch."""
+    root = new_root()
+    with KubeAPIServer(kube_bin, etcd35.endpoint, prefix=root, extra_args=["--cbor=off"], max_seconds=120) as kube:
+        assert kube.listening.get("featureGates", {}).get("CBORServingAndStorage") is False, kube.listening
+        await fill(kube.url, 9)
+        expected = {k: v for k, v in etcd_secrets(etcd35, root).items() if k.startswith("default/")}
+        for watch_list in ("on", "off"):
+            ref = Reflector(kube.url, SECRETS, content_type="cbor", watch_list=watch_list, page_size=4,
+                            watch_timeout=(5, 5), **FAST)
+            run = Running(ref)
+            await run.wait(synced_count(1), 30, "the sync")
+            assert store_view(ref.store) == expected
+            async with httpx.AsyncClient(base_url=kube.url, timeout=30) as c:
+                await create(c, f"live-{watch_list}", b"x")
+            await run.wait(has("added", f"default/live-{watch_list}"), 20, "the create")
+            expected = {k: v for k, v in etcd_secrets(etcd35, root).items() if k.startswith("default/")}
+            assert store_view(ref.store) == expected
+            assert ref.media_types == wire_types("json", watch_list == "on", watched=True), ref.media_types
+            await run.stop()
+
+
+def _kube_cbor(value: Any) -> bytes:
+    """``value`` in CBOR as Kubernetes writes it: strings and map keys as byte strings, ``bytes`` as byte
+    strings in tag 22, definite lengths, floats as doubles (a test's encoder, independent of the codec)."""
+    import struct
+
+    def head(major: int, n: int) -> bytes:
+        if n < 24:
+            return bytes((major << 5 | n,))
+        for ai, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+            if n < 1 << (8 * width):
+                return bytes((major << 5 | ai,)) + n.to_bytes(width, "big")
+        raise ValueError(n)
+
+    if value is None:
+        return b"\xf6"
+    if value is True or value is False:
+        return b"\xf5" if value else b"\xf4"
+    if isinstance(value, int):
+        return head(0, value) if value >= 0 else head(1, -1 - value)
+    if isinstance(value, float):
+        return b"\xfb" + struct.pack(">d", value)
+    if isinstance(value, str):
+        return head(2, len(value.encode())) + value.encode()
+    if isinstance(value, bytes):
+        return b"\xd6" + head(2, len(value)) + value
+    if isinstance(value, list):
+        return head(4, len(value)) + b"".join(_kube_cbor(v) for v in value)
+    return head(5, len(value)) + b"".join(_kube_cbor(k) + _kube_cbor(v) for k, v in value.items())
+
+
+def _as_json(value: Any) -> Any:
+    """What JSON carries for ``value``: ``bytes`` as base64 text."""
+    if isinstance(value, bytes):
+        return b64(value)
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    return value
+
+
+_text_st = st.text(st.characters(codec="utf-8"), max_size=30)  # no lone surrogates
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | _text_st
+    | st.binary(max_size=300),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text_st, inner, max_size=4), max_leaves=25)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(objects=st.lists(st.dictionaries(_text_st, _values, max_size=5), min_size=0, max_size=5),
+       kube_style=st.booleans(), items_first=st.booleans(), pieces=st.lists(st.integers(1, 700), min_size=1, max_size=5),
+       cut=st.integers(1, 3))
+def test_cbor_readers_cut_anywhere_give_json_objects(objects: List[Dict[str, Any]], kube_style: bool, items_first: bool,
+                                                     pieces: List[int], cut: int) -> None:
+    """CBOR list bodies and watch streams as Kubernetes writes them (byte strings, definite lengths, the
+    List's entries in any order) or as our server does (the codec's encoder: text strings, ``[]byte`` in tag
+    22, an indefinite items array), fed in pieces of any size, give the JSON objects; a body cut short is an
+    error."""
+    from streamcodec.informer import CBORListReader, CBORWatchReader, DecodeFailed
+
+    objs = [{**o, "metadata": {"name": f"o{i}", "resourceVersion": str(i + 1)}} for i, o in enumerate(objects)]
+    meta = {"resourceVersion": "99", "continue": "tok"}
+    if kube_style:
+        entries = [("kind", "SecretList"), ("apiVersion", "v1"), ("metadata", meta), ("items", objs)]
+        if items_first:
+            entries.reverse()
+        body = b"\xd9\xd9\xf7" + _kube_cbor(dict(entries))
+        # as kube-apiserver's: the object (a RawExtension's raw CBOR) carries its own self-described tag
+        stream = b"".join(b"\xd9\xd9\xf7\xa2" + _kube_cbor("type") + _kube_cbor("ADDED") + _kube_cbor("object")
+                          + b"\xd9\xd9\xf7" + _kube_cbor(o) for o in objs)
+    else:
+        enc = streamcodec.CBOREncoder(byte_string_tag=22)
+        body = (b"\xd9\xd9\xf7\xa4" + enc.encode("kind")[3:] + enc.encode("SecretList")[3:] + enc.encode("apiVersion")[3:]
+                + enc.encode("v1")[3:] + enc.encode("metadata")[3:] + enc.encode(meta)[3:] + enc.encode("items")[3:]
+                + b"\x9f" + b"".join(enc.encode(o) for o in objs) + b"\xff")
+        stream = b"".join(enc.encode_event("ADDED", o) for o in objs)
+    expected = [_as_json(o) for o in objs]
+
+    reader = CBORListReader()
+    got = [i for piece in _pieces(body, pieces) for i in reader.feed(piece)] + reader.close()
+    assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert reader.metadata == meta and reader.head["kind"] == "SecretList"
+    watch = CBORWatchReader()
+    events = [e for piece in _pieces(stream, pieces) for e in watch.feed(piece)]
+    watch.close()
+    assert json.dumps(events, sort_keys=True) == json.dumps([["ADDED", o] for o in expected], sort_keys=True)
+    truncated = CBORListReader()
+    with pytest.raises(DecodeFailed):
+        for piece in _pieces(body[:-cut], pieces):
+            truncated.feed(piece)
+        truncated.close()
+    if stream:
+        cut_watch = CBORWatchReader()
+        with pytest.raises(DecodeFailed):
+            for piece in _pieces(stream[:-cut], pieces):
+                cut_watch.feed(piece)
+            cut_watch.close()
+
+
+async def test_cbor_error_status_is_read(etcd35: EtcdProcess) -> None:
+    """An error asked for in CBOR first comes as a CBOR Status: its reason and message reach the error."""
+    root = new_root()
+    with ServerThread(etcd35.endpoint, f"{root}/".encode()) as srv:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
+            r = await c.get("/api/v2/secrets", headers={"Accept": "application/cbor, application/json"})
+        assert r.status_code == 404 and r.headers["content-type"] == "application/cbor", r.headers
+        for watch_list in ("on", "off"):
+            ref = Reflector(srv.url, "/api/v2/secrets", content_type="cbor", watch_list=watch_list, **FAST)
+            with pytest.raises(InformerError, match="HTTP 404 NotFound: 'the server could not find the requested resource'"):
+                await ref.run_until_synced(30)

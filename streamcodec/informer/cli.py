@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: watch-list, falling back to a paged LIST; on: watch-list only; off: LIST then watch (default auto)")
     p.add_argument("--until-synced", action="store_true",
                    help="print one summary line once the store is complete, then exit 0")
-    p.add_argument("--content-type", choices=("json", "protobuf"), default="json",
-                   help="the wire format asked for (protobuf: Kubernetes' typed protobuf; default json)")
+    p.add_argument("--content-type", choices=("json", "protobuf", "cbor"), default="json",
+                   help="the wire format asked for (protobuf: Kubernetes' typed protobuf; cbor: Kubernetes' CBOR, "
+                        "application/cbor lists and application/cbor-seq watches; both fall back to JSON when the "
+                        "server answers JSON; default json)")
     p.add_argument("--label-selector", "-l", default=None, metavar="SELECTOR")
     p.add_argument("--field-selector", default=None, metavar="SELECTOR")
     p.add_argument("--token", default=None, help="bearer token")

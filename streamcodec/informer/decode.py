@@ -1,13 +1,20 @@
-"""Incremental readers of list bodies and watch streams, JSON and Kubernetes protobuf.
+"""Incremental readers of list bodies and watch streams: JSON, CBOR and Kubernetes protobuf.
 
 Each reader is sans-IO: ``feed(bytes)`` returns what the bytes completed (list items, or watch
 events as ``(type, object)``), holding back only the incomplete tail.  So a client holds one object
 in flight whatever the collection's size; an object larger than ``max_object_bytes`` is an error,
 not something to buffer.  ``head`` of a list reader is its ``metadata`` (resourceVersion, continue).
+
+CBOR (``application/cbor`` for a list, ``application/cbor-seq`` for a watch: a CBOR sequence of events)
+is read as Kubernetes writes it: each top-level item after the self-described tag 55799 (``d9 d9 f7``),
+strings and field names as byte strings, ``[]byte`` as a byte string in tag 22; objects come out equal
+to what the JSON readers give for the same object (``[]byte`` as base64 text).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import json
 import re
@@ -19,15 +26,18 @@ from streamcodec._kubeproto_py import _int_of as kubeproto_int
 from streamcodec._kubeproto_py import _len_field
 from streamcodec._kubeproto_py import _text as kubeproto_text
 from streamcodec._kubeproto_py import _varint as _encode_varint
-from streamcodec.formats import FORMATS, PROTOBUF_MAGIC
+from streamcodec.formats import CBOR_MAGIC, FORMATS, PROTOBUF_MAGIC
 from streamcodec.kube_schema import KubeSchema
+from streamcodec.limits import MAX_DEPTH
 
 __all__ = [
-    "DecodeFailed", "JSONListReader", "JSONWatchReader", "ProtoListReader", "ProtoWatchReader",
-    "DEFAULT_MAX_OBJECT_BYTES", "JSON", "PROTOBUF", "PROTOBUF_WATCH",
+    "DecodeFailed", "JSONListReader", "JSONWatchReader", "CBORListReader", "CBORWatchReader", "ProtoListReader",
+    "ProtoWatchReader", "cbor_object", "DEFAULT_MAX_OBJECT_BYTES", "JSON", "CBOR", "CBOR_SEQ", "PROTOBUF",
+    "PROTOBUF_WATCH",
 ]
 
 JSON = FORMATS["json"].media_types[0]
+CBOR, CBOR_SEQ = FORMATS["cbor"].media_types[:2]  # application/cbor, application/cbor-seq
 PROTOBUF = FORMATS["protobuf"].media_types[0]
 PROTOBUF_WATCH = PROTOBUF + ";stream=watch"
 MAGIC = PROTOBUF_MAGIC
@@ -437,3 +447,350 @@ class ProtoWatchReader(_ProtoBase):
         if self._have:
             n, self._have = self._have, 0
             raise DecodeFailed(f"the watch stream ended inside an event ({n} bytes)")
+
+
+# ----------------------------------------------------------------------------- CBOR
+#: The tags of RFC 8949 §3.4.5.2 ("expected later encoding"): a byte string in one of them stands for the
+#: text JSON would carry.  Kubernetes writes every ``[]byte`` as a byte string in tag 22 (base64), as JSON
+#: writes it as base64 text.
+_LATER_BASE64URL, _LATER_BASE64, _LATER_BASE16 = 21, 22, 23
+_BREAK = 0xFF
+
+
+_base64_encoder: Any = None
+
+
+def _base64(payload: Any) -> Any:
+    """Standard padded base64 of ``payload``: the compiled JSON encoder's (twice binascii's speed), else
+    binascii's."""
+    global _base64_encoder
+    if _base64_encoder is None:
+        _base64_encoder = streamcodec.JSONEncoder(max_frame_size=2**62) if streamcodec.IMPLEMENTATION == "cython" else False
+    if _base64_encoder is False:
+        return binascii.b2a_base64(payload, newline=False)
+    return memoryview(_base64_encoder.encode(payload))[1:-1]  # the JSON string's text, without its quotes
+
+
+def _later_text(tag: int, payload: Any) -> Any:
+    if tag == _LATER_BASE64:
+        return _base64(payload)
+    if tag == _LATER_BASE64URL:
+        return base64.urlsafe_b64encode(payload).rstrip(b"=")
+    return binascii.hexlify(payload)
+
+
+def _text_head(n: int) -> bytes:
+    if n < 24:
+        return bytes((0x60 | n,))
+    for ai, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * width):
+            return bytes((0x60 | ai,)) + n.to_bytes(width, "big")
+    raise DecodeFailed("a string too long for CBOR")
+
+
+class _ItemScan:
+    """Where one CBOR data item (from ``start`` of a buffer) ends, found as its bytes arrive (resumable:
+    each byte's head is read once), and the edits that make it what the codec's decoder reads as the
+    JSON reader's object:
+
+    * a byte string in tag 21/22/23 becomes the text string of its base64url/base64/base16 form (JSON's
+      ``[]byte``; the codec's decoder refuses these tags);
+    * any other byte string becomes a text string of the same bytes: Kubernetes writes every Go string and
+      every field name as a CBOR byte string (its ``StringToByteString``/``FieldNameToByteString``
+      options), and decodes them to strings, which is what JSON has (so such a string must be UTF-8: one
+      that is not makes the object an error, :class:`DecodeFailed`).
+
+    Other tags are left to the codec's decoder: 55799 anywhere (ignored) and bignums; any other is an error.
+
+    Positions are relative to ``start``; the caller moves ``start`` when it drops consumed bytes.
+    """
+
+    __slots__ = ("start", "pos", "stack", "tag", "tag_at", "flips", "spans", "limit", "depth")
+
+    def __init__(self, start: int, limit: int, depth: int = MAX_DEPTH) -> None:
+        self.start = start
+        self.pos = 0
+        self.stack: List[int] = []  # remaining entries of each open container (-1: indefinite length)
+        self.tag = -1  # a later-encoding tag waiting for its byte string (-1: none)
+        self.tag_at = 0  # where that tag's head is
+        self.flips: List[int] = []  # heads of byte strings to read as text strings
+        self.spans: List[Tuple[int, int, int, int]] = []  # (tag head, payload start, payload end, tag)
+        self.limit = limit
+        self.depth = depth
+
+    def scan(self, buf: Any, end: int) -> bool:
+        """True once the item is whole within ``buf[:end]``; ``self.pos`` is then its size."""
+        start, stack = self.start, self.stack
+        pos = start + self.pos
+        limit = start + self.limit
+        while pos < end:
+            ib = buf[pos]
+            major, ai = ib >> 5, ib & 31
+            if ai < 24:
+                arg, head_end = ai, pos + 1
+            elif ai < 28:
+                head_end = pos + 1 + (1 << (ai - 24))
+                if head_end > end:
+                    break
+                arg = int.from_bytes(buf[pos + 1:head_end], "big")
+            elif ai == 31 and major in (2, 3, 4, 5, 7):
+                arg, head_end = -1, pos + 1
+            else:
+                raise DecodeFailed(f"malformed CBOR at byte {pos - start} of an object")
+            if self.tag >= 0 and major != 2:
+                raise DecodeFailed(f"CBOR tag {self.tag} on something else than a byte string")
+            if major == 6:
+                if arg in (_LATER_BASE64URL, _LATER_BASE64, _LATER_BASE16):
+                    self.tag, self.tag_at = arg, pos - start
+                pos = head_end  # a tag is not an item: its content is (55799 and bignums: the decoder's)
+                continue
+            if major in (2, 3):
+                if arg < 0:
+                    raise DecodeFailed("an indefinite-length CBOR string")
+                if head_end + arg > limit:
+                    raise DecodeFailed(f"an object longer than {self.limit} bytes")
+                if head_end + arg > end:
+                    break
+                if self.tag >= 0:
+                    self.spans.append((self.tag_at, head_end - start, head_end + arg - start, self.tag))
+                    self.tag = -1
+                elif major == 2:
+                    self.flips.append(pos - start)
+                pos = head_end + arg
+            elif major in (4, 5) and arg != 0:
+                if len(stack) >= self.depth:
+                    raise DecodeFailed(f"CBOR nested deeper than {self.depth}")
+                if arg > self.limit:
+                    raise DecodeFailed(f"a CBOR container of {arg} entries")
+                stack.append(-1 if arg < 0 else arg << (major - 4))
+                pos = head_end
+                continue
+            elif ib == _BREAK:
+                if not stack or stack[-1] != -1:
+                    raise DecodeFailed(f"a CBOR break outside an indefinite-length container at byte {pos - start}")
+                stack.pop()
+                pos = head_end
+            else:  # integers, simple values, floats, empty containers
+                pos = head_end
+            while True:  # an item ended: it counts in its container, which may end too
+                if not stack:
+                    self.pos = pos - start
+                    return True
+                top = stack[-1]
+                if top < 0:
+                    break
+                if top > 1:
+                    stack[-1] = top - 1
+                    break
+                stack.pop()
+        if pos > limit:
+            raise DecodeFailed(f"an object longer than {self.limit} bytes")
+        self.pos = pos - start
+        return False
+
+    def frame(self, buf: bytearray, view: memoryview) -> Any:
+        """The item, edited (byte strings read as text are flipped in ``buf`` itself): a view of ``buf`` when
+        no tagged byte string needs its text, else one joined copy."""
+        start, end = self.start, self.start + self.pos
+        for at in self.flips:
+            buf[start + at] ^= 0x20  # major type 2 -> 3, same argument
+        self.flips = []
+        if not self.spans:
+            return view[start:end]
+        pieces: List[Any] = []
+        last = start
+        for at, p, q, tag in self.spans:
+            text = _later_text(tag, view[start + p:start + q])
+            pieces += (view[last:start + at], _text_head(len(text)), text)
+            last = start + q
+        pieces.append(view[last:end])
+        return b"".join(pieces)
+
+
+class _CBORBase:
+    """A buffer of CBOR bytes and the item being received in it; items decoded by the codec's
+    :class:`streamcodec.CBORDecoder` once whole (:class:`_ItemScan` finds where each ends)."""
+
+    def __init__(self, max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> None:
+        self.max_object_bytes = max_object_bytes
+        self._decoder = streamcodec.CBORDecoder(max_frame_size=max_object_bytes + max_object_bytes // 2 + 1024)
+        self._buf = bytearray()
+        self._scan: Optional[_ItemScan] = None
+
+    def _item(self, p: int) -> Tuple[Any, int]:
+        """The item at ``p`` of the buffer when whole (decoded, and where it ends), else (None, -1)."""
+        scan = self._scan
+        if scan is None or scan.start != p:
+            scan = self._scan = _ItemScan(p, self.max_object_bytes)
+        if not scan.scan(self._buf, len(self._buf)):
+            return None, -1
+        self._scan = None
+        with memoryview(self._buf) as view:
+            frame = scan.frame(self._buf, view)
+            try:
+                return self._decoder.decode(frame), p + scan.pos
+            except streamcodec.DecodeError as exc:
+                raise DecodeFailed(f"an undecodable CBOR object: {exc}") from None
+            finally:
+                if isinstance(frame, memoryview):
+                    frame.release()
+
+    def _consume(self, p: int) -> None:
+        if p:
+            del self._buf[:p]
+            if self._scan is not None:
+                self._scan.start -= p
+
+
+def cbor_object(body: bytes, max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> Any:
+    """The one data item of a whole CBOR body (an error Status), read as the readers read objects."""
+    reader = _CBORBase(max_object_bytes)
+    reader._buf += body
+    value, end = reader._item(0) if body else (None, -1)
+    if end != len(body):
+        raise DecodeFailed("not one whole CBOR data item")
+    return value
+
+
+class CBORWatchReader(_CBORBase):
+    """A CBOR watch stream (``application/cbor-seq``, RFC 8742): one data item per event, ``d9 d9 f7`` +
+    ``{"type": ..., "object": {...}}``, as Kubernetes writes it (strings and field names as byte strings,
+    ``[]byte`` in tag 22) or as our server does (text strings); see :class:`_ItemScan`."""
+
+    def feed(self, data: bytes) -> List[WatchEvent]:
+        self._buf += data
+        out: List[WatchEvent] = []
+        p = 0
+        while p < len(self._buf):
+            event, end = self._item(p)
+            if end < 0:
+                break
+            if not isinstance(event, dict):
+                raise DecodeFailed(f"not a watch event: {str(event)[:200]}")
+            out.append(_event(event.get("type"), event.get("object")))
+            p = end
+        self._consume(p)
+        return out
+
+    def close(self) -> None:
+        """The stream's end: it must not end inside an event."""
+        if self._buf:
+            n = len(self._buf)
+            self._buf.clear()
+            self._scan = None
+            raise DecodeFailed(f"the watch stream ended inside an event ({n} bytes)")
+
+
+class CBORListReader(_CBORBase):
+    """A CBOR list body (``application/cbor``): one data item, ``d9 d9 f7`` + the List map, whose
+    ``items`` array (definite length, as Kubernetes writes it, or indefinite, as our server does) is
+    decoded one item at a time as each completes; the map's other entries (``kind``, ``apiVersion``,
+    ``metadata``, in any order: Kubernetes may put ``items`` first) go to ``head``."""
+
+    def __init__(self, max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> None:
+        super().__init__(max_object_bytes)
+        self.head: Dict[str, Any] = {}
+        self.done = False
+        self._entries: Optional[int] = None  # map entries left (-1: indefinite); None: before the map
+        self._key: Optional[str] = None  # the entry whose value comes next
+        self._items: Optional[int] = None  # items left in the items array (-1: indefinite)
+
+    @property
+    def metadata(self) -> Dict[str, Any]:
+        meta = self.head.get("metadata")
+        return meta if isinstance(meta, dict) else {}
+
+    def feed(self, data: bytes) -> List[Dict[str, Any]]:
+        self._buf += data
+        out: List[Dict[str, Any]] = []
+        buf = self._buf
+        p, n = 0, len(buf)
+        while p < n and not self.done:
+            if self._items is not None:  # inside the items array
+                if self._items < 0 and buf[p] == _BREAK:
+                    p += 1
+                    self._items = None
+                    self._key = None
+                    continue
+                item, end = self._item(p)
+                if end < 0:
+                    break
+                if not isinstance(item, dict):
+                    raise DecodeFailed("a list item that is not an object")
+                out.append(item)
+                p = end
+                if self._items > 0:
+                    self._items -= 1
+                    if not self._items:  # a definite-length array ends with its last item
+                        self._items = self._key = None
+            elif self._entries is None:  # the body's start: self-described tags, then the map's head
+                if buf[p] == CBOR_MAGIC[0]:
+                    if n - p < 3:
+                        break
+                    if buf[p:p + 3] != CBOR_MAGIC:
+                        raise DecodeFailed("a CBOR list body with a tag other than 55799 around it")
+                    p += 3
+                    continue
+                count, end = _container_head(buf, p, n, 5)
+                if end < 0:
+                    break
+                self._entries, p = count, end
+            elif self._key is None:  # the next key, or the map's end
+                if self._entries == 0 or (self._entries < 0 and buf[p] == _BREAK):
+                    p += self._entries < 0
+                    self.done = True
+                    break
+                key, end = self._item(p)
+                if end < 0:
+                    break
+                if not isinstance(key, str):
+                    raise DecodeFailed("a list body whose map has a key that is not a string")
+                self._key, p = key, end
+                if self._entries > 0:
+                    self._entries -= 1
+            elif self._key == "items" and buf[p] != 0xF6:  # the items array's head (0xf6: null)
+                count, end = _container_head(buf, p, n, 4)
+                if end < 0:
+                    break
+                self._items, p = count, end
+                if not count:
+                    self._items = self._key = None
+            else:
+                value, end = self._item(p)
+                if end < 0:
+                    break
+                if self._key != "items":
+                    self.head[self._key] = value
+                self._key, p = None, end
+        if self._entries == 0 and self._key is None:
+            self.done = True  # a definite-length map ends with its last value
+        self._consume(p)
+        if self.done and self._buf:
+            raise DecodeFailed(f"{len(self._buf)} bytes after the end of the CBOR list body")
+        return out
+
+    def close(self) -> List[Dict[str, Any]]:
+        """The body's end (every item has been returned by :meth:`feed`)."""
+        if not self.done:
+            raise DecodeFailed("the CBOR list body ended before its items did")
+        return []
+
+
+def _container_head(buf: Any, p: int, n: int, major: int) -> Tuple[int, int]:
+    """(entries, next position) of the map (5) or array (4) head at ``p`` (entries -1: indefinite
+    length); (0, -1) when the head is not complete."""
+    ib = buf[p]
+    if ib >> 5 != major:
+        raise DecodeFailed(f"a CBOR list body without its {'map' if major == 5 else 'items array'} "
+                           f"(byte 0x{ib:02x})")
+    ai = ib & 31
+    if ai < 24:
+        return ai, p + 1
+    if ai == 31:
+        return -1, p + 1
+    if ai > 27:
+        raise DecodeFailed("a malformed CBOR head in a list body")
+    end = p + 1 + (1 << (ai - 24))
+    if end > n:
+        return 0, -1
+    return int.from_bytes(buf[p + 1:end], "big"), end

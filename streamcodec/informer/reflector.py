@@ -12,6 +12,9 @@ resourceVersion) when the server refuses watch-list or the bookmark does not com
 from the last resourceVersion when a watch ends, re-lists from ``""`` on 410 Gone and "Too large
 resource version", and backs off with jitter on 429 (honouring Retry-After), 5xx and broken
 connections.
+
+Bodies are decoded as they arrive (:mod:`.decode`), in JSON, Kubernetes protobuf or CBOR, whichever
+the server answered with: memory is the store plus one object in flight, whatever the collection size.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from urllib.parse import quote, urlencode
 from streamcodec.kube_schema import KubeSchema
 
 from .decode import (
-    DEFAULT_MAX_OBJECT_BYTES, JSON, PROTOBUF, PROTOBUF_WATCH, DecodeFailed, JSONListReader, JSONWatchReader,
-    ProtoListReader, ProtoWatchReader,
+    CBOR, CBOR_SEQ, DEFAULT_MAX_OBJECT_BYTES, JSON, PROTOBUF, PROTOBUF_WATCH, CBORListReader, CBORWatchReader,
+    DecodeFailed, JSONListReader, JSONWatchReader, ProtoListReader, ProtoWatchReader, cbor_object,
 )
 from .http import ConnectionFailed, Endpoint, HTTPResponse
 
@@ -38,7 +41,7 @@ __all__ = ["Reflector", "InformerEvent", "InformerError", "WatchListUnavailable"
 log = logging.getLogger("streamcodec.informer")
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
-CONTENT_TYPES = ("json", "protobuf")
+CONTENT_TYPES = ("json", "protobuf", "cbor")
 WATCH_LIST_MODES = ("auto", "on", "off")
 
 Transform = Callable[[Dict[str, Any]], Dict[str, Any]]
@@ -131,9 +134,12 @@ class Reflector:
     ``base_url``: ``http(s)://host:port``; ``path``: the collection, e.g. ``/api/v1/namespaces/NS/secrets``
     or ``/api/v1/secrets``.  ``label_selector`` / ``field_selector``: as the API's parameters.
     ``token``: a bearer token; ``cert_file``/``key_file``: a client certificate; ``ca_file``: the CA of
-    the server's certificate.  ``content_type``: ``json`` or ``protobuf`` (Kubernetes' typed protobuf,
-    for the kinds of ``schema``).  ``watch_list``: ``auto`` (watch-list, falling back to LIST),
-    ``on`` (watch-list only: a refusal is an :class:`InformerError`), ``off`` (LIST then watch).
+    the server's certificate.  ``content_type``: ``json``, ``protobuf`` (Kubernetes' typed protobuf,
+    for the kinds of ``schema``) or ``cbor`` (Kubernetes' CBOR: ``application/cbor`` lists,
+    ``application/cbor-seq`` watches); either of the last two asks for JSON as the fallback, and every
+    answer is read in the format the server chose, so the store holds the same objects whatever the
+    wire.  ``watch_list``: ``auto`` (watch-list, falling back to LIST), ``on`` (watch-list only: a
+    refusal is an :class:`InformerError`), ``off`` (LIST then watch).
     ``bookmark_timeout``: seconds a watch-list may take to reach the initial-events-end bookmark before
     the sync falls back to LIST.  ``page_size``: ``limit`` of each LIST page (0: one unpaginated LIST).
     ``watch_timeout``: the (min, max) seconds of ``timeoutSeconds``, chosen at random per watch.
@@ -277,6 +283,8 @@ class Reflector:
     def _accept(self, watch: bool) -> str:
         if self.content_type == "protobuf":
             return f"{PROTOBUF_WATCH if watch else PROTOBUF}, {JSON}"
+        if self.content_type == "cbor":  # kube-apiserver answers a watch asked in application/cbor with cbor-seq
+            return f"{CBOR}, {JSON}"
         return JSON
 
     def _watch_timeout(self) -> int:
@@ -297,9 +305,10 @@ class Reflector:
             return resp
         body = await resp.read(64 * 1024, timeout=self.connect_timeout)
         resp.close()
-        try:
-            status = json.loads(body) if body[:1] == b"{" else {}
-        except ValueError:
+        try:  # a Status, in JSON, or in CBOR when CBOR was asked for first
+            status = cbor_object(body, self.max_object_bytes) if resp.content_type == CBOR else \
+                json.loads(body) if body[:1] == b"{" else {}
+        except (ValueError, DecodeFailed):
             status = {}
         status = status if isinstance(status, dict) else {}
         message = f"HTTP {resp.status} {status.get('reason') or resp.reason}: {status.get('message') or body[:200]!r}"
@@ -411,6 +420,8 @@ class Reflector:
             reader: Any
             if resp.content_type == PROTOBUF:
                 reader = ProtoListReader(self.schema, self.max_object_bytes)
+            elif resp.content_type == CBOR:
+                reader = CBORListReader(self.max_object_bytes)
             elif resp.content_type == JSON:
                 reader = JSONListReader(self.max_object_bytes)
             else:
@@ -462,6 +473,8 @@ class Reflector:
     def _watch_reader(self, resp: HTTPResponse) -> Any:
         if resp.content_type == PROTOBUF:
             return ProtoWatchReader(self.schema, self.max_object_bytes)
+        if resp.content_type in (CBOR_SEQ, CBOR):  # client-go also takes application/cbor for a sequence
+            return CBORWatchReader(self.max_object_bytes)
         if resp.content_type == JSON:
             return JSONWatchReader(self.max_object_bytes)
         resp.close()
