@@ -11,12 +11,14 @@ The decoder keeps the twin's envelope handling and builds the message's dict in 
 object of a collection through it, and a 1 MiB Secret's ``[]byte`` becomes its base64 text
 written straight into a str, without the twin's bytes object to decode.
 
-A nested message's length precedes it, and is only known at its end: the writer reserves as
-many length bytes as the rest of the input would need, writes the message, then writes the
-length, moving the message when the reservation was wrong (by a byte or two, for small nested
-messages).  With no destination it only counts: that is how a list learns its items' size.
+A nested message's length precedes it, and is only known at its end: the writer reserves length
+bytes by an estimate (for a message field, as many as the field took the last time: the objects
+of a kind are alike), writes the message, then writes the length, moving the message when the
+reservation was wrong.  With no destination it only counts: that is how a list learns its items'
+size.
 """
 
+cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_CheckExact
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
@@ -36,8 +38,6 @@ from .errors import BufferFull, DecodeError, EncodeError, FrameTooLarge, TooMany
 from .kube_schema import KINDS, SHAPES
 
 __all__ = ["KubeProtoEncoder", "KindEncoder", "KubeProtoDecoder"]
-
-KindEncoder = _kubeproto_py.KindEncoder
 
 cdef enum:
     K_STRING = 0
@@ -61,19 +61,22 @@ cdef enum:
 assert KINDS.index("DURATION") == K_DURATION and SHAPES.index("MAP") == S_MAP
 
 ctypedef struct CField:
-    const char* key
-    Py_ssize_t keylen
+    const char* key  # into its message's keys, side by side
+    int keylen  # -1: an empty slot
     int number
-    int kind
-    int shape
     int message
-    int npath
+    unsigned char kind
+    unsigned char shape
+    unsigned char npath
+    unsigned char len_bytes  # a MESSAGE field's length bytes the last time: the next reservation
     int path[MAX_PATH]
 
 ctypedef struct CMessage:
-    int nfields
     int is_object_meta
-    CField* fields  # sorted by (keylen, key): binary search
+    # The fields are an open-addressing table on key_hash, half empty: a key costs one hash and,
+    # almost always, one slot and one comparison, within the few cache lines of the message.
+    uint32_t mask
+    CField* fields  # mask + 1 slots
 
 ctypedef struct Out:
     uint8_t* base  # NULL: count only
@@ -114,6 +117,105 @@ cdef void _init_b64():
 _init_b64()
 
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+
+    /* Index of the first quote or backslash in s[j:n], or n: 16 bytes a step, since most strings are
+       longer than the few bytes a byte loop wins on. */
+    static inline Py_ssize_t kp_find_quote_or_backslash(const unsigned char *s, Py_ssize_t j, Py_ssize_t n) {
+    #if defined(__SSE2__)
+        const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8(92);  /* a backslash */
+        for (; j + 16 <= n; j += 16) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(s + j));
+            unsigned mask = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(a, quote), _mm_cmpeq_epi8(a, bslash)));
+            if (mask) return j + __builtin_ctz(mask);
+        }
+    #endif
+        for (; j < n; j++) {
+            if (s[j] == '"' || s[j] == 92) return j;
+        }
+        return n;
+    }
+
+    /* memcpy(d, s, n) without a call for the short strings most fields hold: two overlapping
+       loads and stores cover any n from half the width to the width. */
+    static inline void kp_copy(unsigned char *d, const unsigned char *s, Py_ssize_t n) {
+        uint64_t a, b, c, e;
+        uint32_t u, v;
+        if (n > 32) {
+            memcpy(d, s, n);
+        } else if (n >= 16) {
+            memcpy(&a, s, 8);
+            memcpy(&b, s + 8, 8);
+            memcpy(&c, s + n - 16, 8);
+            memcpy(&e, s + n - 8, 8);
+            memcpy(d, &a, 8);
+            memcpy(d + 8, &b, 8);
+            memcpy(d + n - 16, &c, 8);
+            memcpy(d + n - 8, &e, 8);
+        } else if (n >= 8) {
+            memcpy(&a, s, 8);
+            memcpy(&b, s + n - 8, 8);
+            memcpy(d, &a, 8);
+            memcpy(d + n - 8, &b, 8);
+        } else if (n >= 4) {
+            memcpy(&u, s, 4);
+            memcpy(&v, s + n - 4, 4);
+            memcpy(d, &u, 4);
+            memcpy(d + n - 4, &v, 4);
+        } else if (n > 0) {
+            d[0] = s[0];
+            d[n >> 1] = s[n >> 1];
+            d[n - 1] = s[n - 1];
+        }
+    }
+
+    /* a[0:n] == b[0:n] for the short keys of JSON objects, without a call to memcmp. */
+    static inline int kp_same_key(const char *a, const unsigned char *b, Py_ssize_t n) {
+        uint64_t x, y;
+        uint32_t u, v;
+        Py_ssize_t i;
+        if (n >= 8) {
+            for (i = 0; i + 8 < n; i += 8) {
+                memcpy(&x, a + i, 8);
+                memcpy(&y, b + i, 8);
+                if (x != y) return 0;
+            }
+            memcpy(&x, a + n - 8, 8);
+            memcpy(&y, b + n - 8, 8);
+            return x == y;
+        }
+        if (n >= 4) {
+            memcpy(&u, a, 4);
+            memcpy(&v, b, 4);
+            if (u != v) return 0;
+            memcpy(&u, a + n - 4, 4);
+            memcpy(&v, b + n - 4, 4);
+            return u == v;
+        }
+        for (i = 0; i < n; i++) {
+            if ((unsigned char)a[i] != b[i]) return 0;
+        }
+        return 1;
+    }
+    """
+    Py_ssize_t kp_find_quote_or_backslash(const uint8_t* s, Py_ssize_t j, Py_ssize_t n) nogil
+    void kp_copy(uint8_t* d, const uint8_t* s, Py_ssize_t n) nogil
+    bint kp_same_key(const char* a, const uint8_t* b, Py_ssize_t n) nogil
+
+
+cdef inline uint32_t key_hash(const uint8_t* key, Py_ssize_t n) noexcept nogil:
+    """Length and three bytes: enough to tell a message's keys apart (~1.1 probes a key over core/v1)."""
+    if n == 0:
+        return 0
+    return <uint32_t>(n * 0x1F + key[0] * 0x3B + key[n - 1] * 0x65 + key[n >> 1] * 0x11)
+
+
 cdef inline int vsize(uint64_t n) noexcept nogil:
     cdef int k = 1
     while n >= 0x80:
@@ -130,9 +232,18 @@ cdef inline int put(Out* o, const void* src, Py_ssize_t k) except -1:
     if o.pos + k > o.cap:
         full(o, k)
     if o.base != NULL:
-        memcpy(o.base + o.pos, src, k)
+        kp_copy(o.base + o.pos, <const uint8_t*>src, k)
     o.pos += k
     return 0
+
+
+cdef inline uint8_t* write_varint(uint8_t* p, uint64_t n) noexcept nogil:
+    while n >= 0x80:
+        p[0] = <uint8_t>((n & 0x7F) | 0x80)
+        n >>= 7
+        p += 1
+    p[0] = <uint8_t>n
+    return p + 1
 
 
 cdef inline int put_varint(Out* o, uint64_t n) except -1:
@@ -150,17 +261,35 @@ cdef inline int put_tag(Out* o, int number, int wire) except -1:
     return put_varint(o, (<uint64_t>number << 3) | wire)
 
 
-cdef inline Py_ssize_t open_len(Out* o, Py_ssize_t estimate, int* reserved) except -1:
-    """Reserve the length bytes of a nested field; returns where they start."""
+cdef inline int put_len_field(Out* o, int number, const uint8_t* src, Py_ssize_t k) except -1:
+    """Field ``number`` holding ``src[0:k]``: tag, length and bytes behind one capacity check."""
+    cdef uint64_t tag = (<uint64_t>number << 3) | 2
+    cdef Py_ssize_t need = vsize(tag) + vsize(<uint64_t>k) + k
+    if o.pos + need > o.cap:
+        full(o, need)
+    if o.base != NULL:
+        kp_copy(write_varint(write_varint(o.base + o.pos, tag), <uint64_t>k), src, k)
+    o.pos += need
+    return 0
+
+
+cdef inline Py_ssize_t reserve_len(Out* o, int reserved) except -1:
+    """Reserve ``reserved`` length bytes of a nested field; returns where they start."""
     cdef Py_ssize_t mark = o.pos
-    reserved[0] = vsize(<uint64_t>estimate)
-    if o.pos + reserved[0] > o.cap:
-        full(o, reserved[0])
-    o.pos += reserved[0]
+    if o.pos + reserved > o.cap:
+        full(o, reserved)
+    o.pos += reserved
     return mark
 
 
+cdef inline Py_ssize_t open_len(Out* o, Py_ssize_t estimate, int* reserved) except -1:
+    """Reserve the length bytes of a nested field of about ``estimate`` bytes; returns where they start."""
+    reserved[0] = vsize(<uint64_t>estimate)
+    return reserve_len(o, reserved[0])
+
+
 cdef int close_len(Out* o, Py_ssize_t mark, int reserved) except -1:
+    """Write the length of the field opened at ``mark``; returns how many bytes it took."""
     cdef Py_ssize_t length = o.pos - mark - reserved
     cdef int need = vsize(<uint64_t>length)
     cdef uint64_t n = <uint64_t>length
@@ -176,6 +305,34 @@ cdef int close_len(Out* o, Py_ssize_t mark, int reserved) except -1:
             o.base[mark + i] = <uint8_t>((n & 0x7F) | 0x80)
             n >>= 7
         o.base[mark + need - 1] = <uint8_t>n
+    return need
+
+
+cdef inline int decimal_len(uint64_t v) noexcept nogil:
+    cdef int k = 1
+    while v >= 10:
+        v //= 10
+        k += 1
+    return k
+
+
+cdef int put_decimal_field(Out* o, int number, uint64_t v) except -1:
+    """Field ``number`` holding the decimal text of ``v`` (a resourceVersion)."""
+    cdef int k = decimal_len(v)
+    cdef uint8_t* p
+    put_tag(o, number, 2)
+    put_varint(o, k)
+    if o.pos + k > o.cap:
+        full(o, k)
+    if o.base != NULL:
+        p = o.base + o.pos + k
+        while True:
+            p -= 1
+            p[0] = <uint8_t>(48 + v % 10)
+            v //= 10
+            if v == 0:
+                break
+    o.pos += k
     return 0
 
 
@@ -184,29 +341,25 @@ cdef int bad(str what, const uint8_t* s, Py_ssize_t i) except -1:
 
 
 cdef inline Py_ssize_t ws(const uint8_t* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    while i < n and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
+    # one comparison for the usual case, compact JSON: the next byte is no whitespace
+    while i < n and s[i] <= 32 and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
         i += 1
     return i
 
 
-cdef Py_ssize_t string_end(const uint8_t* s, Py_ssize_t i, Py_ssize_t n, bint* escaped) except -1:
+cdef inline Py_ssize_t string_end(const uint8_t* s, Py_ssize_t i, Py_ssize_t n, bint* escaped) except -1:
     """``s[i]`` is the opening quote: the index of the closing one."""
-    cdef Py_ssize_t j = i + 1
-    cdef Py_ssize_t short_end = i + 33 if i + 33 < n else n
-    cdef const uint8_t* q
+    cdef Py_ssize_t j = kp_find_quote_or_backslash(s, i + 1, n)
     escaped[0] = False
-    # most strings are short: one pass over them beats two memchr calls
-    while j < short_end:
-        if s[j] == 34:
-            return j
-        if s[j] == 92:
-            break
-        j += 1
-    else:
-        if j == n:
-            bad("unterminated string", s, i)
-    if j < short_end:  # stopped at a backslash: the careful way from the start
-        j = i + 1
+    if j < n and s[j] == 34:
+        return j
+    return escaped_string_end(s, i, n, escaped)
+
+
+cdef Py_ssize_t escaped_string_end(const uint8_t* s, Py_ssize_t i, Py_ssize_t n, bint* escaped) except -1:
+    """string_end of a string with a backslash, or unterminated."""
+    cdef Py_ssize_t j = i + 1, k
+    cdef const uint8_t* q
     while True:
         q = <const uint8_t*>memchr(s + j, 34, n - j) if j < n else NULL
         if q == NULL:
@@ -424,7 +577,10 @@ cdef int parse_time(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t* sec
             or second < 0 or second > 59 or s[i + 4] != 45 or s[i + 7] != 45 or (s[i + 10] | 32) != 116
             or s[i + 13] != 58 or s[i + 16] != 58):
         raise EncodeError(f"{field_name(f)}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
-    mdays = (31, 29 if (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[month - 1]
+    if month == 2:
+        mdays = 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    else:  # 31 for odd months up to July and even ones from August
+        mdays = 30 + ((month + (month >> 3)) & 1)
     if day > mdays:
         raise EncodeError(f"{field_name(f)}: {bytes(s[i:end])!r} is not a valid date")
     p = i + 19
@@ -454,12 +610,13 @@ cdef int parse_time(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t* sec
     raise EncodeError(f"{field_name(f)}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
 
 
+@cython.final  # direct calls between the pass's methods, which the C compiler can then inline
 cdef class StoredTranscoder:
     """The schema's messages as C tables, and the JSON -> message pass."""
 
     cdef CMessage* messages
     cdef int nmessages
-    cdef list _keys  # keeps the key bytes the tables point into
+    cdef list _keys  # keeps the key bytes the tables point into, a message's side by side
     cdef readonly dict index
     cdef readonly int schema_version
 
@@ -468,6 +625,10 @@ cdef class StoredTranscoder:
         self.nmessages = 0
 
     def __init__(self, schema):
+        cdef CField* table
+        cdef CField* f
+        cdef uint32_t slot, nslots
+        cdef const char* key
         names = schema.message_names()
         self.index = {name: i for i, name in enumerate(names)}
         self._keys = []
@@ -476,31 +637,44 @@ cdef class StoredTranscoder:
         if self.messages == NULL:
             raise MemoryError()
         for i in range(len(names)):
-            self.messages[i].nfields = 0
             self.messages[i].fields = NULL
         self.nmessages = len(names)
         for i, name in enumerate(names):
-            fields = sorted(schema.message(name).fields, key=lambda f: (len(f.json_name.encode()), f.json_name.encode()))
-            table = <CField*>malloc(max(1, len(fields)) * sizeof(CField))
+            fields = schema.message(name).fields
+            names_utf8 = [field.json_name.encode() for field in fields]
+            keys = b"".join(names_utf8)
+            self._keys.append(keys)
+            key = PyBytes_AS_STRING(keys)
+            nslots = 2
+            while nslots < 2 * len(fields):
+                nslots *= 2
+            table = <CField*>malloc(nslots * sizeof(CField))
             if table == NULL:
                 raise MemoryError()
+            for slot in range(nslots):
+                table[slot].keylen = -1
             self.messages[i].fields = table
-            self.messages[i].nfields = len(fields)
+            self.messages[i].mask = nslots - 1
             self.messages[i].is_object_meta = name == OBJECT_META
-            for j, f in enumerate(fields):
-                key = f.json_name.encode()
-                self._keys.append(key)
-                table[j].key = PyBytes_AS_STRING(key)
-                table[j].keylen = len(key)
-                table[j].number = f.number
-                table[j].kind = KINDS.index(f.kind)
-                table[j].shape = SHAPES.index(f.shape)
-                table[j].message = self.index[f.message] if f.message is not None else -1
-                if len(f.path) > MAX_PATH:
-                    raise ValueError(f"{name}.{f.json_name}: inlined too deep")
-                table[j].npath = len(f.path)
-                for k, number in enumerate(f.path):
-                    table[j].path[k] = number
+            for field, name_utf8 in zip(fields, names_utf8):
+                keylen = len(name_utf8)
+                slot = key_hash(<const uint8_t*>key, keylen) & (nslots - 1)
+                while table[slot].keylen >= 0:
+                    slot = (slot + 1) & (nslots - 1)
+                f = &table[slot]
+                f.key = key
+                f.keylen = keylen
+                key += keylen
+                f.number = field.number
+                f.kind = KINDS.index(field.kind)
+                f.shape = SHAPES.index(field.shape)
+                f.message = self.index[field.message] if field.message is not None else -1
+                if len(field.path) > MAX_PATH:
+                    raise ValueError(f"{name}.{field.json_name}: inlined too deep")
+                f.npath = len(field.path)
+                f.len_bytes = 1
+                for k, number in enumerate(field.path):
+                    f.path[k] = number
 
     def __dealloc__(self):
         if self.messages != NULL:
@@ -510,21 +684,13 @@ cdef class StoredTranscoder:
 
     cdef CField* lookup(self, int msg, const uint8_t* key, Py_ssize_t keylen) noexcept:
         cdef CMessage* m = &self.messages[msg]
-        cdef int lo = 0, hi = m.nfields - 1, mid, c
-        cdef CField* f
-        while lo <= hi:
-            mid = (lo + hi) >> 1
-            f = &m.fields[mid]
-            if f.keylen != keylen:
-                c = -1 if f.keylen < keylen else 1
-            else:
-                c = memcmp(f.key, key, keylen)
-            if c == 0:
+        cdef uint32_t slot = key_hash(key, keylen) & m.mask
+        cdef CField* f = &m.fields[slot]
+        while f.keylen >= 0:
+            if f.keylen == keylen and kp_same_key(f.key, key, keylen):
                 return f
-            if c < 0:
-                lo = mid + 1
-            else:
-                hi = mid - 1
+            slot = (slot + 1) & m.mask
+            f = &m.fields[slot]
         return NULL
 
     # -- the pass ----------------------------------------------------------
@@ -541,7 +707,6 @@ cdef class StoredTranscoder:
         cdef int reserved[MAX_PATH]
         cdef int p
         cdef Py_ssize_t marks[MAX_PATH]
-        cdef char rvtext[24]
         cdef bytes keybuf
         if depth > MAX_NESTING:
             raise EncodeError("stored JSON nests messages too deep")
@@ -551,10 +716,7 @@ cdef class StoredTranscoder:
         cdef bint is_meta = self.messages[msg].is_object_meta
         cdef bint meta_seen = False
         if rv >= 0 and is_meta:
-            text = str(rv).encode()
-            put_tag(o, 6, 2)
-            put_varint(o, len(text))
-            put(o, PyBytes_AS_STRING(text), len(text))
+            put_decimal_field(o, 6, <uint64_t>rv)
         i = ws(s, i + 1, n)
         if i < n and s[i] == 125:
             i += 1
@@ -615,13 +777,9 @@ cdef class StoredTranscoder:
         cdef CField* f = self.lookup(msg, <const uint8_t*>b"metadata", 8)
         if f == NULL or f.kind != K_MESSAGE or not self.messages[f.message].is_object_meta:
             raise EncodeError("the object has no metadata field to carry its resourceVersion")
-        text = str(rv).encode()
         put_tag(o, f.number, 2)
-        put_varint(o, len(text) + 2)
-        put_tag(o, 6, 2)
-        put_varint(o, len(text))
-        put(o, PyBytes_AS_STRING(text), len(text))
-        return 0
+        put_varint(o, decimal_len(<uint64_t>rv) + 2)
+        return put_decimal_field(o, 6, <uint64_t>rv)
 
     cdef Py_ssize_t repeated(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f, int depth) except -1:
         if s[i] != 91:
@@ -677,7 +835,7 @@ cdef class StoredTranscoder:
         """A map entry's length when its value is a string (exact unless escaped: a big Secret value
         then needs no move), else 1."""
         cdef bint escaped
-        cdef Py_ssize_t kend = string_end(s, i, n, &escaped), v, vend
+        cdef Py_ssize_t kend = string_end(s, i, n, &escaped), v, vend, k, size
         v = ws(s, kend + 1, n)
         if v >= n or s[v] != 58:
             return 1
@@ -699,11 +857,10 @@ cdef class StoredTranscoder:
         if i >= n or s[i] != 34:
             bad("expected a string", s, i)
         end = string_end(s, i, n, &escaped)
-        put_tag(o, number, 2)
         if not escaped:
-            put_varint(o, end - i - 1)
-            put(o, s + i + 1, end - i - 1)
+            put_len_field(o, number, s + i + 1, end - i - 1)
         else:
+            put_tag(o, number, 2)
             mark = open_len(o, end - i - 1, &reserved)
             put_unescaped(o, s, i + 1, end)
             close_len(o, mark, reserved)
@@ -739,9 +896,9 @@ cdef class StoredTranscoder:
             if c != 123:
                 self.wrong(f, "an object", s, i, n)
             put_tag(o, number, 2)
-            mark = open_len(o, 1, &reserved)  # most nested messages are under 128 bytes
+            mark = reserve_len(o, f.len_bytes)
             end = self.message(o, s, i, n, f.message, -1, depth + 1)
-            close_len(o, mark, reserved)
+            f.len_bytes = close_len(o, mark, f.len_bytes)
             return end
         if kind == K_BYTES:
             if c != 34:
@@ -811,9 +968,7 @@ cdef class StoredTranscoder:
                 end = self.string_field(o, s, i, n, 1)
             elif c == 45 or 48 <= c <= 57:
                 end = number_end(s, i, n, &integral)
-                put_tag(o, 1, 2)
-                put_varint(o, end - i)
-                put(o, s + i, end - i)
+                put_len_field(o, 1, s + i, end - i)
             else:
                 self.wrong(f, "a quantity", s, i, n)
             close_len(o, mark, reserved)
@@ -839,9 +994,7 @@ cdef class StoredTranscoder:
             end = skip_value(s, i, n)
             put_tag(o, number, 2)
             mark = open_len(o, end - i + 2, &reserved)
-            put_tag(o, 1, 2)
-            put_varint(o, end - i)
-            put(o, s + i, end - i)
+            put_len_field(o, 1, s + i, end - i)
             close_len(o, mark, reserved)
             return end
         if kind == K_DURATION:
@@ -911,7 +1064,7 @@ cdef class StoredTranscoder:
 
     # -- entry points --------------------------------------------------------
 
-    cdef Py_ssize_t run(self, Out* o, object stored, int msg, int64_t rv, int what, bytes head) except -1:
+    cdef Py_ssize_t run(self, Out* o, object stored, int msg, int64_t rv, int what, bytes type_meta, bytes head) except -1:
         """what: 0 = message body alone, 1 = list item field (2), 2 = object frame (envelope), 3 = event frame."""
         cdef Py_buffer view
         cdef Py_ssize_t start = o.pos, mark1 = 0, mark2 = 0, mark3 = 0, end
@@ -928,7 +1081,7 @@ cdef class StoredTranscoder:
                 mark2 = open_len(o, view.len + 64, &r2)
             if what >= 2:
                 put(o, b"k8s\0", 4)
-                put(o, PyBytes_AS_STRING(self._type_meta), len(self._type_meta))
+                put(o, PyBytes_AS_STRING(type_meta), len(type_meta))
                 put(o, b"\x12", 1)
                 mark3 = open_len(o, view.len, &r3)
             elif what == 1:
@@ -956,18 +1109,19 @@ cdef class StoredTranscoder:
             PyBuffer_Release(&view)
         return o.pos - start
 
-    cdef bytes _type_meta  # set per call by the encoder (object and event frames)
-
     def encode(self, object stored, int msg, int64_t rv, int what, bytes type_meta, bytes head, object buf, Py_ssize_t max_frame_size):
         """Write into ``buf`` (a PoolBuffer; None: only count) and return the frame's size."""
+        return self.write(stored, msg, rv, what, type_meta, head, buf, max_frame_size)
+
+    cdef Py_ssize_t write(self, object stored, int msg, int64_t rv, int what, bytes type_meta, bytes head, object buf,
+                          Py_ssize_t max_frame_size) except -1:
         cdef Out o
         cdef Py_ssize_t n, start
-        self._type_meta = type_meta
         if buf is None:
             o.base = NULL
             o.pos = 0
             o.cap = max_frame_size
-            return self.run(&o, stored, msg, rv, what, head)
+            return self.run(&o, stored, msg, rv, what, type_meta, head)
         data = buf.data
         start = buf.length
         if not PyByteArray_CheckExact(data) or not 0 <= start <= PyByteArray_GET_SIZE(data):
@@ -976,7 +1130,7 @@ cdef class StoredTranscoder:
         o.pos = start
         o.cap = min(PyByteArray_GET_SIZE(data), start + max_frame_size + 1)
         try:
-            n = self.run(&o, stored, msg, rv, what, head)
+            n = self.run(&o, stored, msg, rv, what, type_meta, head)
         except BufferFull:
             if o.cap == start + max_frame_size + 1:
                 raise FrameTooLarge(f"frame exceeds max_frame_size {max_frame_size}", max_frame_size) from None
@@ -1016,6 +1170,58 @@ class _Scratch:
         self.capacity = size
 
 
+cdef class _StoredEvents:
+    """One kind's ``encode_stored_event_into``, made once: the watch stream's hot path is then one C call,
+    the tables and heads looked up again only when the schema changes."""
+
+    cdef object base  # the KubeProtoEncoder
+    cdef object api_version, kind
+    cdef object schema
+    cdef int schema_version
+    cdef StoredTranscoder tables
+    cdef int msg
+    cdef bytes type_meta
+    cdef Py_ssize_t max_frame_size
+    cdef dict heads  # event type -> its head (type field + RawExtension tag)
+
+    def __init__(self, base, api_version, kind):
+        self.base = base
+        self.api_version = api_version
+        self.kind = kind
+        self.schema_version = -1
+        self.heads = {}
+
+    cdef int refresh(self) except -1:
+        self.schema = self.base.schema
+        self.schema_version = self.schema.version
+        self.tables = self.base._tables()
+        self.msg, self.type_meta = self.base._head(self.api_version, self.kind)
+        self.max_frame_size = self.base._max_frame_size
+        return 0
+
+    def write(self, type, stored, resource_version, buf):
+        cdef bytes head = self.heads.get(type)
+        if head is None:
+            if type not in _kubeproto_py._EVENT_TYPES:
+                raise EncodeError(f"unknown watch event type {type!r}")
+            head = self.heads[type] = _kubeproto_py._len_field(1, type.encode("ascii")) + b"\x12"
+        if self.schema is not self.base.schema or self.schema_version != self.schema.version:
+            self.refresh()
+        return self.tables.write(stored, self.msg, -1 if resource_version is None else resource_version, 3, self.type_meta,
+                                 head, buf, self.max_frame_size)
+
+
+class KindEncoder(_kubeproto_py.KindEncoder):
+    __doc__ = _kubeproto_py.KindEncoder.__doc__
+
+    def __init__(self, base, api_version, kind):
+        super().__init__(base, api_version, kind)
+        self._stored_events = _StoredEvents(base, api_version, kind)
+
+    def encode_stored_event_into(self, type, stored, resource_version, buf):
+        return self._stored_events.write(type, stored, resource_version, buf)
+
+
 class KubeProtoEncoder(_kubeproto_py.KubeProtoEncoder):
     __doc__ = _kubeproto_py.KubeProtoEncoder.__doc__
 
@@ -1025,6 +1231,14 @@ class KubeProtoEncoder(_kubeproto_py.KubeProtoEncoder):
         self._heads = {}
         self._event_calls = {}  # (type, apiVersion, kind) -> (tables, message, typeMeta, event head)
 
+    def for_kind(self, api_version, kind):  # the twin's, making this module's KindEncoder
+        if self.schema.message_name(api_version, kind) is None:
+            return None
+        enc = self._kinds.get((api_version, kind))
+        if enc is None:
+            enc = self._kinds[(api_version, kind)] = KindEncoder(self, api_version, kind)
+        return enc
+
     def _tables(self):
         if self._compiled.schema_version != self.schema.version:
             self._compiled = StoredTranscoder(self.schema)
@@ -1033,10 +1247,11 @@ class KubeProtoEncoder(_kubeproto_py.KubeProtoEncoder):
         return self._compiled
 
     def _head(self, api_version, kind):
+        tables = self._tables()  # first: after a schema change, the heads cached hold the old tables' indexes
         head = self._heads.get((api_version, kind))
         if head is None:
             head = self._heads[(api_version, kind)] = (
-                self._tables().index[self._message_name(api_version, kind)], _type_meta(api_version, kind)
+                tables.index[self._message_name(api_version, kind)], _type_meta(api_version, kind)
             )
         return head
 
@@ -1096,6 +1311,7 @@ ctypedef struct DField:
     int shape
     int target      # kind MESSAGE: the message's index; an inlined message: its scope's index
     PyObject* name  # the JSON key (a str the tables keep alive); NULL for an inlined message
+    bint omit_empty # a zero of it is left out, as Go's JSON leaves it out (kube_schema's OMITEMPTY)
 
 ctypedef struct DScope:
     int message     # whose fields these are (named in errors)
@@ -1303,14 +1519,15 @@ cdef class DecodeTables:
             message = schema.message(names[i])
             if not path:
                 self.roots[i] = k
-            here = {}  # number -> (kind, shape, target, key)
+            here = {}  # number -> (kind, shape, target, key, omit_empty)
             for inner in message.inlined:  # (no negative indexes: the module is compiled without wraparound)
                 if len(inner) == len(path) + 1 and inner[:len(path)] == path:
-                    here[inner[len(path)]] = (-1, 0, scope_of[(i, inner)], None)
+                    here[inner[len(path)]] = (-1, 0, scope_of[(i, inner)], None, False)
             for f in message.fields:  # a field wins over an inlined message of its number, as in the twin
                 if f.path == path:
                     here[f.number] = (KINDS.index(f.kind), SHAPES.index(f.shape),
-                                      self.index[f.message] if f.message is not None else -1, sys.intern(f.json_name))
+                                      self.index[f.message] if f.message is not None else -1, sys.intern(f.json_name),
+                                      f.omit_empty)
             table = <DField*>malloc(max(1, len(here)) * sizeof(DField))
             if table == NULL:
                 raise MemoryError()
@@ -1318,11 +1535,12 @@ cdef class DecodeTables:
             self.scopes[k].nfields = len(here)
             self.scopes[k].message = i
             for j, number in enumerate(sorted(here)):
-                kind, shape, target, key = here[number]
+                kind, shape, target, key, omit_empty = here[number]
                 table[j].number = number
                 table[j].kind = kind
                 table[j].shape = shape
                 table[j].target = target
+                table[j].omit_empty = omit_empty
                 table[j].name = NULL
                 if key is not None:
                     self._keys.append(key)
@@ -1513,6 +1731,13 @@ cdef class FrameReader:
                 elements = <object>have
             self.take(1, s)
             elements.append(self.value(f, s, entry.end, entry.wire, depth))
+        elif f.omit_empty:  # a scalar: its zero is what Go's JSON leaves out (the last one given wins)
+            scalar = self.value(f, s, entry.end, entry.wire, depth)
+            if scalar:
+                self.take(2, s)
+                out[key] = scalar
+            else:
+                out.pop(key, None)
         else:
             self.take(2, s)
             out[key] = self.value(f, s, entry.end, entry.wire, depth)
@@ -1568,6 +1793,8 @@ cdef class FrameReader:
         if kind == K_TIME:
             seconds = <int64_t>self.varint_of(&spans[1])
             n = self.varint_of(&spans[2])
+            if s == e or (seconds == -62135596800 and n == 0):  # Go's zero time (written as no bytes): JSON's null
+                return None
             if -62135596800 <= seconds <= 253402300799 and n < 1000000000:  # 0001-01-01 .. 9999-12-31
                 return time_text(seconds, n)
             return _kubeproto_py._time_text(seconds, n, s)

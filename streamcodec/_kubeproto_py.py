@@ -338,6 +338,20 @@ class KubeProtoDecoder:
         obj["kind"], obj["apiVersion"] = kind, api_version
         return obj
 
+    def decode_message(self, data: BytesLike, api_version: str, kind: str) -> Dict[str, Any]:
+        """The object of one ``kind`` message without an envelope (a List's item), read in place as
+        :meth:`decode` reads a frame: the dict its JSON form has, which, like a List's items in JSON,
+        carries no ``kind`` or ``apiVersion``."""
+        data = _frame_bytes(data)
+        if len(data) > self.max_frame_size:
+            raise DecodeError(f"message of {len(data)} bytes exceeds max_frame_size {self.max_frame_size}", 0)
+        name = self.schema.message_name(api_version, kind)
+        if name is None:
+            raise DecodeError(f"no protobuf message is registered for {api_version}/{kind}", 0)
+        reader = self._reader(data)
+        reader.count(1, 0)
+        return reader.message(name, 0, len(data), 0)
+
     def _reader(self, data: "bytes | memoryview") -> "MessageReader":
         """What builds the message of ``data`` (the compiled module returns its own)."""
         return _FrameReader(self.schema, data, self._values_limit)
@@ -411,6 +425,13 @@ class _FrameReader:
                         elements = out[f.json_name] = []
                     self.count(1, s)
                     elements.append(self.value(f, s, e, wire, depth))
+                elif f.omit_empty:  # a scalar: its zero is what Go's JSON leaves out (the last one given wins)
+                    value = self.value(f, s, e, wire, depth)
+                    if value:
+                        self.count(2, s)
+                        out[f.json_name] = value
+                    else:
+                        out.pop(f.json_name, None)
                 else:
                     self.count(2, s)
                     out[f.json_name] = self.value(f, s, e, wire, depth)
@@ -437,8 +458,9 @@ class _FrameReader:
             assert f.message is not None
             return self.message(f.message, s, e, depth + 1)
         inner = _fields(data, s, e)
-        if kind == "TIME":
-            return _time_text(_signed(_int_of(data, inner.get(1))), _int_of(data, inner.get(2)), s)
+        if kind == "TIME":  # Go's zero time (written as no bytes) is JSON's null
+            seconds, nanos = _signed(_int_of(data, inner.get(1))), _int_of(data, inner.get(2))
+            return None if seconds == _ZERO_TIME_SECONDS and not nanos or s == e else _time_text(seconds, nanos, s)
         if kind == "QUANTITY":
             return _text(data, inner.get(1))
         if kind == "INTORSTRING":
@@ -459,6 +481,8 @@ def _signed(n: int) -> int:
 
 
 _UNIX_EPOCH = datetime.datetime(1970, 1, 1)
+#: Go's zero time.Time (0001-01-01T00:00:00Z) in Unix seconds: metav1.Time's JSON of it is null
+_ZERO_TIME_SECONDS = -62135596800
 
 
 def _time_text(seconds: int, nanos: int, offset: int) -> str:

@@ -8,7 +8,8 @@ project's server (Secret, ConfigMap, Namespace, Pod, Service, ... and their ``*L
 ``meta/v1`` ``Status``; :meth:`KubeSchema.register` adds more (custom resources have no protobuf
 in Kubernetes either: JSON and CBOR only).
 
-A message's fields are given as ``(json_name, number, kind, message, shape)``:
+A message's fields are given as ``(json_name, number, kind, message, shape)``, or with a sixth
+element ``"OMITEMPTY"``:
 
 kind
     ``STRING``, ``BYTES`` (base64 text in JSON), ``BOOL``, ``INT32``, ``INT64``, ``DOUBLE``,
@@ -21,6 +22,11 @@ shape
     ``ONE``, ``REPEATED`` (a JSON array; proto2, so unpacked), ``MAP`` (a JSON object with
     string keys; entries ``{1: key, 2: value}``) or ``INLINE`` (an embedded message whose
     JSON fields sit in the parent's object, Go's ``json:",inline"``; its ``json_name`` is ``""``).
+OMITEMPTY
+    (scalar ``ONE`` fields only) Go's JSON leaves the field out when it is zero (``""``, 0, false,
+    no bytes) though Go's protobuf writes it whatever its value (a non-pointer field tagged
+    ``omitempty``): a decoder leaves a zero of it out too, so an object read in protobuf is the one
+    its JSON has (``metadata.selfLink``, ``generation``, ``managedFields[].subresource``, ...).
 
 The field numbers and types are facts from Kubernetes' ``generated.proto`` (version 0.36.4),
 joined with the JSON names of its Go struct tags by ``scripts/gen-kube-schema``.
@@ -28,7 +34,7 @@ joined with the JSON names of its Go struct tags by ``scripts/gen-kube-schema``.
 
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import _kube_schema_data
 
@@ -37,11 +43,12 @@ __all__ = ["KubeSchema", "Field", "Message", "DEFAULT_SCHEMA", "KINDS", "SHAPES"
 #: Field kinds (their codes are what the compiled transcoder switches on).
 KINDS = ("STRING", "BYTES", "BOOL", "INT32", "INT64", "DOUBLE", "MESSAGE", "TIME", "QUANTITY", "INTORSTRING", "RAWJSON", "DURATION")
 SHAPES = ("ONE", "REPEATED", "MAP", "INLINE")
+_SCALAR_KINDS = frozenset(KINDS[:6])
 
 #: Deepest chain of inlined messages a JSON key may reach through (core/v1 has 1).
 MAX_INLINE_DEPTH = 4
 
-FieldSpec = Tuple[str, int, str, Optional[str], str]
+FieldSpec = Tuple[Any, ...]  #: (json_name, number, kind, message, shape[, "OMITEMPTY"])
 
 
 class Field(NamedTuple):
@@ -53,6 +60,7 @@ class Field(NamedTuple):
     message: Optional[str]  #: the message's full name, for kind MESSAGE
     shape: str  #: ONE, REPEATED or MAP (INLINE fields are flattened into ``path``)
     path: Tuple[int, ...]  #: field numbers of the inlined messages the value is nested in
+    omit_empty: bool = False  #: a zero value is left out of the JSON (see OMITEMPTY above)
 
 
 class Message(NamedTuple):
@@ -85,7 +93,10 @@ class KubeSchema:
         for name, specs in messages.items():
             checked = []
             for spec in specs:
-                json_name, number, kind, message, shape = spec
+                json_name, number, kind, message, shape = spec[:5]
+                flags = tuple(spec[5:])
+                if flags not in ((), ("OMITEMPTY",)) or (flags and (shape != "ONE" or kind not in _SCALAR_KINDS)):
+                    raise ValueError(f"{name}.{json_name}: only a scalar ONE field may be OMITEMPTY, not {spec!r}")
                 if kind not in KINDS or shape not in SHAPES:
                     raise ValueError(f"{name}.{json_name}: unknown kind {kind!r} or shape {shape!r}")
                 if not (type(number) is int and 1 <= number < 1 << 29):
@@ -94,7 +105,7 @@ class KubeSchema:
                     raise ValueError(f"{name}.{json_name}: a MESSAGE field names its message, and only it")
                 if shape == "INLINE" and (kind != "MESSAGE" or json_name):
                     raise ValueError(f"{name}: an INLINE field is a MESSAGE with an empty json name")
-                checked.append((str(json_name), number, kind, message, shape))
+                checked.append((str(json_name), number, kind, message, shape) + flags)
             self._specs[name] = tuple(checked)
         for key, name in kinds.items():
             self._kinds[(str(key[0]), str(key[1]))] = str(name)
@@ -139,14 +150,14 @@ class KubeSchema:
             raise ValueError(f"unknown message {name!r}")
         if depth > MAX_INLINE_DEPTH:
             raise ValueError(f"{name}: inlined deeper than {MAX_INLINE_DEPTH} levels")
-        for json_name, number, kind, message, shape in specs:
+        for json_name, number, kind, message, shape, *flags in specs:
             if shape == "INLINE":
                 assert message is not None
                 self._flatten(message, path + (number,), out, depth + 1)
             else:
                 if message is not None and message not in self._specs:
                     raise ValueError(f"{name}.{json_name}: unknown message {message!r}")
-                out.append(Field(json_name, number, kind, message, shape, path))
+                out.append(Field(json_name, number, kind, message, shape, path, bool(flags)))
 
     def byte_paths(self, name: str) -> Dict[str, object]:
         """For CBOR: the JSON keys under which this message holds ``[]byte`` values.

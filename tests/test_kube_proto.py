@@ -211,6 +211,12 @@ def test_schema_registry_checks_its_tables() -> None:
     )
     assert schema.message_name("example.com/v1", "Widget") == "example.Widget"
     assert schema.byte_paths("example.Widget") == {"blob": True}
+    for bad in (("spec", 2, "MESSAGE", "example.Meta", "ONE", "OMITEMPTY"), ("tags", 2, "STRING", None, "REPEATED", "OMITEMPTY"),
+                ("size", 2, "INT64", None, "ONE", "OMIT")):
+        with pytest.raises(ValueError, match="OMITEMPTY"):
+            KubeSchema({}, {"example.Meta": [("name", 1, "STRING", None, "ONE")], "example.Bad": [bad]})
+    omitting = KubeSchema({}, {"example.Meta": [("name", 1, "STRING", None, "ONE", "OMITEMPTY"), ("n", 2, "INT64", None, "ONE")]})
+    assert [(f.json_name, f.omit_empty) for f in omitting.message("example.Meta").fields] == [("name", True), ("n", False)]
     for mod in IMPLEMENTATIONS.values():
         frame = mod.KubeProtoEncoder(schema).encode_stored("example.com/v1", "Widget", b'{"metadata":{"name":"w"},"size":-3,"blob":"/w=="}')
         assert frame == b"k8s\x00" + bytes.fromhex("0a18") + b"\n\x0eexample.com/v1\x12\x06Widget" + bytes.fromhex("1213") + bytes.fromhex("0a03") + b"\n\x01w" + bytes.fromhex("10fdffffffffffffffff01") + bytes.fromhex("1a01ff") + b"\x1a\x00\x22\x00"
@@ -261,6 +267,7 @@ def test_the_decoder_refuses_what_the_message_does_not_declare() -> None:
 
 DECODERS = {impl: mod.KubeProtoDecoder for impl, mod in IMPLEMENTATIONS.items()}
 MIN_SECONDS, MAX_SECONDS = -62135596800, 253402300799  # 0001-01-01T00:00:00Z, 9999-12-31T23:59:59Z
+ZERO_TIME = "zero"  # a time that is Go's zero time.Time
 json_values = st.recursive(
     st.one_of(st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=6)),
     lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.text(max_size=4), children, max_size=3)),
@@ -367,7 +374,8 @@ def test_compiled_and_twin_decoders_agree_on_damaged_messages(obj: Dict[str, Any
     (0, 0, "1970-01-01T00:00:00Z"),
     (-1, 0, "1969-12-31T23:59:59Z"),
     (1700000000, 120000000, "2023-11-14T22:13:20.12Z"),
-    (MIN_SECONDS, 0, "0001-01-01T00:00:00Z"),
+    (MIN_SECONDS, 0, ZERO_TIME),  # Go's zero time: metav1.Time's JSON is null
+    (MIN_SECONDS, 1, "0001-01-01T00:00:00.000000001Z"),
     (-59011459200, 0, "0100-01-01T00:00:00Z"),  # padded to 4 digits, as Go writes it
     (951782400, 0, "2000-02-29T00:00:00Z"),
     (MAX_SECONDS, 5, "9999-12-31T23:59:59.000000005Z"),
@@ -383,8 +391,31 @@ def test_times_read_the_same_in_both_decoders(seconds: int, nanos: int, text: An
             with pytest.raises(DecodeError, match="out of range"):
                 cls().decode(frame)
         else:
-            assert cls().decode(frame)["metadata"]["creationTimestamp"] == text
+            assert cls().decode(frame)["metadata"]["creationTimestamp"] == (None if text is ZERO_TIME else text)
     agree(secret_with_time(seconds, nanos))
+
+
+def test_a_time_go_wrote_as_no_bytes_is_null_as_in_its_json() -> None:
+    """metav1.Time marshals its zero as an empty message, and its JSON as null (a Pod condition's lastProbeTime)."""
+    ld = _kubeproto_py._len_field
+    frame = _kubeproto_py.KubeProtoEncoder()._object_frame("v1", "Secret", ld(1, ld(8, b"")))
+    for cls in DECODERS.values():
+        assert cls().decode(frame)["metadata"] == {"creationTimestamp": None}
+    agree(frame)
+
+
+def test_zero_scalars_go_leaves_out_of_its_json_are_left_out() -> None:
+    """Go's protobuf writes a non-pointer field whatever its value; its JSON leaves an omitempty one out when zero."""
+    ld, text = _kubeproto_py._len_field, lambda n, t: _kubeproto_py._len_field(n, t.encode())
+    meta = text(1, "a") + text(2, "") + text(4, "") + b"\x38\x00" + text(2, "x") + text(2, "")  # generation 0; generateName x then ""
+    status = ld(8, text(1, "app") + b"\x20\x00" + b"\x28\x00")  # containerStatuses[0]: ready false, restartCount 0
+    frame = _kubeproto_py.KubeProtoEncoder()._object_frame("v1", "Pod", ld(1, meta) + ld(3, status))
+    for cls in DECODERS.values():
+        obj = cls().decode(frame)
+        assert obj["metadata"] == {"name": "a"}  # generateName, selfLink and generation are omitempty: the last one given wins
+        # name, ready and restartCount have no omitempty: Go's JSON writes their zeros
+        assert obj["status"] == {"containerStatuses": [{"name": "app", "ready": False, "restartCount": 0}]}
+    agree(frame)
 
 
 @settings(max_examples=examples(300), deadline=None)
@@ -465,7 +496,7 @@ def raw_messages(name: str, depth: int) -> Any:
         specs = _kube_schema_data.MESSAGES[name]
 
         def payload(spec: Any) -> Any:
-            _, _, kind, message, shape = spec
+            _, _, kind, message, shape = spec[:5]
             if kind in SCALAR_WIRES and shape != "MAP":
                 return wire_values(SCALAR_WIRES[kind][1], SCALAR_WIRES[kind][0])
             if kind in SCALAR_WIRES:

@@ -124,3 +124,27 @@ def test_kubectl_reads_duplicate_field_warnings_and_the_strict_error_as_kubes(ku
             assert proc.returncode == 1, proc.stdout
             assert proc.stderr.strip() == ('Error from server (BadRequest): Secret in version "v1" cannot be handled as a Secret: '
                                            'strict decoding error: duplicate field "data.k"')
+
+
+def test_kubectl_delete_namespace_waits_until_its_content_and_it_are_gone(kubectl_bin: str, etcd: Any, prefix: bytes,
+                                                                       tmp_path: Path) -> None:
+    """``kubectl delete namespace`` waits (its default ``--wait``) until the Namespace is gone: here, as in kube, only
+    once every object in it has been deleted; meanwhile a create in it is kube's 403."""
+    with ServerThread(etcd.endpoint, prefix, namespace_lifecycle=True) as srv:
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
+        base = [kubectl_bin, f"--server={srv.url}", f"--cache-dir={tmp_path / 'cache'}"]
+
+        def run(*args: str) -> "subprocess.CompletedProcess[str]":
+            return subprocess.run(base + list(args), capture_output=True, text=True, timeout=60, env=env)
+
+        assert run("create", "namespace", "doomed").returncode == 0
+        for i in range(20):
+            created = run("create", "configmap", f"cm-{i}", "--namespace=doomed", "--from-literal=k=v")
+            assert created.returncode == 0, created.stderr
+        deleted = run("delete", "namespace", "doomed", "--timeout=30s")
+        assert deleted.returncode == 0 and deleted.stdout.strip() == 'namespace "doomed" deleted', (deleted.stdout, deleted.stderr)
+        gone = run("get", "namespace", "doomed")
+        assert gone.returncode == 1 and 'namespaces "doomed" not found' in gone.stderr, gone.stderr
+        assert run("get", "configmaps", "--namespace=doomed", "-o", "name").stdout == ""
+        keys = etcd.etcdctl("get", "--prefix", "--keys-only", prefix.decode() + "configmaps/doomed/")
+        assert keys.strip() == ""

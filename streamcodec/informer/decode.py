@@ -23,9 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import streamcodec
 from streamcodec._kubeproto_py import _fields as kubeproto_fields
 from streamcodec._kubeproto_py import _int_of as kubeproto_int
-from streamcodec._kubeproto_py import _len_field
 from streamcodec._kubeproto_py import _text as kubeproto_text
-from streamcodec._kubeproto_py import _varint as _encode_varint
 from streamcodec.formats import CBOR_MAGIC, FORMATS, PROTOBUF_MAGIC
 from streamcodec.kube_schema import KubeSchema
 from streamcodec.limits import MAX_DEPTH
@@ -334,11 +332,11 @@ class ProtoListReader(_ProtoBase):
             elif in_list and number == 1:
                 self.head["metadata"] = _list_meta(buf, (q, q + size))
             elif in_list and number == 2:
-                type_meta = _len_field(1, self._api_version.encode()) + _len_field(2, self._item_kind.encode())
-                with memoryview(buf) as view:
-                    head = MAGIC + _len_field(1, type_meta) + _encode_varint(2 << 3 | 2) + _encode_varint(size)
-                    frame = b"".join((head, view[q:q + size]))  # one copy of the item
-                out.append(self._object(frame))
+                with memoryview(buf) as view, view[q:q + size] as item:  # read in place: no copy
+                    try:  # no kind/apiVersion: a List's items carry none, as in its JSON
+                        out.append(self._decoder.decode_message(item, self._api_version, self._item_kind))
+                    except streamcodec.DecodeError as exc:
+                        raise DecodeFailed(f"an undecodable protobuf object: {exc}") from None
             p = q + size
             if self._raw_end is not None and self._pos + p >= self._raw_end and in_list:
                 self.done = True
