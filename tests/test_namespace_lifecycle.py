@@ -12,6 +12,7 @@ controller's list.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -149,7 +150,8 @@ def test_a_terminating_namespace_refuses_creates_and_a_second_delete_as_kube(ser
     owner calls /finalize), so what kube answers meanwhile can be seen."""
     c = httpx.Client(base_url=server.url, timeout=10)
     r = c.post("/api/v1/namespaces", json={"metadata": {"name": "held"}, "spec": {"finalizers": ["example.com/hold"]}})
-    assert r.status_code == 201 and r.json()["spec"]["finalizers"] == ["kubernetes", "example.com/hold"], r.text
+    assert r.status_code == 201 and r.json()["spec"]["finalizers"] == ["example.com/hold", "kubernetes"], r.text
+    assert r.json()["metadata"]["labels"] == {"kubernetes.io/metadata.name": "held"}
     assert c.post("/api/v1/namespaces/held/configmaps", json={"metadata": {"name": "cm"}}).status_code == 201
     assert c.delete("/api/v1/namespaces/held").status_code == 200
 
@@ -164,6 +166,10 @@ def test_a_terminating_namespace_refuses_creates_and_a_second_delete_as_kube(ser
               'configmaps "late" is forbidden: unable to create new content in namespace held because it is being terminated',
               {"name": "late", "kind": "configmaps", "causes": [
                   {"reason": "NamespaceTerminating", "message": "namespace held is being terminated", "field": "metadata.namespace"}]})
+    status_of(c.post("/api/v1/namespaces/held/configmaps", json={"metadata": {"generateName": "late-"}}), 403, "Forbidden",
+              'configmaps "late-" is forbidden: unable to create new content in namespace held because it is being terminated',
+              {"name": "late-", "kind": "configmaps", "causes": [
+                  {"reason": "NamespaceTerminating", "message": "namespace held is being terminated", "field": "metadata.namespace"}]})
     status_of(c.delete("/api/v1/namespaces/held"), 409, "Conflict",
               'Operation cannot be fulfilled on namespaces "held": The system is ensuring all content is removed from this '
               "namespace.  Upon completion, this namespace will automatically be purged by the system.",
@@ -171,8 +177,65 @@ def test_a_terminating_namespace_refuses_creates_and_a_second_delete_as_kube(ser
     # an update keeps the status and finalizers (they are the /status and /finalize subresources' to change)
     r = c.put("/api/v1/namespaces/held", json={"metadata": {"name": "held", "labels": {"a": "b"}}, "spec": {}, "status": {"phase": "Active"}})
     assert r.status_code == 200, r.text
-    assert (r.json()["status"], r.json()["spec"], r.json()["metadata"]["labels"]) == (held["status"], held["spec"], {"a": "b"})
+    assert (r.json()["status"], r.json()["spec"]) == (held["status"], held["spec"])
+    assert r.json()["metadata"]["labels"] == {"a": "b", "kubernetes.io/metadata.name": "held"}
     assert r.json()["metadata"]["deletionTimestamp"] == held["metadata"]["deletionTimestamp"]
+    # the finalizer's owner is done: the finalize subresource empties the list, and the namespace goes
+    r = c.put("/api/v1/namespaces/held/finalize", json={"metadata": {"name": "held"}, "spec": {"finalizers": []}})
+    assert r.status_code == 200 and r.json()["spec"]["finalizers"] == [], r.text
+    status_of(c.get("/api/v1/namespaces/held"), 404, "NotFound", 'namespaces "held" not found', {"name": "held", "kind": "namespaces"})
+
+
+def test_the_finalize_subresource_of_an_active_namespace_only_sets_its_finalizers(server: ServerThread) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    assert c.post("/api/v1/namespaces", json={"metadata": {"name": "fin"}}).status_code == 201
+    r = c.put("/api/v1/namespaces/fin/finalize", json={"spec": {"finalizers": ["a", "a", "b"]}})
+    assert r.status_code == 200 and r.json()["spec"]["finalizers"] == ["a", "b"] and r.json()["status"] == {"phase": "Active"}, r.text
+    assert c.put("/api/v1/namespaces/fin/finalize", json={"spec": {"finalizers": [1]}}).status_code == 422
+    assert c.get("/api/v1/namespaces/fin/finalize").status_code == 405
+    status_of(c.put("/api/v1/namespaces/none/finalize", json={"spec": {}}), 404, "NotFound", 'namespaces "none" not found',
+              {"name": "none", "kind": "namespaces"})
+
+
+def test_a_client_cannot_mark_an_object_deleted(server: ServerThread) -> None:
+    """deletionTimestamp is the server's: dropped on a create, kept as it was on an update (a marked namespace
+    would otherwise be wiped at the next start, and refuse its creates)."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    marked = {"deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": 0}
+    r = c.post("/api/v1/namespaces", json={"metadata": {"name": "unmarked", **marked}})
+    assert r.status_code == 201 and "deletionTimestamp" not in r.json()["metadata"], r.text
+    r = c.put("/api/v1/namespaces/unmarked", json={"metadata": {"name": "unmarked", **marked}})
+    assert r.status_code == 200 and "deletionTimestamp" not in r.json()["metadata"], r.text
+    r = c.post("/api/v1/namespaces/unmarked/configmaps", json={"metadata": {"name": "cm", **marked}})
+    assert r.status_code == 201 and "deletionGracePeriodSeconds" not in r.json()["metadata"], r.text
+
+
+def test_a_termination_leaves_a_namespace_recreated_under_its_name_alone(server: ServerThread, etcd: Any, prefix: bytes) -> None:
+    """A finalizer of an earlier namespace of the same name (another uid) must not touch the new one or its objects."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    assert c.post("/api/v1/namespaces", json={"metadata": {"name": "again"}}).status_code == 201
+    assert c.post("/api/v1/namespaces/again/configmaps", json={"metadata": {"name": "cm"}}).status_code == 201
+    assert c.delete("/api/v1/namespaces/again").status_code == 200
+    until(lambda: c.get("/api/v1/namespaces/again").status_code == 404, "the first namespace is gone")
+    assert c.post("/api/v1/namespaces", json={"metadata": {"name": "again"}}).status_code == 201
+    assert c.post("/api/v1/namespaces/again/configmaps", json={"metadata": {"name": "cm2"}}).status_code == 201
+    lifecycle = server.app.namespaces
+    assert lifecycle is not None
+
+    async def stale_termination() -> None:  # as if the first one's finalizer were still running
+        lifecycle._finish("again", "the-first-namespace-uid")
+        await asyncio.gather(*lifecycle._finalizers.values())
+
+    server.call(stale_termination(), timeout=30)
+    again = c.get("/api/v1/namespaces/again").json()
+    assert again["status"] == {"phase": "Active"} and again["spec"]["finalizers"] == ["kubernetes"], again
+    assert "configmaps/again/cm2" in stored_keys(etcd, prefix)
+
+
+def test_a_namespace_and_the_body_naming_another_is_400_before_admission(server: ServerThread) -> None:
+    c = httpx.Client(base_url=server.url, timeout=10)
+    r = c.post("/api/v1/namespaces/nowhere/secrets", json={"metadata": {"name": "s", "namespace": "other"}})
+    assert r.status_code == 400 and "does not match the namespace" in r.json()["message"], r.text
 
 
 def test_a_server_that_starts_finishes_a_termination_left_unfinished(etcd: Any, prefix: bytes) -> None:
@@ -247,3 +310,14 @@ def test_namespace_lifecycle_is_on_by_default_and_serve_can_turn_it_off() -> Non
     parse = cli.build_parser().parse_args
     assert parse(["serve", "--etcd", "x:1"]).namespace_lifecycle is True
     assert parse(["serve", "--etcd", "x:1", "--no-namespace-lifecycle"]).namespace_lifecycle is False
+
+
+def test_deleting_a_terminating_namespace_without_finalizers_deletes_it(server: ServerThread, etcd: Any, prefix: bytes) -> None:
+    """What kube's namespace registry does with a DELETE once nothing is left to wait for (as another writer left it)."""
+    etcd.etcdctl("put", prefix.decode() + "namespaces/bare", json.dumps({
+        "metadata": {"name": "bare", "uid": "u", "deletionTimestamp": "2026-12-02T00:00:00Z"}, "spec": {},
+        "status": {"phase": "Terminating"}, "kind": "Namespace", "apiVersion": "v1"}))
+    c = httpx.Client(base_url=server.url, timeout=10)
+    r = c.delete("/api/v1/namespaces/bare")
+    assert r.status_code == 200 and r.json()["metadata"]["name"] == "bare", r.text
+    assert "namespaces/bare" not in stored_keys(etcd, prefix)

@@ -402,6 +402,8 @@ class App:
         if parts[:2] != ["api", "v1"] or len(parts) < 3:
             raise APIError(404, "NotFound", "the server could not find the requested resource")
         rest = [urllib.parse.unquote(p) for p in parts[2:]]
+        if len(rest) == 3 and rest[0] == NAMESPACES.name and rest[2] == "finalize" and self.namespaces is not None:
+            return await self._finalize(scope, receive, objects.check_name("name", rest[1]), accept, query)
         namespace: Optional[str] = None
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace = objects.check_name("namespace", rest[1])
@@ -531,17 +533,19 @@ class App:
                              fmt: str) -> "PlainResponse":
         metadata = obj.get("metadata") or {}
         name = metadata.get("name")
+        body_ns = metadata.get("namespace")
+        if body_ns and namespace is not None and body_ns != namespace:
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
         # kube's admission (NamespaceLifecycle: its namespace must exist) comes before the object's validation
         if self.namespaces is not None:
-            await self.namespaces.admit("create", resource, namespace, name if isinstance(name, str) else "")
+            generate = metadata.get("generateName")
+            await self.namespaces.admit("create", resource, namespace, name if isinstance(name, str) and name else
+                                        generate if isinstance(generate, str) and generate else "Unknown")
         if not name and isinstance(metadata.get("generateName"), str):
             name = metadata["generateName"] + secrets.token_hex(3)[:5]
         if not isinstance(name, str) or not name:
             raise APIError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
         objects.check_name("metadata.name", name)
-        body_ns = metadata.get("namespace")
-        if body_ns and namespace is not None and body_ns != namespace:
-            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
         stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=True, schema=self.config.kube_schema)
         if resource.name == NAMESPACES.name and self.namespaces is not None:
             stored = admitted_namespace(stored, None)
@@ -604,6 +608,21 @@ class App:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
         # Like kube-apiserver for immediate deletion: the object as it was, at the deletion's revision.
         return self._kv_response(200, deleted.previous.value, deleted.revision, fmt, resource)
+
+    async def _finalize(self, scope: Dict[str, Any], receive: Any, name: str, accept: Optional[str],
+                        query: Dict[str, str]) -> "PlainResponse":
+        """PUT ``/api/v1/namespaces/{name}/finalize``: a Namespace's ``spec.finalizers`` replaced (kube's
+        finalize subresource); a terminating one is deleted once it has none."""
+        resource = self.config.resources.get(NAMESPACES.name, NAMESPACES)
+        if scope["method"] != "PUT":
+            raise APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource: {scope['method']}")
+        assert self.namespaces is not None
+        obj, warnings = await self._read_object(scope, receive, resource, query)
+        with _warned(warnings):
+            value, revision = await self.namespaces.finalize(name, obj)
+            response = self._kv_response(200, value, revision, negotiate(accept, self._formats_for(resource.kind)), resource)
+        response.warnings = warnings
+        return response
 
     # -- admission ---------------------------------------------------------
 

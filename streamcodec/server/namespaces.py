@@ -19,9 +19,11 @@ is ensuring all content is removed ..."); then, as kube's namespace controller d
 every namespaced resource in it is deleted (each a DELETED event for its watchers), its ``kubernetes``
 finalizer is removed and, with no finalizer left, the Namespace itself.  The replica that took the
 DELETE does this in the background, retrying while etcd fails; a server that starts finishes any
-termination left unfinished.  A Namespace is created with ``spec.finalizers: [kubernetes]`` and phase
-``Active``; an update keeps both as they were (kube's namespace strategy: they are the ``/finalize``
-and ``/status`` subresources' to change, which this server does not serve).
+termination left unfinished (each termination is tied to the Namespace's uid: a namespace re-created
+under the name is left alone).  A Namespace is created with ``spec.finalizers`` holding ``kubernetes``,
+phase ``Active`` and the label ``kubernetes.io/metadata.name``; an update keeps finalizers and status as
+they were (kube's namespace strategy); ``PUT /api/v1/namespaces/X/finalize`` sets the finalizers (what
+another finalizer's owner does when it is done), and a terminating namespace left without any is deleted.
 
 kube-apiserver creates its system namespaces when it starts (``default``, ``kube-system``,
 ``kube-public``, ``kube-node-lease``: its system namespaces controller, create-if-absent, an
@@ -34,8 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Tuple
 
+from streamcodec.errors import DecodeError
 from streamcodec.storage import errors as storage_errors
 from streamcodec.storage.interface import Store
 
@@ -58,6 +61,10 @@ NAMESPACES: Resource = DEFAULT_RESOURCES["namespaces"]
 RETRY_SECONDS = (1.0, 60.0)
 #: The finalizer kube's namespace controller owns: the namespace's content is deleted once it is removed.
 KUBERNETES_FINALIZER = "kubernetes"
+#: Keys a terminating namespace's content is listed (and deleted) by at a time.
+CONTENT_PAGE = 500
+#: The label kube puts on every Namespace (its name): what namespace selectors select by name.
+NAME_LABEL = "kubernetes.io/metadata.name"
 TERMINATING = "Terminating"
 
 
@@ -71,8 +78,8 @@ class NamespaceLifecycle:
         self._key = key
         self._content = content
         self._creator: Optional["asyncio.Task[None]"] = None
-        #: the terminations this server is finishing, by namespace
-        self._finalizers: Dict[str, "asyncio.Task[None]"] = {}
+        #: the terminations this server is finishing, by namespace name and uid
+        self._finalizers: Dict[Tuple[str, str], "asyncio.Task[None]"] = {}
         #: set once the first try to create the system namespaces has ended, whatever its outcome (tests wait on it)
         self.first_try = asyncio.Event()
 
@@ -129,8 +136,14 @@ class NamespaceLifecycle:
             for _ in range(UPDATE_RETRIES):
                 kv = await store.get(key)
                 obj = _stored_form(decode_stored(kv.value, int(kv.mod_revision)))
+                uid = str(obj["metadata"].get("uid") or "")
                 if obj["metadata"].get("deletionTimestamp"):
-                    self._finish(name)
+                    if not _mapping(obj.get("spec")).get("finalizers"):  # nothing left to wait for: kube deletes it now
+                        try:
+                            return bytes(kv.value), (await store.delete(key, int(kv.mod_revision))).revision
+                        except storage_errors.Conflict:
+                            continue
+                    self._finish(name, uid)
                     raise APIError(409, "Conflict", f'Operation cannot be fulfilled on namespaces "{name}": The system is ensuring all '
                                    "content is removed from this namespace.  Upon completion, this namespace will automatically be "
                                    "purged by the system.", details={"name": name, "kind": NAMESPACES.name})
@@ -141,41 +154,78 @@ class NamespaceLifecycle:
                     revision = await store.update(key, value, int(kv.mod_revision))
                 except storage_errors.Conflict:
                     continue  # written meanwhile: mark the newer version
-                self._finish(name)
+                self._finish(name, uid)
                 return value, revision
             raise storage_errors.Conflict("the namespace kept changing")
         except storage_errors.StorageError as exc:
             raise from_storage_error(exc, resource=NAMESPACES.name, name=name) from None
 
-    def _finish(self, name: str) -> None:
-        """Finish the termination of ``name`` in the background (once at a time)."""
-        if name not in self._finalizers:
-            task = asyncio.get_running_loop().create_task(self._finalize(name))
-            self._finalizers[name] = task
-            task.add_done_callback(lambda _: self._finalizers.pop(name, None))
+    async def finalize(self, name: str, body: Dict[str, Any]) -> Tuple[bytes, int]:
+        """PUT of Namespace ``name``'s ``finalize`` subresource: its ``spec.finalizers`` become the body's
+        (what a finalizer's owner does once its work is done; kube's FinalizeREST); a terminating one
+        without finalizers left is then deleted.  The stored value and the revision of the write."""
+        finalizers = _mapping(body.get("spec")).get("finalizers") or []
+        if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
+            raise APIError(422, "Invalid", f'Namespace "{name}" is invalid: spec.finalizers: Invalid value: must be a list of names')
+        store = await self._store()
+        key = self._key(name)
+        try:
+            for _ in range(UPDATE_RETRIES):
+                kv = await store.get(key)
+                obj = _stored_form(decode_stored(kv.value, int(kv.mod_revision)))
+                obj["spec"] = {**_mapping(obj.get("spec")), "finalizers": list(dict.fromkeys(finalizers))}
+                value = encode_for_storage(obj)
+                try:
+                    if not finalizers and obj["metadata"].get("deletionTimestamp"):
+                        return value, (await store.delete(key, int(kv.mod_revision))).revision
+                    return value, await store.update(key, value, int(kv.mod_revision))
+                except storage_errors.Conflict:
+                    continue
+            raise storage_errors.Conflict("the namespace kept changing")
+        except storage_errors.StorageError as exc:
+            raise from_storage_error(exc, resource=NAMESPACES.name, name=name) from None
 
-    async def _finalize(self, name: str) -> None:
+    def _finish(self, name: str, uid: str) -> None:
+        """Finish the termination of namespace ``name`` whose uid is ``uid`` in the background (once at a time)."""
+        if (name, uid) not in self._finalizers:
+            task = asyncio.get_running_loop().create_task(self._finalize(name, uid))
+            self._finalizers[(name, uid)] = task
+            task.add_done_callback(lambda _: self._finalizers.pop((name, uid), None))
+
+    async def _finalize(self, name: str, uid: str) -> None:
         delay = RETRY_SECONDS[0]
         while True:
             try:
                 store = await self._store()
-                await self._delete_content(store, name)
-                if await self._purge(store, name):
-                    await self._delete_content(store, name)  # what a create admitted just before the mark wrote
-                return
+                while await self._terminating(store, name, uid) is not None:
+                    await self._delete_content(store, name)
+                    if await self._purge(store, name, uid):
+                        return
+                return  # gone, or a namespace of another uid under its name: not this task's
             except storage_errors.StorageError as exc:
                 log.warning("could not finish terminating namespace %s (storage: %s); trying again in %g s", name, exc.code, delay)
-            except Exception:  # noqa: BLE001 -- not etcd's failure: trying again would not help
+            except Exception:  # noqa: BLE001 -- not etcd's failure: trying again would not help (a restart resumes it)
                 log.exception("terminating namespace %s failed", name)
                 return
             await asyncio.sleep(delay)
             delay = min(2 * delay, RETRY_SECONDS[1])
 
+    async def _terminating(self, store: Store, name: str, uid: str) -> Optional[Tuple[Any, Dict[str, Any]]]:
+        """The key-value and object of namespace ``name`` while it is this termination's (``uid``, marked), else None."""
+        try:
+            kv = await store.get(self._key(name))
+        except storage_errors.NotFound:
+            return None
+        obj = _stored_form(decode_stored(kv.value, int(kv.mod_revision)))
+        if str(obj["metadata"].get("uid") or "") != uid or not obj["metadata"].get("deletionTimestamp"):
+            return None
+        return kv, obj
+
     async def _delete_content(self, store: Store, name: str) -> None:
-        """Delete every object under the namespace's content prefixes, until none is left."""
+        """Delete every object under the namespace's content prefixes, a page at a time, until none is left."""
         for prefix in self._content(name):
             while True:
-                keys = [kv.key async for kv in store.list_stream(prefix)]
+                keys = [kv.key async for kv in store.list_stream(prefix, limit=CONTENT_PAGE)]
                 if not keys:
                     break
                 for key in keys:
@@ -184,27 +234,35 @@ class NamespaceLifecycle:
                     except storage_errors.NotFound:
                         pass  # deleted by its own client meanwhile
 
-    async def _purge(self, store: Store, name: str) -> bool:
-        """Remove the ``kubernetes`` finalizer and, with none left, the Namespace; whether it is gone."""
-        key = self._key(name)
+    async def _purge(self, store: Store, name: str, uid: str) -> bool:
+        """Remove the ``kubernetes`` finalizer and, with none left, the Namespace, unless content came
+        meanwhile (a create admitted just before the mark); whether this termination is over."""
         for _ in range(UPDATE_RETRIES):
-            try:
-                kv = await store.get(key)
-            except storage_errors.NotFound:
+            found = await self._terminating(store, name, uid)
+            if found is None:
                 return True
-            obj = _stored_form(decode_stored(kv.value, int(kv.mod_revision)))
+            kv, obj = found
             spec = _mapping(obj.get("spec"))
             left = [f for f in spec.get("finalizers") or [] if f != KUBERNETES_FINALIZER]
+            if not left and await self._has_content(store, name):
+                return False  # swept again by the caller, then purged
             try:
                 if not left:
-                    await store.delete(key, int(kv.mod_revision))
+                    await store.delete(self._key(name), int(kv.mod_revision))
                     return True
-                obj["spec"] = {**spec, "finalizers": left}
-                await store.update(key, encode_for_storage(obj), int(kv.mod_revision))
-                return False  # another finalizer's owner ends it (kube: through /finalize)
+                if left != spec.get("finalizers"):
+                    obj["spec"] = {**spec, "finalizers": left}
+                    await store.update(self._key(name), encode_for_storage(obj), int(kv.mod_revision))
+                return True  # another finalizer's owner ends it, through the finalize subresource
             except (storage_errors.Conflict, storage_errors.NotFound):
                 continue
         raise storage_errors.Conflict("the namespace kept changing")
+
+    async def _has_content(self, store: Store, name: str) -> bool:
+        for prefix in self._content(name):
+            async for _ in store.list_stream(prefix, limit=1):
+                return True
+        return False
 
     # -- system namespaces -------------------------------------------------
 
@@ -214,6 +272,7 @@ class NamespaceLifecycle:
             self._creator = asyncio.get_running_loop().create_task(self._create_system_namespaces(store))
 
     async def aclose(self) -> None:
+        self.first_try.set()  # no write waits for a creation that will not come
         creator, self._creator = self._creator, None
         for task in [creator, *self._finalizers.values()]:
             if task is not None and not task.done():
@@ -255,19 +314,26 @@ class NamespaceLifecycle:
     async def _resume_terminations(self, store: Store) -> None:
         """Finish the terminations a server left unfinished (it stopped, or its etcd did)."""
         async for kv in store.list_stream(self._key("")):
-            obj = decode_stored(kv.value, int(kv.mod_revision))
-            if obj.get("metadata", {}).get("deletionTimestamp"):
-                self._finish(obj["metadata"]["name"])
+            try:
+                metadata = _mapping(decode_stored(kv.value, int(kv.mod_revision)).get("metadata"))
+            except (ValueError, DecodeError):  # another writer's damaged value: not ours to finish
+                log.warning("a stored Namespace cannot be read (revision %s); its termination is not resumed", kv.mod_revision)
+                continue
+            if metadata.get("deletionTimestamp") and isinstance(metadata.get("name"), str):
+                self._finish(metadata["name"], str(metadata.get("uid") or ""))
 
 
 def admitted_namespace(obj: Dict[str, Any], previous: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """A Namespace as it is stored: created with the ``kubernetes`` finalizer and phase ``Active``; updated,
-    with the finalizers and status it had (kube's namespace strategy, PrepareForCreate and PrepareForUpdate)."""
+    """A Namespace as it is stored (kube's namespace strategy): labelled ``kubernetes.io/metadata.name``
+    with its name; created with the ``kubernetes`` finalizer added and phase ``Active``; updated with the
+    finalizers and status it had (the finalize and status subresources change those)."""
     out = dict(obj)
+    metadata = out["metadata"] = dict(obj["metadata"])
+    metadata["labels"] = {**_mapping(metadata.get("labels")), NAME_LABEL: metadata["name"]}
     spec = dict(_mapping(obj.get("spec")))
     if previous is None:
-        finalizers = [f for f in spec.get("finalizers") or [] if f != KUBERNETES_FINALIZER]
-        spec["finalizers"] = [KUBERNETES_FINALIZER] + finalizers
+        finalizers = [f for f in spec.get("finalizers") or [] if isinstance(f, str)]
+        spec["finalizers"] = finalizers if KUBERNETES_FINALIZER in finalizers else finalizers + [KUBERNETES_FINALIZER]
         out["status"] = {"phase": "Active"}
     else:
         old_spec = _mapping(previous.get("spec"))
@@ -277,8 +343,6 @@ def admitted_namespace(obj: Dict[str, Any], previous: Optional[Dict[str, Any]]) 
         out.pop("status", None)
         if "status" in previous:
             out["status"] = previous["status"]
-        if previous.get("metadata", {}).get("deletionTimestamp"):
-            out["metadata"] = {**out["metadata"], "deletionTimestamp": previous["metadata"]["deletionTimestamp"]}
     out["spec"] = spec
     return out
 

@@ -443,11 +443,11 @@ def prepare_for_storage(
         metadata["namespace"] = namespace
     else:
         metadata.pop("namespace", None)
+    old = (previous.get("metadata") or {}) if previous is not None else {}
     if creating:
         metadata["uid"] = str(uuid.uuid4())
         metadata["creationTimestamp"] = timestamp_now()
-    elif previous is not None:
-        old = previous.get("metadata") or {}
+    else:
         for owned in ("uid", "creationTimestamp"):
             if owned in old:
                 metadata[owned] = old[owned]
@@ -458,6 +458,12 @@ def prepare_for_storage(
     out["kind"] = resource.kind
     out["apiVersion"] = "v1"
     check_servable_object(out, resource.kind, schema)
+    # a client never marks an object deleted: kube decodes these (so a bad one is a 400 above), then wipes
+    # them on a create (WipeObjectMetaSystemFields) and keeps them as they were on an update
+    for owned in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+        metadata.pop(owned, None)
+        if owned in old and not creating:
+            metadata[owned] = old[owned]
     if resource.kind == "Secret" and isinstance(out.get("stringData"), dict):
         merge_string_data(out)
     return out
