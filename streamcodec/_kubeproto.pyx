@@ -69,7 +69,14 @@ ctypedef struct CField:
     unsigned char shape
     unsigned char npath
     unsigned char len_bytes  # a MESSAGE field's length bytes the last time: the next reservation
+    # A STRING/BOOL/INT32/INT64 field (or array of them), or a map of STRING or QUANTITY, whose tag is
+    # 1-2 bytes: ``scalar`` and ``map_entry`` write its common values with these tag bytes and one
+    # capacity check.
+    unsigned char fast
+    uint8_t tag[2]
+    unsigned char plain  # no quote or backslash in the key: its bytes then a quote are the key, in JSON
     int path[MAX_PATH]
+    CField* next  # the field whose key followed this one's the last time: the next key's guess
 
 ctypedef struct CMessage:
     int is_object_meta
@@ -77,6 +84,9 @@ ctypedef struct CMessage:
     # almost always, one slot and one comparison, within the few cache lines of the message.
     uint32_t mask
     CField* fields  # mask + 1 slots
+    # The objects of a kind list their keys in the same order: the first key's field the last time,
+    # then each field's ``next``, is checked against the key's bytes before a lookup.
+    CField* first
 
 ctypedef struct Out:
     uint8_t* base  # NULL: count only
@@ -288,8 +298,18 @@ cdef inline Py_ssize_t open_len(Out* o, Py_ssize_t estimate, int* reserved) exce
     return reserve_len(o, reserved[0])
 
 
-cdef int close_len(Out* o, Py_ssize_t mark, int reserved) except -1:
+cdef inline int close_len(Out* o, Py_ssize_t mark, int reserved) except -1:
     """Write the length of the field opened at ``mark``; returns how many bytes it took."""
+    cdef Py_ssize_t length = o.pos - mark - reserved
+    if reserved == 1 and length < 0x80:  # most: without a call
+        if o.base != NULL:
+            o.base[mark] = <uint8_t>length
+        return 1
+    return close_len_moved(o, mark, reserved)
+
+
+cdef int close_len_moved(Out* o, Py_ssize_t mark, int reserved) except -1:
+    """close_len when the length or its reservation is not one byte (moving the field if they differ)."""
     cdef Py_ssize_t length = o.pos - mark - reserved
     cdef int need = vsize(<uint64_t>length)
     cdef uint64_t n = <uint64_t>length
@@ -610,6 +630,112 @@ cdef int parse_time(const uint8_t* s, Py_ssize_t i, Py_ssize_t end, int64_t* sec
     raise EncodeError(f"{field_name(f)}: expected an RFC 3339 time, not {bytes(s[i:end])!r}")
 
 
+cdef inline Py_ssize_t scalar(Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f) noexcept:
+    """A ``fast`` field's value at ``s[i]`` in its common shapes (an unescaped string under 128 bytes,
+    true/false, a non-negative integer under 18 digits): the index past it, or -1 to leave it to
+    ``single`` (which also reports the errors).  Most of a stored object's values come this way."""
+    cdef Py_ssize_t j, k, need
+    cdef int taglen = 1 + (f.tag[0] >> 7)
+    cdef uint8_t* p
+    cdef uint8_t c = s[i]
+    if f.kind == K_STRING:
+        if c != 34:
+            return -1
+        j = kp_find_quote_or_backslash(s, i + 1, n)
+        k = j - i - 1
+        if j >= n or s[j] != 34 or k >= 128:
+            return -1
+        need = taglen + 1 + k
+        if o.pos + need > o.cap:
+            return -1
+        if o.base != NULL:
+            p = o.base + o.pos
+            p[0] = f.tag[0]
+            p[1] = f.tag[1]  # a 1-byte tag's length byte comes next, over it
+            p[taglen] = <uint8_t>k
+            kp_copy(p + taglen + 1, s + i + 1, k)
+        o.pos += need
+        return j + 1
+    return scalar_number(o, s, i, n, f)
+
+
+cdef Py_ssize_t scalar_number(Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f) noexcept:
+    """``scalar`` of a BOOL, INT32 or INT64 field: kept out of it, so that its strings, most values, inline."""
+    cdef Py_ssize_t j, need
+    cdef uint64_t v = 0
+    cdef int taglen = 1 + (f.tag[0] >> 7)
+    cdef uint8_t* p
+    cdef uint8_t c = s[i]
+    if f.kind == K_BOOL:
+        if c == 116 and n - i >= 4 and memcmp(s + i, b"true", 4) == 0:
+            v = 1
+            j = i + 4
+        elif c == 102 and n - i >= 5 and memcmp(s + i, b"false", 5) == 0:
+            j = i + 5
+        else:
+            return -1
+    else:
+        j = i
+        while j < n and j - i < 18 and 48 <= s[j] <= 57:
+            v = v * 10 + (s[j] - 48)
+            j += 1
+        if j == i or (j < n and (48 <= s[j] <= 57 or s[j] == 46 or s[j] == 101 or s[j] == 69 or s[j] == 43 or s[j] == 45)):
+            return -1
+        if f.kind == K_INT32 and v > 2147483647:
+            return -1
+    need = taglen + vsize(v)
+    if o.pos + need > o.cap:
+        return -1
+    if o.base != NULL:
+        p = o.base + o.pos
+        p[0] = f.tag[0]
+        if taglen == 2:
+            p[1] = f.tag[1]
+        write_varint(p + taglen, v)
+    o.pos += need
+    return j
+
+
+cdef Py_ssize_t map_entry(Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f) noexcept:
+    """A ``fast`` map's entry at ``s[i]`` (the key's quote) if compact, unescaped and under 128 bytes
+    (a label, a resource): the index past it, or -1 to leave it to ``map``."""
+    cdef Py_ssize_t kend, v, vend, k, vl, entry, need
+    cdef int taglen = 1 + (f.tag[0] >> 7)
+    cdef uint8_t* p
+    kend = kp_find_quote_or_backslash(s, i + 1, n)
+    v = kend + 2
+    if v >= n or s[kend] != 34 or s[kend + 1] != 58 or s[v] != 34:
+        return -1
+    vend = kp_find_quote_or_backslash(s, v + 1, n)
+    if vend >= n or s[vend] != 34:
+        return -1
+    k = kend - i - 1
+    vl = vend - v - 1
+    entry = 4 + k + vl + (2 if f.kind == K_QUANTITY else 0)  # 1 = key, 2 = value (a Quantity's 1 inside)
+    need = taglen + 1 + entry
+    if entry >= 128 or o.pos + need > o.cap:
+        return -1
+    if o.base != NULL:
+        p = o.base + o.pos
+        p[0] = f.tag[0]
+        p[1] = f.tag[1]  # a 1-byte tag's length byte comes next, over it
+        p += taglen
+        p[0] = <uint8_t>entry
+        p[1] = 0x0A
+        p[2] = <uint8_t>k
+        kp_copy(p + 3, s + i + 1, k)
+        p += 3 + k
+        p[0] = 0x12
+        if f.kind == K_QUANTITY:
+            p[1] = <uint8_t>(vl + 2)
+            p[2] = 0x0A
+            p += 2
+        p[1] = <uint8_t>vl
+        kp_copy(p + 2, s + v + 1, vl)
+    o.pos += need
+    return vend + 1
+
+
 @cython.final  # direct calls between the pass's methods, which the C compiler can then inline
 cdef class StoredTranscoder:
     """The schema's messages as C tables, and the JSON -> message pass."""
@@ -655,6 +781,7 @@ cdef class StoredTranscoder:
                 table[slot].keylen = -1
             self.messages[i].fields = table
             self.messages[i].mask = nslots - 1
+            self.messages[i].first = NULL
             self.messages[i].is_object_meta = name == OBJECT_META
             for field, name_utf8 in zip(fields, names_utf8):
                 keylen = len(name_utf8)
@@ -673,6 +800,13 @@ cdef class StoredTranscoder:
                     raise ValueError(f"{name}.{field.json_name}: inlined too deep")
                 f.npath = len(field.path)
                 f.len_bytes = 1
+                f.next = NULL
+                f.plain = b'"' not in name_utf8 and b"\\" not in name_utf8
+                tag = (field.number << 3) | (0 if f.shape != S_MAP and f.kind in (K_BOOL, K_INT32, K_INT64) else 2)
+                f.fast = tag < 0x4000 and (f.kind in (K_STRING, K_QUANTITY) if f.shape == S_MAP
+                                           else f.kind in (K_STRING, K_BOOL, K_INT32, K_INT64))
+                f.tag[0] = (tag & 0x7F) | (0x80 if tag >= 0x80 else 0)
+                f.tag[1] = tag >> 7
                 for k, number in enumerate(field.path):
                     f.path[k] = number
 
@@ -701,9 +835,10 @@ cdef class StoredTranscoder:
         ``rv`` >= 0 (only for the top-level ObjectMeta): written as resourceVersion, and the
         stored one skipped.
         """
-        cdef Py_ssize_t kstart, kend, mark
+        cdef Py_ssize_t kstart, kend, mark, j
         cdef bint escaped
         cdef CField* f
+        cdef CField** guess = &self.messages[msg].first  # NULL after an unknown key
         cdef int reserved[MAX_PATH]
         cdef int p
         cdef Py_ssize_t marks[MAX_PATH]
@@ -724,19 +859,30 @@ cdef class StoredTranscoder:
                 self.missing_metadata(o, msg, rv)
             return i
         while True:
-            i = ws(s, i, n)
+            # each ws after a check of the byte expected in compact JSON, which saves most of them
             if i >= n or s[i] != 34:
-                bad("expected a key", s, i)
+                i = ws(s, i, n)
+                if i >= n or s[i] != 34:
+                    bad("expected a key", s, i)
             kstart = i + 1
-            kend = string_end(s, i, n, &escaped)
-            if escaped:
-                keybuf = _unescape(s, kstart, kend)
-                f = self.lookup(msg, <const uint8_t*>PyBytes_AS_STRING(keybuf), len(keybuf))
+            f = guess[0] if guess != NULL else NULL
+            if f != NULL and kstart + f.keylen < n and s[kstart + f.keylen] == 34 and kp_same_key(f.key, s + kstart, f.keylen):
+                kend = kstart + f.keylen
             else:
-                f = self.lookup(msg, s + kstart, kend - kstart)
-            i = ws(s, kend + 1, n)
+                kend = string_end(s, i, n, &escaped)
+                if escaped:
+                    keybuf = _unescape(s, kstart, kend)
+                    f = self.lookup(msg, <const uint8_t*>PyBytes_AS_STRING(keybuf), len(keybuf))
+                else:
+                    f = self.lookup(msg, s + kstart, kend - kstart)
+                if guess != NULL and f != NULL and f.plain:
+                    guess[0] = f
+            guess = &f.next if f != NULL else NULL
+            i = kend + 1
             if i >= n or s[i] != 58:
-                bad("expected ':'", s, i)
+                i = ws(s, i, n)
+                if i >= n or s[i] != 58:
+                    bad("expected ':'", s, i)
             i = ws(s, i + 1, n)
             if i >= n:
                 bad("truncated object", s, i)
@@ -750,6 +896,10 @@ cdef class StoredTranscoder:
                 mark = open_len(o, n - i, &reserved[0])
                 i = self.message(o, s, i, n, f.message, rv, depth + 1)
                 close_len(o, mark, reserved[0])
+            elif f.fast and f.shape == S_ONE and f.npath == 0 and (j := scalar(o, s, i, n, f)) >= 0:
+                i = j
+            elif f.kind == K_MESSAGE and f.shape == S_ONE and f.npath == 0 and s[i] == 123:
+                i = self.nested(o, s, i, n, f, f.number, depth)  # single's, without its call
             else:
                 for p in range(f.npath):
                     put_tag(o, f.path[p], 2)
@@ -782,6 +932,7 @@ cdef class StoredTranscoder:
         return put_decimal_field(o, 6, <uint64_t>rv)
 
     cdef Py_ssize_t repeated(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f, int depth) except -1:
+        cdef Py_ssize_t j
         if s[i] != 91:
             raise EncodeError(f"stored JSON: field {f.key[:f.keylen].decode()!r} expects an array")
         i = ws(s, i + 1, n)
@@ -789,7 +940,12 @@ cdef class StoredTranscoder:
             return i + 1
         while True:
             i = ws(s, i, n)
-            i = self.single(o, s, i, n, f, f.number, depth)
+            if f.fast and i < n and (j := scalar(o, s, i, n, f)) >= 0:
+                i = j
+            elif f.kind == K_MESSAGE and i < n and s[i] == 123:
+                i = self.nested(o, s, i, n, f, f.number, depth)
+            else:
+                i = self.single(o, s, i, n, f, f.number, depth)
             i = ws(s, i, n)
             if i < n and s[i] == 44:
                 i += 1
@@ -799,7 +955,7 @@ cdef class StoredTranscoder:
             bad("expected ',' or ']'", s, i)
 
     cdef Py_ssize_t map(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f, int depth) except -1:
-        cdef Py_ssize_t kend, mark
+        cdef Py_ssize_t kend, mark, j
         cdef int reserved
         cdef bint escaped
         if s[i] != 123:
@@ -811,18 +967,22 @@ cdef class StoredTranscoder:
             i = ws(s, i, n)
             if i >= n or s[i] != 34:
                 bad("expected a key", s, i)
-            put_tag(o, f.number, 2)
-            mark = open_len(o, self.entry_estimate(s, i, n, f), &reserved)
-            i = self.string_field(o, s, i, n, 1)
-            i = ws(s, i, n)
-            if i >= n or s[i] != 58:
-                bad("expected ':'", s, i)
-            i = ws(s, i + 1, n)
-            if i < n and s[i] == 110:
-                i = skip_value(s, i, n)
+            j = map_entry(o, s, i, n, f) if f.fast else -1
+            if j >= 0:
+                i = j
             else:
-                i = self.single(o, s, i, n, f, 2, depth)
-            close_len(o, mark, reserved)
+                put_tag(o, f.number, 2)
+                mark = open_len(o, self.entry_estimate(s, i, n, f), &reserved)
+                i = self.string_field(o, s, i, n, 1)
+                i = ws(s, i, n)
+                if i >= n or s[i] != 58:
+                    bad("expected ':'", s, i)
+                i = ws(s, i + 1, n)
+                if i < n and s[i] == 110:
+                    i = skip_value(s, i, n)
+                else:
+                    i = self.single(o, s, i, n, f, 2, depth)
+                close_len(o, mark, reserved)
             i = ws(s, i, n)
             if i < n and s[i] == 44:
                 i += 1
@@ -866,6 +1026,15 @@ cdef class StoredTranscoder:
             close_len(o, mark, reserved)
         return end + 1
 
+    cdef inline Py_ssize_t nested(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f, int number, int depth) except -1:
+        """The object at ``s[i]`` as field ``number`` of MESSAGE field ``f``'s message."""
+        cdef Py_ssize_t mark
+        put_tag(o, number, 2)
+        mark = reserve_len(o, f.len_bytes)
+        i = self.message(o, s, i, n, f.message, -1, depth + 1)
+        f.len_bytes = close_len(o, mark, f.len_bytes)
+        return i
+
     cdef Py_ssize_t single(self, Out* o, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, CField* f, int number, int depth) except -1:
         cdef int kind = f.kind
         cdef Py_ssize_t end, mark, mark2
@@ -895,11 +1064,7 @@ cdef class StoredTranscoder:
         if kind == K_MESSAGE:
             if c != 123:
                 self.wrong(f, "an object", s, i, n)
-            put_tag(o, number, 2)
-            mark = reserve_len(o, f.len_bytes)
-            end = self.message(o, s, i, n, f.message, -1, depth + 1)
-            f.len_bytes = close_len(o, mark, f.len_bytes)
-            return end
+            return self.nested(o, s, i, n, f, number, depth)
         if kind == K_BYTES:
             if c != 34:
                 self.wrong(f, "a string", s, i, n)
@@ -1199,7 +1364,7 @@ cdef class _StoredEvents:
         self.max_frame_size = self.base._max_frame_size
         return 0
 
-    def write(self, type, stored, resource_version, buf):
+    def encode_stored_event_into(self, type, stored, resource_version, buf):
         cdef bytes head = self.heads.get(type)
         if head is None:
             if type not in _kubeproto_py._EVENT_TYPES:
@@ -1216,10 +1381,9 @@ class KindEncoder(_kubeproto_py.KindEncoder):
 
     def __init__(self, base, api_version, kind):
         super().__init__(base, api_version, kind)
-        self._stored_events = _StoredEvents(base, api_version, kind)
-
-    def encode_stored_event_into(self, type, stored, resource_version, buf):
-        return self._stored_events.write(type, stored, resource_version, buf)
+        # encode_stored_event_into(type, stored, resource_version, buf) is the compiled call itself, with
+        # no method of this class between the watch stream and it
+        self.encode_stored_event_into = _StoredEvents(base, api_version, kind).encode_stored_event_into
 
 
 class KubeProtoEncoder(_kubeproto_py.KubeProtoEncoder):
