@@ -185,7 +185,8 @@ class BufferPool:
         self._waiters.append(fut)
         self._waits += 1
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # Handed a buffer just as we were cancelled: give it back.

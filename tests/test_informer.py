@@ -304,6 +304,47 @@ async def test_falls_back_to_list_when_the_bookmark_does_not_come(etcd35: EtcdPr
         assert store_view(ref.store) == {k: v for k, v in etcd_secrets(etcd35, root).items() if k.startswith("default/")}
 
 
+async def test_a_timeout_never_loses_a_cancellation() -> None:
+    """A cancellation that arrives in the instant the awaited operation fails still cancels.
+
+    ``asyncio.wait_for`` (Python < 3.12) raised the operation's error instead; a reflector took it for a
+    failed connection and retried for ever, so ``run_until_synced(timeout)`` against a server whose TLS
+    handshake fails at once hung in CI (in a local loop: 41 of 300 runs).
+    """
+    from streamcodec.informer.http import within
+
+    for completes in (lambda fut: fut.set_exception(ConnectionResetError("reset by peer")), lambda fut: fut.set_result(b"x")):
+        fut: "asyncio.Future[bytes]" = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(within(fut, 10))
+        await asyncio.sleep(0)  # the task now waits on fut
+        completes(fut)
+        task.cancel()  # before the task has seen fut complete
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    slow: "asyncio.Future[bytes]" = asyncio.get_running_loop().create_future()
+    with pytest.raises(asyncio.TimeoutError):
+        await within(slow, 0.01)
+    assert slow.cancelled()
+
+
+async def test_run_until_synced_stops_at_its_timeout_when_every_connection_fails_at_once() -> None:
+    """Connections refused in a tight loop (every TLS handshake reset): the timeout ends it, every time."""
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for i in range(40):
+            ref = Reflector(f"https://127.0.0.1:{port}", SECRETS, watch_list="on", backoff=(0.0005, 0.001))
+            async with asyncio.timeout(10):  # the test's own bound: a lost cancellation fails, never hangs
+                with pytest.raises(asyncio.TimeoutError):
+                    await ref.run_until_synced(0.01 + 0.001 * i)
+            assert not ref.synced and ref.stats["retries"] >= 1, ref.stats
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("content_type", ["protobuf", "cbor"])
 def test_cli_until_synced_prints_one_line(etcd35: EtcdProcess, content_type: str) -> None:
     root = new_root()

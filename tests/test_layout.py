@@ -124,3 +124,13 @@ def test_every_benchmark_module_imports() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert re.search(r"^\d+ tests? collected", proc.stdout, re.M), proc.stdout[-1000:]
+
+
+def test_no_asyncio_wait_for_in_the_package() -> None:
+    """``asyncio.wait_for`` before Python 3.12 loses a cancellation that arrives as its awaitable completes
+    (tests/test_informer.py::test_a_timeout_never_loses_a_cancellation); the package uses ``asyncio.timeout``."""
+    users = sorted(
+        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py*")
+        if p.suffix in (".py", ".pyx", ".pxi") and re.search(r"\bwait_for\(", re.sub(r"#.*|``.*?``", "", p.read_text("utf-8")))
+    )
+    assert not users, users

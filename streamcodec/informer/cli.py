@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from .http import within
 from .reflector import InformerError, InformerEvent, Reflector
 
 __all__ = ["build_parser", "main"]
@@ -87,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(asyncio.wait_for(_run(args), args.timeout))
+        return asyncio.run(within(_run(args), args.timeout))
     except asyncio.TimeoutError:
         print(f"streamcodec informer: not done within {args.timeout:g} s", file=sys.stderr)
         return 1

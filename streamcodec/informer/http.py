@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import AsyncIterator, Dict, Mapping, Optional
+from typing import AsyncIterator, Awaitable, Dict, Mapping, Optional, TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["HTTPResponse", "ConnectionFailed", "Endpoint", "DEFAULT_READ_CHUNK", "MAX_HEADER_BYTES"]
+__all__ = ["HTTPResponse", "ConnectionFailed", "Endpoint", "within", "DEFAULT_READ_CHUNK", "MAX_HEADER_BYTES"]
+
+T = TypeVar("T")
 
 #: Most bytes asked of the socket at a time (and the stream reader's buffer limit, which buffers up to
 #: twice this): with 1 MiB, syncing 400 x 1 MiB Secrets in protobuf peaked ~20 MiB above the store,
@@ -21,6 +23,18 @@ __all__ = ["HTTPResponse", "ConnectionFailed", "Endpoint", "DEFAULT_READ_CHUNK",
 DEFAULT_READ_CHUNK = 256 * 1024
 #: A response head larger than this is refused: a server's headers are never that big.
 MAX_HEADER_BYTES = 64 * 1024
+
+
+async def within(awaitable: Awaitable[T], timeout: Optional[float]) -> T:
+    """``await awaitable``, or TimeoutError after ``timeout`` seconds (None: no limit).
+
+    Not ``asyncio.wait_for``: before Python 3.12 it returns the result (or raises the error) of an
+    awaitable that completed just as the caller was cancelled, and so loses the cancellation -- a
+    reflector whose connections fail fast then retried for ever instead of stopping.  A scope, not a
+    Task, so also usable between an async generator's yields.
+    """
+    async with asyncio.timeout(timeout):
+        return await awaitable
 
 
 class ConnectionFailed(OSError):
@@ -64,8 +78,8 @@ class Endpoint:
     async def get(self, path: str, headers: Mapping[str, str], *, connect_timeout: float) -> "HTTPResponse":
         """Send ``GET path`` and read the response head; the body is left to :meth:`HTTPResponse.chunks`."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=DEFAULT_READ_CHUNK), connect_timeout)
+            async with asyncio.timeout(connect_timeout):
+                reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=DEFAULT_READ_CHUNK)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             raise ConnectionFailed(f"cannot connect to {self.host_header}: {exc!r}") from None
         lines = [f"GET {self.path_prefix}{path} HTTP/1.1", f"Host: {self.host_header}", "Accept-Encoding: identity",
@@ -73,8 +87,9 @@ class Endpoint:
         lines += [f"{k}: {v}" for k, v in headers.items()]
         try:
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            await asyncio.wait_for(writer.drain(), connect_timeout)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), connect_timeout)
+            async with asyncio.timeout(connect_timeout):
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError) as exc:
             writer.close()
             raise ConnectionFailed(f"no response from {self.host_header}: {exc!r}") from None
@@ -115,23 +130,23 @@ class HTTPResponse:
         try:
             if "chunked" in self.headers.get("transfer-encoding", "").lower():
                 while True:
-                    size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
+                    size_line = await within(reader.readuntil(b"\r\n"), timeout)
                     size = int(size_line.split(b";")[0].strip() or b"x", 16)
                     if size == 0:
                         return
                     left = size
                     while left:
-                        piece = await asyncio.wait_for(reader.read(min(left, DEFAULT_READ_CHUNK)), timeout)
+                        piece = await within(reader.read(min(left, DEFAULT_READ_CHUNK)), timeout)
                         if not piece:
                             raise ConnectionFailed("the connection closed inside a chunk")
                         left -= len(piece)
                         self.bytes_read += len(piece)
                         yield piece
-                    await asyncio.wait_for(reader.readexactly(2), timeout)
+                    await within(reader.readexactly(2), timeout)
             elif "content-length" in self.headers:
                 left = int(self.headers["content-length"])
                 while left > 0:
-                    piece = await asyncio.wait_for(reader.read(min(left, DEFAULT_READ_CHUNK)), timeout)
+                    piece = await within(reader.read(min(left, DEFAULT_READ_CHUNK)), timeout)
                     if not piece:
                         raise ConnectionFailed(f"the connection closed {left} bytes before the body's end")
                     left -= len(piece)
@@ -139,7 +154,7 @@ class HTTPResponse:
                     yield piece
             else:  # the body ends with the connection
                 while True:
-                    piece = await asyncio.wait_for(reader.read(DEFAULT_READ_CHUNK), timeout)
+                    piece = await within(reader.read(DEFAULT_READ_CHUNK), timeout)
                     if not piece:
                         return
                     self.bytes_read += len(piece)

@@ -34,7 +34,7 @@ from .decode import (
     CBOR, CBOR_SEQ, DEFAULT_MAX_OBJECT_BYTES, JSON, PROTOBUF, PROTOBUF_WATCH, CBORListReader, CBORWatchReader,
     DecodeFailed, JSONListReader, JSONWatchReader, ProtoListReader, ProtoWatchReader, cbor_object,
 )
-from .http import ConnectionFailed, Endpoint, HTTPResponse
+from .http import ConnectionFailed, Endpoint, HTTPResponse, within
 
 __all__ = ["Reflector", "InformerEvent", "InformerError", "WatchListUnavailable", "INITIAL_EVENTS_END", "object_key"]
 
@@ -269,7 +269,8 @@ class Reflector:
                 await events.aclose()
 
         try:
-            await asyncio.wait_for(sync(), timeout)
+            async with asyncio.timeout(timeout):
+                await sync()
         finally:
             self.close()
         return out
@@ -375,7 +376,7 @@ class Reflector:
                 if left <= 0:
                     raise WatchListUnavailable(f"no initial-events-end bookmark within {self.bookmark_timeout:g} s")
                 try:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), left)
+                    chunk = await within(chunks.__anext__(), left)
                 except StopAsyncIteration:
                     raise WatchListUnavailable("the watch-list ended before the initial-events-end bookmark") from None
                 except asyncio.TimeoutError:

@@ -23,9 +23,6 @@ from .status import APIError
 
 __all__ = ["Admission"]
 
-_timeout = getattr(asyncio, "timeout", None)
-
-
 class Admission:
     """``capacity`` concurrent costly streams; at most ``queue_limit`` waiting, each at most ``max_wait`` s."""
 
@@ -63,11 +60,8 @@ class Admission:
         queue.append(future)
         self.waiting += 1
         try:
-            if _timeout is not None:
-                async with _timeout(self.max_wait):
-                    await future
-            else:  # Python < 3.11
-                await asyncio.wait_for(asyncio.shield(future), self.max_wait)
+            async with asyncio.timeout(self.max_wait):
+                await future
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
             if future.done() and not future.cancelled():
                 self.release()  # granted in the same instant: hand the slot on

@@ -71,10 +71,6 @@ Producer = Callable[[FrameWriter], Awaitable[None]]
 #: this only bounds the wait should something swallow the cancellation.
 CANCEL_GRACE_SECONDS = 5.0
 
-#: ``asyncio.timeout`` (3.11+) bounds a send without wrapping it in a Task.
-timeout_scope = getattr(asyncio, "timeout", None)
-
-
 @runtime_checkable
 class ResponseBody(Protocol):
     """What a :class:`StreamResponse` streams.
@@ -165,11 +161,6 @@ class _Resumed:
                 except StopIteration as done:
                     return done.value
 
-
-
-async def _awaited(awaitable: Any) -> Any:
-    """``awaitable`` as a coroutine (``asyncio.wait_for`` before Python 3.11 takes no other kind)."""
-    return await awaitable
 
 
 class ClientStalled(Exception):
@@ -287,11 +278,8 @@ class _ClientSend:
             except StopIteration:
                 return
         try:
-            if timeout_scope is not None:
-                async with timeout_scope(limit):
-                    await sending
-            else:
-                await asyncio.wait_for(_awaited(sending), limit)
+            async with asyncio.timeout(limit):  # no Task per send, unlike wait_for
+                await sending
         except asyncio.TimeoutError:
             what = "a live watch event" if live else "the stream"
             raise ClientStalled(f"client did not take {what} within {limit} s") from None

@@ -202,7 +202,8 @@ class _Scan:
             if not readers or left <= 0:
                 break
             try:
-                await asyncio.wait_for(self._demand.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._demand.wait()
             except asyncio.TimeoutError:
                 readers = self._readers_of(oldest)
                 break
