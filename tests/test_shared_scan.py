@@ -55,8 +55,11 @@ async def fill(store: EtcdStore, prefix: bytes, count: int, size: int) -> Dict[b
     return objects
 
 
-async def initial(stream: WatchListStream, delay: float = 0.0, timeout: float = 60.0) -> Tuple[List[Tuple[bytes, bytes]], int]:
-    """The initial ADDED events (key, value) and the initial-events-end bookmark's revision."""
+async def initial(
+    stream: WatchListStream, delay: float = 0.0, timeout: float = 60.0, reached: Optional[Dict[int, asyncio.Event]] = None
+) -> Tuple[List[Tuple[bytes, bytes]], int]:
+    """The initial ADDED events (key, value) and the initial-events-end bookmark's revision; each event of
+    ``reached`` is set once that many events have come."""
     got: List[Tuple[bytes, bytes]] = []
     while True:
         event = await asyncio.wait_for(stream.__anext__(), timeout)
@@ -65,6 +68,8 @@ async def initial(stream: WatchListStream, delay: float = 0.0, timeout: float = 
             return got, event.revision
         assert event.type == "ADDED"
         got.append((bytes(event.kv.key), bytes(event.kv.value)))
+        if reached and len(got) in reached:
+            reached[len(got)].set()
         if delay:
             await asyncio.sleep(delay)
 
@@ -134,12 +139,19 @@ async def test_staggered_arrivals_with_writes_are_consistent_and_complete(
             await asyncio.sleep(0.01)
         await store.put(sentinel, b"end")
 
+    # members arrive about every 60 ms; an odd one (NotOlderThan) only once the member before it has
+    # 20 of its 120 objects, so that a scan is surely under way for it to join mid-flight
+    first_event = [asyncio.Event() for _ in range(10)]
+    midway = [asyncio.Event() for _ in range(10)]
+
     async def member(index: int) -> Tuple[int, int, List[Tuple[bytes, bytes]], List[Tuple[str, bytes, int]], WatchListStream]:
         await asyncio.sleep(0.06 * index)
+        if index % 2:
+            await asyncio.wait_for(midway[index - 1].wait(), 30)
         arrived = await store.current_revision()
         # half consistent reads, half NotOlderThan an old revision (those may join scans mid-flight)
         stream = store.shared_watch_list(prefix, None if index % 2 == 0 else start_revision)
-        got, bookmark = await initial(stream, delay=0.002)
+        got, bookmark = await initial(stream, delay=0.002, reached={1: first_event[index], 20: midway[index]})
         later: List[Tuple[str, bytes, int]] = []
         while True:
             event = await asyncio.wait_for(stream.__anext__(), 30)
@@ -153,7 +165,9 @@ async def test_staggered_arrivals_with_writes_are_consistent_and_complete(
 
     writing = asyncio.ensure_future(writer())
     members = [asyncio.ensure_future(member(i)) for i in range(10)]
-    await asyncio.sleep(0.06 * 10 + 0.2)
+    # the writes stop (and the sentinel is written) only once every member's read is under way
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first_event)), 60)
+    await asyncio.sleep(0.2)
     stop.set()
     await asyncio.wait_for(writing, 30)
     results = await asyncio.wait_for(asyncio.gather(*members), 60)
