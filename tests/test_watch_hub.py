@@ -133,3 +133,42 @@ def test_a_hundred_http_watchers_are_one_etcd_watch_and_a_write_reaches_all(etcd
             return lines
 
         assert len(asyncio.run(main())) == 100
+
+
+@pytest.mark.parametrize("embedder_gc", ["enabled", "disabled"])
+async def test_the_cyclic_gc_pauses_while_an_event_reaches_many_watchers_and_resumes_after(
+    store: EtcdStore, prefix: bytes, embedder_gc: str
+) -> None:
+    # a collection while 10,000 watchers wait to run promoted their wake-ups: a full collection of
+    # ~1 M objects every few events (0.4-0.65 s each); it must be back on once they have run, and
+    # a program that runs without the GC keeps it off
+    import gc
+
+    from streamcodec.storage.watch_hub import FANOUT_GC_PAUSE_WATCHERS
+
+    start = await store.current_revision() + 1
+    watches = [store.shared_watch(prefix, start) for _ in range(FANOUT_GC_PAUSE_WATCHERS)]
+    for w in watches:
+        await w.start()
+    seen: List[bool] = []
+
+    async def one(w: object) -> None:
+        while (await w.__anext__()).type == "BOOKMARK":  # type: ignore[attr-defined]  # directly, as a server's watch does
+            pass
+        seen.append(gc.isenabled())
+
+    readers = [asyncio.ensure_future(one(w)) for w in watches]
+    if embedder_gc == "disabled":
+        gc.disable()
+    try:
+        await asyncio.sleep(0.05)  # every reader waits for its event
+        await store.put(prefix + b"k", b"v")
+        await asyncio.wait_for(asyncio.gather(*readers), 10)
+        assert seen == [False] * len(watches)  # off while they ran
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert gc.isenabled() == (embedder_gc == "enabled")
+    finally:
+        gc.enable()
+        for w in watches:
+            await w.aclose()
