@@ -29,6 +29,7 @@ KINDS = {
     ('v1', 'PersistentVolume'): 'k8s.io.api.core.v1.PersistentVolume',
     ('v1', 'PersistentVolumeList'): 'k8s.io.api.core.v1.PersistentVolumeList',
     ('v1', 'Status'): 'k8s.io.apimachinery.pkg.apis.meta.v1.Status',
+    ('v1', 'DeleteOptions'): 'k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions',
 }
 MESSAGES = {
     'k8s.io.api.core.v1.AWSElasticBlockStoreVolumeSource': (
@@ -1339,6 +1340,14 @@ MESSAGES = {
         ('reason', 5, 'STRING', None, 'ONE'),
         ('message', 6, 'STRING', None, 'ONE'),
     ),
+    'k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions': (
+        ('gracePeriodSeconds', 1, 'INT64', None, 'ONE'),
+        ('preconditions', 2, 'MESSAGE', 'k8s.io.apimachinery.pkg.apis.meta.v1.Preconditions', 'ONE'),
+        ('orphanDependents', 3, 'BOOL', None, 'ONE'),
+        ('propagationPolicy', 4, 'STRING', None, 'ONE'),
+        ('dryRun', 5, 'STRING', None, 'REPEATED'),
+        ('ignoreStoreReadErrorWithClusterBreakingPotential', 6, 'BOOL', None, 'ONE'),
+    ),
     'k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelector': (
         ('matchLabels', 1, 'STRING', None, 'MAP'),
         ('matchExpressions', 2, 'MESSAGE', 'k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement', 'REPEATED'),
@@ -1388,6 +1397,10 @@ MESSAGES = {
         ('apiVersion', 5, 'STRING', None, 'ONE'),
         ('controller', 6, 'BOOL', None, 'ONE'),
         ('blockOwnerDeletion', 7, 'BOOL', None, 'ONE'),
+    ),
+    'k8s.io.apimachinery.pkg.apis.meta.v1.Preconditions': (
+        ('uid', 1, 'STRING', None, 'ONE'),
+        ('resourceVersion', 2, 'STRING', None, 'ONE'),
     ),
     'k8s.io.apimachinery.pkg.apis.meta.v1.ShardInfo': (
         ('selector', 1, 'STRING', None, 'ONE'),

@@ -81,6 +81,7 @@ class KubeSchema:
         self._kinds: Dict[Tuple[str, str], str] = {}
         self._specs: Dict[str, Tuple[FieldSpec, ...]] = {}
         self._messages: Dict[str, Message] = {}
+        self._byte_paths_cache: Dict[str, Dict[str, object]] = {}
         self.version = 0  #: bumped by every change (compiled encoders rebuild their tables)
         self.register(kinds, messages)
 
@@ -110,6 +111,7 @@ class KubeSchema:
         for key, name in kinds.items():
             self._kinds[(str(key[0]), str(key[1]))] = str(name)
         self._messages.clear()
+        self._byte_paths_cache.clear()
         for name in list(self._specs):
             self.message(name)  # resolves every reference now
         for key, name in self._kinds.items():
@@ -163,9 +165,13 @@ class KubeSchema:
         """For CBOR: the JSON keys under which this message holds ``[]byte`` values.
 
         A nested dict: ``{key: True}`` for a BYTES field (or a MAP/REPEATED of them), ``{key:
-        {...}}`` for a message containing some.  Empty when the message holds none.
+        {...}}`` for a message containing some.  Empty when the message holds none.  Shared: not to be
+        changed by the caller.
         """
-        return self._byte_paths(name, set())
+        cached = self._byte_paths_cache.get(name)
+        if cached is None:
+            cached = self._byte_paths_cache[name] = self._byte_paths(name, set())
+        return cached
 
     def _byte_paths(self, name: str, seen: "set[str]") -> Dict[str, object]:
         if name in seen:

@@ -73,6 +73,7 @@ def informer_args(
     namespace: Optional[str] = None,
     resource: str = "secrets",
     fail_fast: bool = False,
+    writes: bool = False,
     verbosity: int = 4,
 ) -> List[str]:
     """The program's command line.  ``verbosity`` is klog's (stderr): at 4 client-go says why it falls back
@@ -88,6 +89,8 @@ def informer_args(
         args.append(f"--namespace={namespace}")
     if fail_fast:
         args.append("--fail-fast")
+    if writes:
+        args.append("--writes")
     return args
 
 

@@ -383,3 +383,63 @@ def test_demo_runs_client_go_informers(informer_bin: str, tmp_path: Any, content
     assert {(r["mode"], r["informers"]) for r in runs} == {(m, n) for m in ("watch-list", "streaming") for n in (1, 2, 4)}
     for r in runs:
         assert not r["server_died"] and r["failures"] == [] and r["sync_seconds"] > 0, r
+
+
+# ----------------------------------------------------------------------------- writes
+
+
+#: The media type of client-go's request bodies, per --content-type (client-go's default for built-in types:
+#: protobuf; with ClientsPreferCBOR: CBOR).
+REQUEST_MEDIA_TYPES = {"json": "application/json", "default": "application/vnd.kubernetes.protobuf", "cbor": "application/cbor"}
+
+
+def written(resource: str, data: Dict[str, bytes]) -> Dict[str, Any]:
+    """The checksum the program reports for its object "client-go-write" holding ``data``."""
+    return secret_checksum([{"namespace": "default", "name": "client-go-write", "data": data}])["checksum"]
+
+
+@pytest.mark.parametrize("resource", ["secrets", "configmaps"])
+@pytest.mark.parametrize("content_type", CONTENT_TYPES)
+def test_client_go_writes_in_its_content_type(informer_bin: str, etcd: Any, prefix: bytes, content_type: str, resource: str) -> None:
+    """client-go's own create, get, update, delete with preconditions -- request bodies (the objects and the
+    DeleteOptions) in protobuf by default and in CBOR with ClientsPreferCBOR -- give back exactly the bytes it
+    wrote, refuse a stale update and a wrong UID as kube does (409), and reach its informer as events."""
+    every = bytes(range(256))
+    first = {"all": every, "empty": b""}
+    second = {"all": every[::-1], "added": b"x"}
+    if resource == "configmaps":  # data and binaryData, as the program counts them
+        first, second = {**first, "text": "h\u00e9llo".encode()}, {**second, "text": b"changed"}
+    with serve(etcd, prefix) as srv, BackgroundInformer(
+        informer_bin, srv.url, max_seconds=60, informers=1, content_type=content_type, watch_list="on",
+        resource=resource, sync_timeout=20, fail_fast=True, writes=True,
+    ) as bg:
+        run = bg.wait_for(lambda r: seen(r, "deleted", "client-go-write", 1) and any(
+            w["step"] == "delete-again" for w in r.of("write")), timeout=30, what="the writes and their events")
+        run = bg.stop()
+    steps = {w["step"]: w for w in run.of("write")}
+    assert list(steps) == ["create", "get", "update", "stale-update", "delete-wrong-uid", "delete", "get-deleted",
+                           "delete-again"], run.describe()
+    create, get, update = steps["create"], steps["get"], steps["update"]
+    assert create["ok"] and create["labels"] == {"step": "create"} and create["checksum"] == written(resource, first), create
+    assert get["ok"] and {k: get[k] for k in ("uid", "resourceVersion", "checksum")} == {
+        k: create[k] for k in ("uid", "resourceVersion", "checksum")}, get
+    assert update["ok"] and update["labels"] == {"step": "update"} and update["checksum"] == written(resource, second), update
+    assert update["uid"] == create["uid"] and int(update["resourceVersion"]) > int(create["resourceVersion"])
+    if resource == "secrets":
+        assert create["type"] == update["type"] == "Opaque"
+    assert (steps["stale-update"]["code"], steps["stale-update"]["reason"]) == (409, "Conflict"), steps["stale-update"]
+    wrong = steps["delete-wrong-uid"]
+    assert (wrong["code"], wrong["reason"]) == (409, "Conflict") and "Precondition failed: UID in precondition" in wrong["error"], wrong
+    assert steps["delete"]["ok"], steps["delete"]
+    for step in ("get-deleted", "delete-again"):
+        assert (steps[step]["code"], steps[step]["reason"]) == (404, "NotFound"), steps[step]
+    # the informer saw them, at the revisions the writes answered with
+    assert seen(run, "added", "client-go-write", 1, int(create["resourceVersion"]))
+    assert seen(run, "updated", "client-go-write", 1, int(update["resourceVersion"]))
+    # the bodies went in the configured format, and the answers came back in it
+    writes = [r for r in run.requests() if r["method"] in ("POST", "PUT", "DELETE")]
+    assert [r["method"] for r in writes] == ["POST", "PUT", "PUT", "DELETE", "DELETE", "DELETE"], writes
+    assert {media_type(r.get("requestContentType")) for r in writes} == {REQUEST_MEDIA_TYPES[content_type]}, writes
+    answered = {media_type(r.get("contentType")) for r in writes}
+    assert answered == {RESPONSE_MEDIA_TYPES[content_type]["list"]}, writes
+    assert run.errors() == [], run.describe()

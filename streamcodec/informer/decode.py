@@ -25,6 +25,8 @@ from streamcodec._kubeproto_py import _fields as kubeproto_fields
 from streamcodec._kubeproto_py import _int_of as kubeproto_int
 from streamcodec._kubeproto_py import _text as kubeproto_text
 from streamcodec.formats import CBOR_MAGIC, FORMATS, PROTOBUF_MAGIC
+from streamcodec.kube_cbor import TAG_LATER_BASE64 as _LATER_BASE64
+from streamcodec.kube_cbor import text_head
 from streamcodec.kube_schema import KubeSchema
 from streamcodec.limits import MAX_DEPTH
 
@@ -451,7 +453,7 @@ class ProtoWatchReader(_ProtoBase):
 #: The tags of RFC 8949 §3.4.5.2 ("expected later encoding"): a byte string in one of them stands for the
 #: text JSON would carry.  Kubernetes writes every ``[]byte`` as a byte string in tag 22 (base64), as JSON
 #: writes it as base64 text.
-_LATER_BASE64URL, _LATER_BASE64, _LATER_BASE16 = 21, 22, 23
+_LATER_BASE64URL, _LATER_BASE16 = 21, 23
 _BREAK = 0xFF
 
 
@@ -475,15 +477,6 @@ def _later_text(tag: int, payload: Any) -> Any:
     if tag == _LATER_BASE64URL:
         return base64.urlsafe_b64encode(payload).rstrip(b"=")
     return binascii.hexlify(payload)
-
-
-def _text_head(n: int) -> bytes:
-    if n < 24:
-        return bytes((0x60 | n,))
-    for ai, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if n < 1 << (8 * width):
-            return bytes((0x60 | ai,)) + n.to_bytes(width, "big")
-    raise DecodeFailed("a string too long for CBOR")
 
 
 class _ItemScan:
@@ -599,7 +592,7 @@ class _ItemScan:
         last = start
         for at, p, q, tag in self.spans:
             text = _later_text(tag, view[start + p:start + q])
-            pieces += (view[last:start + at], _text_head(len(text)), text)
+            pieces += (view[last:start + at], text_head(len(text)), text)
             last = start + q
         pieces.append(view[last:end])
         return b"".join(pieces)

@@ -43,6 +43,7 @@ from .negotiation import available_formats, format_for_content_type, negotiate
 from .objects import DEFAULT_RESOURCES, Resource
 from .status import APIError, bad_request, from_storage_error, internal_error, warning_headers
 from .streams import ResponseBody, StreamResponse, send_error_response, to_api_error
+from .write_options import DeleteOptions, check_preconditions, delete_options, query_dry_run
 
 __all__ = ["App", "ServerConfig", "create_app", "KUBERNETES_VERSION"]
 
@@ -425,20 +426,22 @@ class App:
             if method == "POST":
                 if resource.namespaced and namespace is None:
                     raise APIError(405, "MethodNotAllowed", "create a namespaced object under /api/v1/namespaces/{namespace}/...")
+                dry_run = query_dry_run(query, "CreateOptions")
                 obj, warnings = await self._read_object(scope, receive, resource, query)
                 with _warned(warnings):
-                    return await self._create(obj, warnings, resource, namespace, fmt)
+                    return await self._create(obj, warnings, resource, namespace, fmt, dry_run)
         else:
             if method == "GET":
                 if _bool_param(query, "watch"):
                     raise bad_request("watch a single object with fieldSelector=metadata.name=NAME on the collection")
                 return await self._get(resource, namespace, name, fmt)
             if method == "PUT":
+                dry_run = query_dry_run(query, "UpdateOptions")
                 obj, warnings = await self._read_object(scope, receive, resource, query)
                 with _warned(warnings):
-                    return await self._replace(obj, warnings, resource, namespace, name, fmt)
+                    return await self._replace(obj, warnings, resource, namespace, name, fmt, dry_run)
             if method == "DELETE":
-                return await self._delete(resource, namespace, name, fmt)
+                return await self._delete(resource, namespace, name, fmt, await self._delete_options(scope, receive, query))
         raise APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource: {method}")
 
     # -- keys --------------------------------------------------------------
@@ -458,23 +461,26 @@ class App:
         encoder = self.encoders[fmt]
         return PlainResponse(code, encoder.encode(obj), encoder.content_type)
 
-    def _kv_response(self, code: int, value: Any, revision: int, fmt: str, resource: Resource) -> "PlainResponse":
+    def _kv_response(self, code: int, value: Any, revision: Optional[int], fmt: str, resource: Resource) -> "PlainResponse":
+        """A stored value as the response's object, at ``revision`` (None: with no resourceVersion, as a
+        dry-run create answers)."""
         encoder = self.encoder(fmt, resource.kind)
-        if fmt == "json" and self.config.passthrough:
+        if fmt == "json" and self.config.passthrough and revision is not None:
             spliced = objects.splice_resource_version(value, revision)
             if spliced is not None:
                 return PlainResponse(code, spliced, encoder.content_type)
         if fmt == "protobuf" and objects.detect_format(value) == "json":
             return PlainResponse(code, encoder.encode_stored(value, revision), encoder.content_type)
-        obj = objects.decode_stored(value, revision)
+        obj = objects.decode_stored(value, revision or 0)
+        if revision is None:
+            del obj["metadata"]["resourceVersion"]
         if fmt == "cbor":
             obj = objects.with_byte_strings(obj, self._byte_paths(resource.kind))
         return PlainResponse(code, encoder.encode(obj), encoder.content_type)
 
     def _byte_paths(self, kind: str) -> Dict[str, Any]:
         """Where objects of ``kind`` hold ``[]byte`` fields (CBOR writes them as byte strings)."""
-        message = self.kube_proto.schema.message_name("v1", kind)
-        return self.kube_proto.schema.byte_paths(message) if message else {}
+        return objects.kind_byte_paths(self.kube_proto.schema, kind)
 
     def _item_writer(self, encoder: Any, fmt: str, resource: Resource) -> ItemWriter:
         paths = self._byte_paths(resource.kind) if fmt == "cbor" else None
@@ -525,12 +531,14 @@ class App:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
+        body = b"".join(chunks)
+        if not body:  # no format to judge (a DELETE without options); callers refuse an empty object
+            return body, "json"
         from_browser = _header(scope, b"origin") is not None or _header(scope, b"sec-fetch-mode") is not None
-        body_format = format_for_content_type(_header(scope, b"content-type"), self.formats, from_browser=from_browser)
-        return b"".join(chunks), body_format
+        return body, format_for_content_type(_header(scope, b"content-type"), self.formats, from_browser=from_browser)
 
     async def _create(self, obj: Dict[str, Any], warnings: List[str], resource: Resource, namespace: Optional[str],
-                             fmt: str) -> "PlainResponse":
+                      fmt: str, dry_run: bool = False) -> "PlainResponse":
         metadata = obj.get("metadata") or {}
         name = metadata.get("name")
         body_ns = metadata.get("namespace")
@@ -551,8 +559,15 @@ class App:
             stored = admitted_namespace(stored, None)
         value = objects.encode_for_storage(stored)
         store = await self.store()
+        key = self._key(resource, namespace, name)
+        revision: Optional[int] = None
         try:
-            revision = await store.create(self._key(resource, namespace, name), value)
+            if dry_run:  # kube's dry run: all but the write, and an object already there is still a 409
+                with contextlib.suppress(storage_errors.NotFound):
+                    await store.get(key)
+                    raise storage_errors.AlreadyExists(f"{key!r} exists", key=key)
+            else:
+                revision = await store.create(key, value)
         except storage_errors.StorageError as exc:
             raise from_storage_error(exc, resource=resource.name, name=name) from None
         response = self._kv_response(201, value, revision, fmt, resource)
@@ -560,7 +575,7 @@ class App:
         return response
 
     async def _replace(self, obj: Dict[str, Any], warnings: List[str], resource: Resource, namespace: Optional[str],
-                              name: str, fmt: str) -> "PlainResponse":
+                       name: str, fmt: str, dry_run: bool = False) -> "PlainResponse":
         metadata = obj.get("metadata") or {}
         if metadata.get("name", name) != name:
             raise bad_request("the name of the object does not match the name on the URL")
@@ -584,6 +599,11 @@ class App:
                 if resource.name == NAMESPACES.name and self.namespaces is not None:
                     stored = admitted_namespace(stored, previous)
                 value = objects.encode_for_storage(stored)
+                if dry_run:  # what the update would store, at the revision it would replace
+                    revision = int(current.mod_revision)
+                    if expected is not None and expected != revision:
+                        raise storage_errors.Conflict(f"{key!r} is at {revision}", key=key, actual_revision=revision)
+                    break
                 revision = await store.update(key, value, int(current.mod_revision) if expected is None else expected)
                 break
             except storage_errors.Conflict as exc:
@@ -595,17 +615,40 @@ class App:
         response.warnings = warnings
         return response
 
-    async def _delete(self, resource: Resource, namespace: Optional[str], name: str, fmt: str) -> "PlainResponse":
+    async def _delete_options(self, scope: Dict[str, Any], receive: Any, query: Dict[str, str]) -> DeleteOptions:
+        """A DELETE's options: its body's DeleteOptions (client-go sends one, in its content type), else its query."""
+        body, body_format = await self._read_body(scope, receive)
+        decoded = None
+        if body:
+            decoded = objects.decode_options_body(body, body_format, max_values=self.config.max_body_values,
+                                                  schema=self.config.kube_schema)
+        return delete_options(decoded, query)
+
+    async def _delete(self, resource: Resource, namespace: Optional[str], name: str, fmt: str,
+                      options: DeleteOptions = DeleteOptions()) -> "PlainResponse":
         if self.namespaces is not None:  # kube's NamespaceLifecycle: immortal namespaces stay
             await self.namespaces.admit("delete", resource, namespace, name)
-            if resource.name == NAMESPACES.name:  # marked terminating; its content goes first
-                value, revision = await self.namespaces.terminate(name)
-                return self._kv_response(200, value, revision, fmt, resource)
         store = await self.store()
-        try:
-            deleted = await store.delete(self._key(resource, namespace, name))
-        except storage_errors.StorageError as exc:
-            raise from_storage_error(exc, resource=resource.name, name=name) from None
+        key = self._key(resource, namespace, name)
+        for attempt in range(UPDATE_RETRIES):
+            try:
+                expected: Optional[int] = None
+                if options.reads_current:
+                    current = await store.get(key)
+                    expected = int(current.mod_revision)
+                    check_preconditions(options, resource.name, name, objects.decode_stored(current.value, expected))
+                    if options.dry_run:
+                        return self._kv_response(200, current.value, expected, fmt, resource)
+                if resource.name == NAMESPACES.name and self.namespaces is not None:  # marked terminating; its content goes first
+                    value, revision = await self.namespaces.terminate(name)
+                    return self._kv_response(200, value, revision, fmt, resource)
+                deleted = await store.delete(key, expected)
+                break
+            except storage_errors.Conflict as exc:  # changed since its preconditions were checked: check again
+                if attempt == UPDATE_RETRIES - 1:
+                    raise from_storage_error(exc, resource=resource.name, name=name) from None
+            except storage_errors.StorageError as exc:
+                raise from_storage_error(exc, resource=resource.name, name=name) from None
         # Like kube-apiserver for immediate deletion: the object as it was, at the deletion's revision.
         return self._kv_response(200, deleted.previous.value, deleted.revision, fmt, resource)
 

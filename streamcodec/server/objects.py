@@ -35,6 +35,7 @@ import streamcodec
 from streamcodec._json_py import key_paths as json_key_paths
 from streamcodec.errors import go_quote
 from streamcodec.formats import CBOR_MAGIC, FORMATS, PROTOBUF_MAGIC
+from streamcodec.kube_cbor import plain_cbor
 from streamcodec.kube_schema import DEFAULT_SCHEMA, KubeSchema
 
 from .status import APIError, bad_request
@@ -201,6 +202,13 @@ def _b64_values(value: Any) -> Any:
     return value
 
 
+def kind_byte_paths(schema: Optional[KubeSchema], kind: str) -> Dict[str, Any]:
+    """Where objects of ``kind`` hold ``[]byte`` fields (:meth:`KubeSchema.byte_paths`), empty if it has no message."""
+    schema = schema if schema is not None else DEFAULT_SCHEMA
+    message = schema.message_name("v1", kind)
+    return schema.byte_paths(message) if message else {}
+
+
 def text_for_bytes(obj: Any) -> Any:
     """A decoded CBOR/MessagePack body with byte strings as base64 text (JSON's form of ``[]byte``)."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
@@ -290,20 +298,13 @@ def decode_body(
         options["unique_keys"] = True
     duplicates: List[Tuple[int, str]] = []  # (offset, path)
     try:
-        obj = FORMATS[fmt].decoder(**options).decode(body)
-    except streamcodec.TooManyValues as exc:
-        raise APIError(413, "RequestEntityTooLarge",
-                       f"the request body holds more than {exc.max_values} values (elements, keys and map values)") from None
+        obj = _decoded_body(body, fmt, options, kind_byte_paths(schema, resource.kind))
     except streamcodec.DuplicateKey as exc:
         if fmt != "json":
             raise _strict_decoding_error(resource, f'{fmt}: found duplicate map key "{exc.paths[0]}" at map element index {exc.index}')
         obj, duplicates = exc.value, list(zip(exc.offsets, exc.paths))
-    except streamcodec.DecodeError as exc:
-        raise bad_request(f"the request body is not valid {fmt}: {exc}") from None
-    if not isinstance(obj, dict):
-        raise bad_request("the request body must be an object")
-    if fmt != "json":
-        obj = text_for_bytes(obj)
+        if not isinstance(obj, dict):
+            raise bad_request("the request body must be an object")
     if not isinstance(obj.get("metadata", {}), dict):
         raise bad_request("metadata must be an object")
     check_type_meta(obj, resource)
@@ -314,6 +315,73 @@ def decode_body(
     if problems and field_validation == "Warn" and warnings is not None:
         warnings.extend(problems)
     check_values(obj)
+    return obj
+
+
+def decode_options_body(body: bytes, fmt: str, *, max_values: int, schema: Optional[KubeSchema] = None) -> Dict[str, Any]:
+    """A request body holding an options object (a DELETE's DeleteOptions), decoded: 400 or 413.  Its
+    kind is the caller's to judge; a JSON key given twice is Go's (the last wins), a CBOR or MessagePack
+    one a 400."""
+    options: Dict[str, Any] = {"max_values": max_values}
+    if fmt == "protobuf" and schema is not None:
+        options["schema"] = schema
+    if fmt in _UNIQUE_KEY_FORMATS:
+        options["unique_keys"] = True
+    try:
+        return _decoded_body(body, fmt, options, {})
+    except streamcodec.DuplicateKey as exc:
+        raise bad_request(f'the request body is not valid {fmt}: found duplicate map key "{exc.paths[0]}"') from None
+
+
+def _decoded_body(body: bytes, fmt: str, options: Dict[str, Any], byte_paths: Dict[str, Any]) -> Dict[str, Any]:
+    """``body`` decoded with ``options`` into an object as JSON has it: 400 when it is no valid object of
+    ``fmt``, 413 past ``options["max_values"]``; DuplicateKey is the caller's.
+
+    CBOR is read as kube-apiserver reads it (:func:`kube_cbor_text`, with the kind's ``[]byte`` paths
+    ``byte_paths``); Kubernetes' own CBOR (byte-string field names, ``[]byte`` in tag 22) is first made
+    readable by :func:`streamcodec.kube_cbor.plain_cbor`.  MessagePack's bin values are base64 text.
+    """
+    decoder = FORMATS[fmt].decoder(**options)
+    try:
+        try:
+            obj = decoder.decode(body)
+        except streamcodec.DecodeError as exc:
+            if fmt != "cbor" or isinstance(exc, streamcodec.TooManyValues):
+                raise
+            plain = plain_cbor(body, max_values=options["max_values"])
+            if plain is body:
+                raise
+            obj = FORMATS[fmt].decoder(**options).decode(plain)
+    except streamcodec.TooManyValues as exc:
+        raise APIError(413, "RequestEntityTooLarge",
+                       f"the request body holds more than {exc.max_values} values (elements, keys and map values)") from None
+    except streamcodec.DuplicateKey:
+        raise
+    except streamcodec.DecodeError as exc:
+        raise bad_request(f"the request body is not valid {fmt}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise bad_request("the request body must be an object")
+    if fmt == "cbor":
+        return dict(kube_cbor_text(obj, byte_paths))
+    return obj if fmt == "json" else text_for_bytes(obj)
+
+
+def kube_cbor_text(obj: Any, byte_paths: Any, where: str = "") -> Any:
+    """A decoded CBOR body with its byte strings as kube-apiserver reads them into the kind's Go types: under
+    one of its ``[]byte`` paths (``byte_paths``, :meth:`KubeSchema.byte_paths`; ``True`` below one) a byte
+    string is that ``[]byte``, JSON's base64 text; anywhere else it is a Go string, so UTF-8 text (400 if not)."""
+    if isinstance(obj, bytes):
+        if byte_paths is True:
+            return base64.b64encode(obj).decode("ascii")
+        try:
+            return obj.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request(f"the request body is not valid cbor: {where or 'a string'} is a byte string that is not UTF-8 text") from None
+    if isinstance(obj, dict):
+        return {k: kube_cbor_text(v, byte_paths if byte_paths is True else byte_paths.get(k, {}), f"{where}.{k}" if where else str(k))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [kube_cbor_text(v, byte_paths, where) for v in obj]
     return obj
 
 

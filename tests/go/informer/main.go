@@ -16,18 +16,25 @@
 //	--run-seconds S         keep running S seconds after the sync, reporting live events (SIGTERM ends it early)
 //	--expect-objects N      exit 3 unless every informer holds N objects when it has synced
 //	--fail-fast             exit 4 at the first watch error (SetWatchErrorHandler) before every informer has synced
+//	--writes                once synced, write one object through informer 0's clientset (its content type, so
+//	                        protobuf or CBOR request bodies): create, get, update, a stale update, a delete with
+//	                        preconditions, a get, a second delete; a "write" event per step
 //
 // Events (field "event"):
 //
 //	start    {"informers","contentType","watchList","allowCBOR","preferCBOR","consistencyDetector"}
-//	request  {"informer","method","path","query","kind":"list"|"watch"|"other","status","contentType",
-//	          "error"?} -- one per HTTP request, written when its response headers arrive (or it fails)
+//	request  {"informer","method","path","query","kind":"list"|"watch"|"other","accept","requestContentType",
+//	          "status","contentType","error"?} -- one per HTTP request, written when its response headers arrive
+//	          (or it fails)
 //	synced   {"informer","objects","bytes","checksum","seconds","lists","watches","initialAdds"} -- when the
 //	         informer's handler registration has synced; bytes is the sum of the lengths of all data values,
 //	         checksum the sha256 (hex) described at checksum() below
 //	added | updated | deleted  {"informer","name","namespace","resourceVersion"} -- handler callbacks after the
 //	         initial list (adds of the initial list are only counted: initialAdds)
 //	error    {"informer","error","expired"} -- a watch error (SetWatchErrorHandler)
+//	write    {"step","ok","code","reason","error","name","namespace","uid","resourceVersion","labels","type",
+//	         "keys","checksum"} -- one per --writes step; code/reason are the API error's (0/"" on success),
+//	         the rest the object the server answered with, checksum as checksum() below over that object alone
 //	exit     {"synced","reason","informers":[{"informer","synced","objects","bytes","checksum","lists","watches",
 //	          "responseBytes"}]} -- always the last line
 package main
@@ -54,6 +61,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	clientfeatures "k8s.io/client-go/features"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -91,6 +99,7 @@ type informerState struct {
 	initialAdds   atomic.Int64
 	synced        atomic.Bool
 	informer      cache.SharedIndexInformer
+	client        kubernetes.Interface
 }
 
 // recorder is the informer's HTTP round tripper: it reports each request and counts LISTs, WATCHes and bytes.
@@ -115,7 +124,7 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := r.next.RoundTrip(req)
 	fields := map[string]interface{}{
 		"informer": r.st.index, "method": req.Method, "path": req.URL.Path, "query": req.URL.RawQuery, "kind": kind,
-		"accept": req.Header.Get("Accept"),
+		"accept": req.Header.Get("Accept"), "requestContentType": req.Header.Get("Content-Type"),
 	}
 	if err != nil {
 		fields["error"] = err.Error()
@@ -230,6 +239,7 @@ func main() {
 	runSeconds := flag.Float64("run-seconds", 0, "seconds to keep running after the sync")
 	expectObjects := flag.Int("expect-objects", -1, "objects every informer must hold when synced (-1: any)")
 	failFast := flag.Bool("fail-fast", false, "exit 4 at the first watch error before every informer has synced")
+	writes := flag.Bool("writes", false, "once synced, create, update and delete one object through informer 0's clientset")
 	verbosity := flag.String("v", "0", "klog verbosity (stderr)")
 	flag.Parse()
 	_ = klogFlags.Set("v", *verbosity)
@@ -313,6 +323,7 @@ func main() {
 		if err != nil {
 			fail(1, "kubernetes.NewForConfig: "+err.Error())
 		}
+		st.client = client
 		var opts []informers.SharedInformerOption
 		if *namespace != "" {
 			opts = append(opts, informers.WithNamespace(*namespace))
@@ -396,6 +407,13 @@ func main() {
 	}
 	deadline.Stop()
 	syncedAll.Store(true)
+	if *writes {
+		ns := *namespace
+		if ns == "" {
+			ns = "default"
+		}
+		writeCycle(ctx, states[0].client, *resource, ns)
+	}
 	if *runSeconds > 0 {
 		select {
 		case <-time.After(time.Duration(*runSeconds * float64(time.Second))):
@@ -405,4 +423,102 @@ func main() {
 		}
 	}
 	finish(0, "synced")
+}
+
+// writeCycle writes one object named "client-go-write" through client (its content type: protobuf bodies by
+// default, CBOR with ClientsPreferCBOR) and emits a "write" event per step.  Data values include every byte
+// value and an empty one, so that bytes fields are carried as bytes.
+func writeCycle(ctx context.Context, client kubernetes.Interface, resource, ns string) {
+	all := make([]byte, 256)
+	reversed := make([]byte, 256)
+	for i := range all {
+		all[i], reversed[i] = byte(i), byte(255-i)
+	}
+	meta := metav1.ObjectMeta{Name: "client-go-write", Namespace: ns, Labels: map[string]string{"step": "create"}}
+	if resource == "secrets" {
+		writeSteps[*corev1.Secret](ctx, client.CoreV1().Secrets(ns), &corev1.Secret{ObjectMeta: meta,
+			Type: corev1.SecretTypeOpaque, Data: map[string][]byte{"all": all, "empty": {}}},
+			func(s *corev1.Secret) *corev1.Secret {
+				s = s.DeepCopy()
+				s.Data = map[string][]byte{"all": reversed, "added": []byte("x")}
+				return s
+			})
+	} else {
+		writeSteps[*corev1.ConfigMap](ctx, client.CoreV1().ConfigMaps(ns), &corev1.ConfigMap{ObjectMeta: meta,
+			Data: map[string]string{"text": "h\u00e9llo"}, BinaryData: map[string][]byte{"all": all, "empty": {}}},
+			func(c *corev1.ConfigMap) *corev1.ConfigMap {
+				c = c.DeepCopy()
+				c.Data = map[string]string{"text": "changed"}
+				c.BinaryData = map[string][]byte{"all": reversed, "added": []byte("x")}
+				return c
+			})
+	}
+}
+
+// typedClient is what writeSteps uses of a typed client (SecretInterface, ConfigMapInterface).
+type typedClient[T metav1.Object] interface {
+	Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error)
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+	Update(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error)
+	Delete(ctx context.Context, name string, opts metav1.DeleteOptions) error
+}
+
+// writeSteps: create initial, get it, update it to changed(created) (label step=update), the same update again
+// (created's resourceVersion: a conflict), a delete with a wrong UID, a delete with the right UID and
+// resourceVersion, a get, and a last delete however the others went.
+func writeSteps[T metav1.Object](ctx context.Context, api typedClient[T], initial T, changed func(T) T) {
+	name := initial.GetName()
+	del := func(step string, uid types.UID, rv string) {
+		opts := metav1.DeleteOptions{}
+		if uid != "" {
+			opts.Preconditions = &metav1.Preconditions{UID: &uid, ResourceVersion: &rv}
+		}
+		reportWrite(step, nil, api.Delete(ctx, name, opts))
+	}
+	defer del("delete-again", "", "")
+	created, err := api.Create(ctx, initial, metav1.CreateOptions{})
+	reportWrite("create", created, err)
+	if err != nil {
+		return
+	}
+	got, err := api.Get(ctx, name, metav1.GetOptions{})
+	reportWrite("get", got, err)
+	change := changed(created)
+	change.SetLabels(map[string]string{"step": "update"})
+	updated, err := api.Update(ctx, change, metav1.UpdateOptions{})
+	reportWrite("update", updated, err)
+	stale, err := api.Update(ctx, change, metav1.UpdateOptions{})
+	reportWrite("stale-update", stale, err)
+	if updated.GetUID() == "" { // the update failed: nothing of it to delete by
+		return
+	}
+	del("delete-wrong-uid", types.UID("00000000-0000-0000-0000-000000000000"), updated.GetResourceVersion())
+	del("delete", updated.GetUID(), updated.GetResourceVersion())
+	gone, err := api.Get(ctx, name, metav1.GetOptions{})
+	reportWrite("get-deleted", gone, err)
+}
+
+// reportWrite emits the "write" event of one step: its API error, or the object the server answered with.
+func reportWrite(step string, obj interface{}, err error) {
+	fields := map[string]interface{}{"step": step, "ok": err == nil, "code": 0, "reason": "", "error": ""}
+	if err != nil {
+		fields["error"] = err.Error()
+		if status, ok := err.(apierrors.APIStatus); ok {
+			fields["code"] = status.Status().Code
+			fields["reason"] = string(status.Status().Reason)
+		}
+	} else if m, data, ok := dataOf(obj); ok {
+		keys := make([]string, 0, len(data))
+		for k := range data {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		_, _, sum := checksum([]interface{}{obj})
+		fields["name"], fields["namespace"], fields["uid"] = m.GetName(), m.GetNamespace(), string(m.GetUID())
+		fields["resourceVersion"], fields["labels"], fields["keys"], fields["checksum"] = m.GetResourceVersion(), m.GetLabels(), keys, sum
+		if s, ok := obj.(*corev1.Secret); ok {
+			fields["type"] = string(s.Type)
+		}
+	}
+	emit("write", fields)
 }
