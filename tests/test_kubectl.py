@@ -126,6 +126,19 @@ def test_kubectl_reads_duplicate_field_warnings_and_the_strict_error_as_kubes(ku
                                            'strict decoding error: duplicate field "data.k"')
 
 
+def test_kubectl_server_side_dry_runs_change_nothing(kubectl: Any, server: ServerThread) -> None:
+    """``--dry-run=server``: kubectl's create sends ``dryRun=All``, its delete a DeleteOptions body with it."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    before = c.get(NS).json()["items"]
+    out = kubectl("create", "secret", "generic", "dry", "--from-literal=k=v", "--dry-run=server", "-o", "json")
+    assert json.loads(out)["metadata"]["name"] == "dry" and "resourceVersion" not in json.loads(out)["metadata"]
+    assert kubectl("delete", "secret", "alpha", "--dry-run=server").strip() == 'secret "alpha" deleted (server dry run)'
+    assert c.get(NS).json()["items"] == before  # neither was written
+    assert c.get(f"{NS}/dry").status_code == 404
+    assert kubectl("delete", "secret", "alpha").strip() == 'secret "alpha" deleted'
+    assert c.get(f"{NS}/alpha").status_code == 404
+
+
 def test_kubectl_delete_namespace_waits_until_its_content_and_it_are_gone(kubectl_bin: str, etcd: Any, prefix: bytes,
                                                                        tmp_path: Path) -> None:
     """``kubectl delete namespace`` waits (its default ``--wait``) until the Namespace is gone: here, as in kube, only
