@@ -209,6 +209,83 @@ async def _client_disconnect(receive: Any) -> None:
             return
 
 
+class _ClientGone:
+    """Stops a response's body, running in the response's own task, when its client goes.
+
+    The server's connection says when (:meth:`GuardedH11Protocol.call_when_lost
+    <streamcodec.server.connections.guarded_h11>`); under another ASGI server a task waits on
+    ``receive()`` for ``http.disconnect``.  The body is stopped by cancelling the task; a body that
+    swallows the cancellation is ended ``CANCEL_GRACE_SECONDS`` later by closing it underneath.
+    """
+
+    __slots__ = ("task", "body", "happened", "cancels", "timer", "protocol", "receiver")
+
+    def __init__(self, body: "ResponseBody") -> None:
+        self.task = asyncio.current_task()
+        self.body = body
+        self.happened = False
+        self.cancels = 0
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.protocol: Any = None
+        self.receiver: Optional["asyncio.Task[None]"] = None
+
+    def watch(self, send: Any, receive: Any) -> None:
+        """Start watching for the client's going."""
+        cycle = getattr(send, "__self__", None)
+        transport: Any = getattr(cycle, "transport", None)
+        protocol: Any = transport.get_protocol() if hasattr(transport, "get_protocol") else None
+        if hasattr(protocol, "call_when_lost"):
+            self.protocol = protocol
+            protocol.call_when_lost(self.fire)
+            if getattr(cycle, "disconnected", False) or transport.is_closing():
+                asyncio.get_running_loop().call_soon(self.fire)
+        else:
+            self.receiver = asyncio.ensure_future(_client_disconnect(receive))
+            self.receiver.add_done_callback(self._received)
+
+    def _received(self, receiver: "asyncio.Task[None]") -> None:
+        if not receiver.cancelled():
+            receiver.exception()  # retrieved: a failing receive() also means the client is gone
+            self.fire()
+
+    def fire(self) -> None:
+        """The client has gone: stop the body."""
+        if self.happened or self.task is None or self.task.done():
+            return
+        self.happened = True
+        self.cancels += 1
+        self.task.cancel()
+        self.timer = asyncio.get_running_loop().call_later(CANCEL_GRACE_SECONDS, self._close_underneath)
+
+    def _close_underneath(self) -> None:
+        self.timer = None
+        if self.task is not None and not self.task.done():
+            log.warning("a stream's body outlived its cancellation; closing it underneath")
+            asyncio.ensure_future(self.body.aclose())
+            self.cancels += 1
+            self.task.cancel()
+
+    def unwatch(self) -> None:
+        """Stop watching; take back the cancellations this made (it has done its work)."""
+        if self.protocol is not None:
+            self.protocol.call_when_lost(None)
+            self.protocol = None
+        if self.receiver is not None:
+            self.receiver.cancel()
+            self.receiver = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def uncancel(self) -> int:
+        """Take back this one's cancellations of the task; how many others' remain."""
+        assert self.task is not None
+        for _ in range(self.cancels):
+            self.task.uncancel()
+        self.cancels = 0
+        return self.task.cancelling()
+
+
 class _ClientSend:
     """One response's ``send``, with its patience: headers once, body pieces, stall timeouts.
 
@@ -394,15 +471,22 @@ class StreamResponse:
             self.encoder, self.pool, client.chunk, acquire_timeout=self.acquire_timeout, live_pool=self.live_pool,
             on_live=self.on_live,
         )
-        body_task = asyncio.ensure_future(self._run(client, writer))
-        disconnect_task = asyncio.ensure_future(_client_disconnect(receive))
+        gone = _ClientGone(self.body)
         try:
-            await asyncio.wait({body_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
-            if not body_task.done():
+            try:
+                gone.watch(send, receive)
+                await self._run(client, writer)
+            except BaseException as exc:
+                # once the client has gone, whatever the body raised as it was stopped is the disconnect
+                if not gone.happened or not isinstance(exc, (Exception, asyncio.CancelledError)):
+                    raise
+                if gone.uncancel():
+                    raise  # cancelled by someone else too: the server is shutting down
+            finally:
+                gone.unwatch()
+            if gone.happened:
+                gone.uncancel()
                 self.outcome = "disconnected"
-                await self._stop(body_task)
-            elif not body_task.cancelled():
-                body_task.result()  # the body's own error, handled below
         except APIError as exc:
             if client.started:
                 raise
@@ -419,23 +503,13 @@ class StreamResponse:
                 raise
         finally:
             # Nested so that a second cancellation (a server shutting down
-            # impatiently) still returns the buffer, closes the body and
-            # frees the stream's admission slot.
-            disconnect_task.cancel()
+            # impatiently) still returns the buffer and frees the stream's admission slot.
+            writer.close()
             try:
-                if not body_task.done():  # this task itself was cancelled (server shutdown)
-                    await self._stop(body_task)
-                await asyncio.wait({disconnect_task}, timeout=CANCEL_GRACE_SECONDS)
+                await self.body.aclose()
             finally:
-                writer.close()
-                try:
-                    await self.body.aclose()
-                finally:
-                    for task in (body_task, disconnect_task):
-                        if task.done() and not task.cancelled():
-                            task.exception()  # retrieved: never "exception was never retrieved" noise
-                    if self.on_close is not None:
-                        self.on_close()
+                if self.on_close is not None:
+                    self.on_close()
 
     async def _run(self, client: _ClientSend, writer: FrameWriter) -> None:
         """Prepare the body, take a buffer, write the body, end the response; a late error per ``on_error``."""
@@ -466,23 +540,6 @@ class StreamResponse:
         await client.end()
         if not self.outcome:
             self.outcome = "complete"
-
-    async def _stop(self, task: "asyncio.Future[None]") -> None:
-        """Cancel the body's task, without waiting unbounded.
-
-        Cancelling ends the body's storage stream.  Should it not end
-        (cancellation swallowed somewhere below), closing the body underneath
-        it makes its next read end it.
-        """
-        task.cancel()
-        await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
-        if not task.done():
-            log.warning("a stream's body outlived its cancellation; closing it underneath")
-            await self.body.aclose()
-            task.cancel()
-            await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
-        if not task.done():
-            log.error("a stream's body ignored cancellation and being closed: leaving it")
 
 
 def to_api_error(exc: BaseException) -> APIError:
