@@ -139,6 +139,24 @@ def test_kubectl_server_side_dry_runs_change_nothing(kubectl: Any, server: Serve
     assert c.get(f"{NS}/alpha").status_code == 404
 
 
+def test_kubectl_label_annotate_and_patch_change_the_stored_object(kubectl: Any, server: ServerThread) -> None:
+    """kubectl's label and annotate (JSON merge patches), ``patch --type=merge`` and ``--type=json``; its default
+    strategic merge patch is refused with kube's 415, which kubectl reports."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    assert kubectl("label", "secret", "alpha", "tier=db").strip() == "secret/alpha labeled"
+    assert kubectl("annotate", "secret", "alpha", "note=hi").strip() == "secret/alpha annotated"
+    assert kubectl("patch", "secret", "alpha", "--type=merge", "-p", '{"data":{"m":"bQ=="}}').strip() == "secret/alpha patched"
+    assert kubectl("patch", "secret", "alpha", "--type=json", "-p", '[{"op":"remove","path":"/data/k"}]').strip() == "secret/alpha patched"
+    assert kubectl("label", "secret", "alpha", "tier-").strip() == "secret/alpha unlabeled"
+    obj = c.get(f"{NS}/alpha").json()
+    assert obj["data"] == {"m": "bQ=="} and obj["metadata"]["annotations"] == {"note": "hi"}
+    assert not obj["metadata"].get("labels")
+    proc = subprocess.run(kubectl.base + ["patch", "secret", "beta", "-p", '{"data":{"x":"eA=="}}'],
+                          capture_output=True, text=True, timeout=60, env=kubectl.env)
+    assert proc.returncode == 1 and "application/strategic-merge-patch+json is not supported" in proc.stderr, proc.stderr
+    assert c.get(f"{NS}/beta").json()["data"] == {"k": "dg=="}
+
+
 def test_kubectl_delete_namespace_waits_until_its_content_and_it_are_gone(kubectl_bin: str, etcd: Any, prefix: bytes,
                                                                        tmp_path: Path) -> None:
     """``kubectl delete namespace`` waits (its default ``--wait``) until the Namespace is gone: here, as in kube, only

@@ -24,6 +24,7 @@ import urllib.parse
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import streamcodec
+from streamcodec.errors import go_quote
 from streamcodec import BufferPool, EncodeError
 from streamcodec.kube_schema import DEFAULT_SCHEMA, KubeSchema
 from streamcodec.formats import FORMATS
@@ -32,7 +33,7 @@ from streamcodec.storage import EtcdStore
 from streamcodec.storage import errors as storage_errors
 from streamcodec.storage.interface import Store
 
-from . import objects
+from . import objects, patches
 from .admission import Admission, client_of
 from .bodies import ListBody, WatchBody, buffered_list_body, watch_error_event
 from .defaults import FRAME_CACHE_BYTES, POOL_BYTES, QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT, UPDATE_RETRIES
@@ -440,6 +441,8 @@ class App:
                 obj, warnings = await self._read_object(scope, receive, resource, query)
                 with _warned(warnings):
                     return await self._replace(obj, warnings, resource, namespace, name, fmt, dry_run)
+            if method == "PATCH":
+                return await self._patch(scope, receive, resource, namespace, name, fmt, query)
             if method == "DELETE":
                 return await self._delete(resource, namespace, name, fmt, await self._delete_options(scope, receive, query))
         raise APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource: {method}")
@@ -518,6 +521,15 @@ class App:
             return await asyncio.to_thread(decode), warnings
 
     async def _read_body(self, scope: Dict[str, Any], receive: Any) -> Tuple[bytes, str]:
+        """The request body and the format its Content-Type names (an empty body: ``("", "json")``)."""
+        body = await self._read_body_bytes(receive)
+        if not body:  # no format to judge (a DELETE without options); callers refuse an empty object
+            return body, "json"
+        from_browser = _header(scope, b"origin") is not None or _header(scope, b"sec-fetch-mode") is not None
+        return body, format_for_content_type(_header(scope, b"content-type"), self.formats, from_browser=from_browser)
+
+    async def _read_body_bytes(self, receive: Any) -> bytes:
+        """The request body, at most ``max_body_bytes`` (413)."""
         chunks: List[bytes] = []
         size = 0
         while True:
@@ -531,11 +543,7 @@ class App:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        if not body:  # no format to judge (a DELETE without options); callers refuse an empty object
-            return body, "json"
-        from_browser = _header(scope, b"origin") is not None or _header(scope, b"sec-fetch-mode") is not None
-        return body, format_for_content_type(_header(scope, b"content-type"), self.formats, from_browser=from_browser)
+        return b"".join(chunks)
 
     async def _create(self, obj: Dict[str, Any], warnings: List[str], resource: Resource, namespace: Optional[str],
                       fmt: str, dry_run: bool = False) -> "PlainResponse":
@@ -576,35 +584,39 @@ class App:
 
     async def _replace(self, obj: Dict[str, Any], warnings: List[str], resource: Resource, namespace: Optional[str],
                        name: str, fmt: str, dry_run: bool = False) -> "PlainResponse":
-        metadata = obj.get("metadata") or {}
-        if metadata.get("name", name) != name:
-            raise bad_request("the name of the object does not match the name on the URL")
-        if namespace is not None and metadata.get("namespace", namespace) != namespace:
-            raise bad_request("the namespace of the object does not match the namespace on the URL")
-        precondition = metadata.get("resourceVersion")
-        expected: Optional[int] = None
-        if precondition not in (None, ""):
-            expected = _revision(str(precondition), "metadata.resourceVersion")
+        _check_identity(obj, namespace, name)
+        return await self._update(lambda previous: obj, warnings, resource, namespace, name, fmt, dry_run)
+
+    async def _update(self, new_object: Callable[[Dict[str, Any]], Dict[str, Any]], warnings: List[str], resource: Resource,
+                      namespace: Optional[str], name: str, fmt: str, dry_run: bool) -> "PlainResponse":
+        """Store ``new_object(current object)`` in place of the object, conditional on the revision it was
+        made from, or on the ``metadata.resourceVersion`` it holds if that is another (a 409 then)."""
         store = await self.store()
         key = self._key(resource, namespace, name)
-        # An unconditional PUT retries on a concurrent write, as kube's GuaranteedUpdate does: the
-        # server-owned fields come from the version it replaces, so it never loses that write's uid.
+        # A write whose object does not name its resourceVersion retries on a concurrent write, as kube's
+        # GuaranteedUpdate does: the server-owned fields come from the version it replaces, so it never
+        # loses that write's uid (a patch is applied to that version again).
         for attempt in range(UPDATE_RETRIES):
+            expected: Optional[int] = None
             try:
                 current = await store.get(key)
                 if attempt == 0 and self.namespaces is not None:  # admitted once its object is read, as in kube
                     await self.namespaces.admit("update", resource, namespace, name)
-                previous = objects.decode_stored(current.value, int(current.mod_revision))
+                revision = int(current.mod_revision)
+                previous = objects.decode_stored(current.value, revision)
+                obj = new_object(previous)
+                precondition = (obj.get("metadata") or {}).get("resourceVersion")
+                if precondition not in (None, ""):
+                    expected = _revision(str(precondition), "metadata.resourceVersion")
                 stored = objects.prepare_for_storage(obj, resource, namespace, name, creating=False, previous=previous, schema=self.config.kube_schema)
                 if resource.name == NAMESPACES.name and self.namespaces is not None:
                     stored = admitted_namespace(stored, previous)
                 value = objects.encode_for_storage(stored)
-                if dry_run:  # what the update would store, at the revision it would replace
-                    revision = int(current.mod_revision)
+                if dry_run or (expected is not None and expected != revision):
                     if expected is not None and expected != revision:
                         raise storage_errors.Conflict(f"{key!r} is at {revision}", key=key, actual_revision=revision)
-                    break
-                revision = await store.update(key, value, int(current.mod_revision) if expected is None else expected)
+                    break  # a dry run: what the update would store, at the revision it would replace
+                revision = await store.update(key, value, revision)
                 break
             except storage_errors.Conflict as exc:
                 if expected is not None or attempt == UPDATE_RETRIES - 1:
@@ -614,6 +626,48 @@ class App:
         response = self._kv_response(200, value, revision, fmt, resource)
         response.warnings = warnings
         return response
+
+    async def _patch(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], name: str,
+                     fmt: str, query: Dict[str, str]) -> "PlainResponse":
+        """PATCH: a JSON merge patch or JSON Patch (:mod:`.patches`) applied to the object, stored as a PUT's body."""
+        kind = patches.patch_type(_header(scope, b"content-type"))
+        dry_run = query_dry_run(query, "PatchOptions")
+        validation = objects.field_validation(query.get("fieldValidation"), "PATCH")
+        body = await self._read_body_bytes(receive)
+        decode = functools.partial(objects.decode_patch, body, max_values=self.config.max_body_values,
+                                   unique_keys=validation != "Ignore")
+        if len(body) <= INLINE_BODY_BYTES:
+            patch, duplicates = decode()
+        else:
+            async with self._large_body_slot:
+                patch, duplicates = await asyncio.to_thread(decode)
+        patches.check_patch(kind, patch)
+        if kind == patches.JSON_PATCH:
+            duplicates = ["json patch " + problem for problem in duplicates]
+        warnings: List[str] = []
+
+        def patched(previous: Dict[str, Any]) -> Dict[str, Any]:
+            obj = patches.apply_patch(kind, previous, patch)
+            if not isinstance(obj, dict) or not isinstance(obj.get("metadata", {}), dict):
+                raise APIError(422, "Invalid", "the patched object is not an object with metadata")
+            _check_identity(obj, namespace, name)
+            metadata = obj.get("metadata") or {}
+            if "resourceVersion" in metadata and metadata["resourceVersion"] == previous["metadata"].get("resourceVersion"):
+                # the version it was applied to: no precondition of the patch's, so a concurrent write patches again
+                obj["metadata"] = {k: v for k, v in metadata.items() if k != "resourceVersion"}
+            objects.check_type_meta(obj, resource)
+            problems = (duplicates + [f"unknown field {go_quote(path)}" for path in
+                                      objects.drop_unknown_fields(obj, resource.kind, self.config.kube_schema)])[:objects.STRICT_PROBLEMS]
+            if problems and validation == "Strict":
+                detail = "strict decoding error: " + ", ".join(problems)
+                raise APIError(422, "Invalid", f'"" is invalid: patch: Invalid value: "the patched object": {detail}',
+                               details={"causes": [{"reason": "FieldValueInvalid", "message": detail, "field": "patch"}]})
+            warnings[:] = problems if validation == "Warn" else []
+            objects.check_values(obj)
+            return obj
+
+        with _warned(warnings):
+            return await self._update(patched, warnings, resource, namespace, name, fmt, dry_run)
 
     async def _delete_options(self, scope: Dict[str, Any], receive: Any, query: Dict[str, str]) -> DeleteOptions:
         """A DELETE's options: its body's DeleteOptions (client-go sends one, in its content type), else its query."""
@@ -810,6 +864,15 @@ def _warned(warnings: List[str]) -> Iterator[None]:
     except APIError as exc:
         exc.warnings = warnings + exc.warnings
         raise
+
+
+def _check_identity(obj: Dict[str, Any], namespace: Optional[str], name: str) -> None:
+    """A written object names the object of the URL, or none (400)."""
+    metadata = obj.get("metadata") or {}
+    if metadata.get("name", name) != name:
+        raise bad_request("the name of the object does not match the name on the URL")
+    if namespace is not None and metadata.get("namespace", namespace) != namespace:
+        raise bad_request("the namespace of the object does not match the namespace on the URL")
 
 
 def _header(scope: Dict[str, Any], name: bytes) -> Optional[str]:

@@ -79,7 +79,7 @@ class Resource(NamedTuple):
             "singularName": self.singular,
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": ["create", "delete", "get", "list", "update", "watch"],
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
         }
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
@@ -353,8 +353,7 @@ def _decoded_body(body: bytes, fmt: str, options: Dict[str, Any], byte_paths: Di
                 raise
             obj = FORMATS[fmt].decoder(**options).decode(plain)
     except streamcodec.TooManyValues as exc:
-        raise APIError(413, "RequestEntityTooLarge",
-                       f"the request body holds more than {exc.max_values} values (elements, keys and map values)") from None
+        raise _too_many_values(exc) from None
     except streamcodec.DuplicateKey:
         raise
     except streamcodec.DecodeError as exc:
@@ -364,6 +363,26 @@ def _decoded_body(body: bytes, fmt: str, options: Dict[str, Any], byte_paths: Di
     if fmt == "cbor":
         return dict(kube_cbor_text(obj, byte_paths))
     return obj if fmt == "json" else text_for_bytes(obj)
+
+
+def _too_many_values(exc: "streamcodec.TooManyValues") -> APIError:
+    return APIError(413, "RequestEntityTooLarge",
+                    f"the request body holds more than {exc.max_values} values (elements, keys and map values)")
+
+
+def decode_patch(body: bytes, *, max_values: int, unique_keys: bool) -> Tuple[Any, List[str]]:
+    """A PATCH body (JSON whatever the patch type), and kube's texts for the fields it gives twice
+    (looked for when ``unique_keys``; the last one counts, as in Go): 400, or 413 past ``max_values``."""
+    if not body:
+        raise bad_request("the request body is empty")
+    try:
+        return FORMATS["json"].decoder(max_values=max_values, unique_keys=unique_keys).decode(body), []
+    except streamcodec.DuplicateKey as exc:
+        return exc.value, [f"duplicate field {go_quote(path)}" for path in exc.paths]
+    except streamcodec.TooManyValues as exc:
+        raise _too_many_values(exc) from None
+    except streamcodec.DecodeError as exc:
+        raise bad_request(f"error decoding patch: {exc}") from None
 
 
 def kube_cbor_text(obj: Any, byte_paths: Any, where: str = "") -> Any:
