@@ -1427,3 +1427,65 @@ MESSAGES = {
         ('uid', 6, 'STRING', None, 'ONE', 'OMITEMPTY'),
     ),
 }
+#: strategic merge patch: message -> {json name: (patchStrategy, patchMergeKey)}, from the Go struct tags
+PATCH_STRATEGIES = {
+    'k8s.io.api.core.v1.Container': {
+        'env': ('merge', 'name'),
+        'ports': ('merge', 'containerPort'),
+        'volumeDevices': ('merge', 'devicePath'),
+        'volumeMounts': ('merge', 'mountPath'),
+    },
+    'k8s.io.api.core.v1.ContainerStatus': {
+        'allocatedResourcesStatus': ('merge', 'name'),
+        'volumeMounts': ('merge', 'mountPath'),
+    },
+    'k8s.io.api.core.v1.EphemeralContainerCommon': {
+        'env': ('merge', 'name'),
+        'ports': ('merge', 'containerPort'),
+        'volumeDevices': ('merge', 'devicePath'),
+        'volumeMounts': ('merge', 'mountPath'),
+    },
+    'k8s.io.api.core.v1.NamespaceStatus': {
+        'conditions': ('merge', 'type'),
+    },
+    'k8s.io.api.core.v1.NodeSpec': {
+        'podCIDRs': ('merge', None),
+    },
+    'k8s.io.api.core.v1.NodeStatus': {
+        'addresses': ('merge', 'type'),
+        'conditions': ('merge', 'type'),
+    },
+    'k8s.io.api.core.v1.PersistentVolumeClaimStatus': {
+        'conditions': ('merge', 'type'),
+    },
+    'k8s.io.api.core.v1.PodSpec': {
+        'containers': ('merge', 'name'),
+        'ephemeralContainers': ('merge', 'name'),
+        'hostAliases': ('merge', 'ip'),
+        'imagePullSecrets': ('merge', 'name'),
+        'initContainers': ('merge', 'name'),
+        'resourceClaims': ('merge,retainKeys', 'name'),
+        'schedulingGates': ('merge', 'name'),
+        'topologySpreadConstraints': ('merge', 'topologyKey'),
+        'volumes': ('merge,retainKeys', 'name'),
+    },
+    'k8s.io.api.core.v1.PodStatus': {
+        'conditions': ('merge', 'type'),
+        'hostIPs': ('merge', 'ip'),
+        'podIPs': ('merge', 'ip'),
+        'resourceClaimStatuses': ('merge,retainKeys', 'name'),
+    },
+    'k8s.io.api.core.v1.ServiceAccount': {
+        'secrets': ('merge', 'name'),
+    },
+    'k8s.io.api.core.v1.ServiceSpec': {
+        'ports': ('merge', 'port'),
+    },
+    'k8s.io.api.core.v1.ServiceStatus': {
+        'conditions': ('merge', 'type'),
+    },
+    'k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta': {
+        'finalizers': ('merge', None),
+        'ownerReferences': ('merge', 'uid'),
+    },
+}

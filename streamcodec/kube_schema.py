@@ -49,6 +49,7 @@ _SCALAR_KINDS = frozenset(KINDS[:6])
 MAX_INLINE_DEPTH = 4
 
 FieldSpec = Tuple[Any, ...]  #: (json_name, number, kind, message, shape[, "OMITEMPTY"])
+PatchStrategy = Tuple[str, Optional[str]]  #: (patchStrategy, patchMergeKey): ("merge", "name"), ("merge,retainKeys", "name")
 
 
 class Field(NamedTuple):
@@ -77,16 +78,21 @@ class KubeSchema:
     ``kinds``: ``(apiVersion, kind) -> message name``; ``messages``: ``name -> field specs``.
     """
 
-    def __init__(self, kinds: Mapping[Tuple[str, str], str], messages: Mapping[str, Sequence[FieldSpec]]) -> None:
+    def __init__(self, kinds: Mapping[Tuple[str, str], str], messages: Mapping[str, Sequence[FieldSpec]],
+                 patch_strategies: Mapping[str, Mapping[str, PatchStrategy]] = {}) -> None:
         self._kinds: Dict[Tuple[str, str], str] = {}
         self._specs: Dict[str, Tuple[FieldSpec, ...]] = {}
         self._messages: Dict[str, Message] = {}
         self._byte_paths_cache: Dict[str, Dict[str, object]] = {}
+        self._strategies: Dict[str, Dict[str, PatchStrategy]] = {}
+        self._strategies_cache: Dict[str, Dict[str, PatchStrategy]] = {}
         self.version = 0  #: bumped by every change (compiled encoders rebuild their tables)
-        self.register(kinds, messages)
+        self.register(kinds, messages, patch_strategies)
 
-    def register(self, kinds: Mapping[Tuple[str, str], str], messages: Mapping[str, Sequence[FieldSpec]] = {}) -> None:
-        """Add kinds and message tables (a message already known is replaced).
+    def register(self, kinds: Mapping[Tuple[str, str], str], messages: Mapping[str, Sequence[FieldSpec]] = {},
+                 patch_strategies: Mapping[str, Mapping[str, PatchStrategy]] = {}) -> None:
+        """Add kinds, message tables and their fields' strategic-merge-patch tags (a message already
+        known is replaced; ``patch_strategies``: message -> {json name: (patchStrategy, patchMergeKey)}).
 
         Every message a field refers to must be known once this returns: the check runs here,
         not when the first object of the kind is encoded.
@@ -117,7 +123,27 @@ class KubeSchema:
         for key, name in self._kinds.items():
             if name not in self._specs:
                 raise ValueError(f"kind {key} names unknown message {name!r}")
+        for name, fields in patch_strategies.items():
+            self._strategies[name] = {str(k): (str(v[0]), None if v[1] is None else str(v[1])) for k, v in fields.items()}
+        self._strategies_cache.clear()
         self.version += 1
+
+    def patch_strategies(self, name: str) -> Dict[str, PatchStrategy]:
+        """A message's JSON keys that have a strategic-merge-patch strategy (inlined ones included):
+        ``{json name: (patchStrategy, patchMergeKey or None)}``.  Shared: not to be changed by the caller."""
+        cached = self._strategies_cache.get(name)
+        if cached is None:
+            cached = self._strategies_cache[name] = {}
+            self._collect_strategies(name, cached, 0)
+        return cached
+
+    def _collect_strategies(self, name: str, out: Dict[str, PatchStrategy], depth: int) -> None:
+        own = self._strategies.get(name, {})
+        for json_name, _number, _kind, message, shape, *_flags in self._specs.get(name, ()):
+            if shape == "INLINE" and depth <= MAX_INLINE_DEPTH:
+                self._collect_strategies(message, out, depth + 1)
+            elif json_name in own:
+                out[json_name] = own[json_name]
 
     def message_name(self, api_version: str, kind: str) -> Optional[str]:
         """The message of a kind, or None when it has no typed protobuf here."""
@@ -190,7 +216,7 @@ class KubeSchema:
 
 
 def _default() -> KubeSchema:
-    return KubeSchema(_kube_schema_data.KINDS, _kube_schema_data.MESSAGES)
+    return KubeSchema(_kube_schema_data.KINDS, _kube_schema_data.MESSAGES, _kube_schema_data.PATCH_STRATEGIES)  # type: ignore[arg-type]
 
 
 #: Core/v1 kinds of Kubernetes 0.36.4 served by this project's server, plus meta/v1 Status.

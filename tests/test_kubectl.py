@@ -140,21 +140,40 @@ def test_kubectl_server_side_dry_runs_change_nothing(kubectl: Any, server: Serve
 
 
 def test_kubectl_label_annotate_and_patch_change_the_stored_object(kubectl: Any, server: ServerThread) -> None:
-    """kubectl's label and annotate (JSON merge patches), ``patch --type=merge`` and ``--type=json``; its default
-    strategic merge patch is refused with kube's 415, which kubectl reports."""
+    """kubectl's label and annotate (JSON merge patches), ``patch`` (strategic merge patch by default),
+    ``--type=merge`` and ``--type=json``."""
     c = httpx.Client(base_url=server.url, timeout=10)
     assert kubectl("label", "secret", "alpha", "tier=db").strip() == "secret/alpha labeled"
     assert kubectl("annotate", "secret", "alpha", "note=hi").strip() == "secret/alpha annotated"
     assert kubectl("patch", "secret", "alpha", "--type=merge", "-p", '{"data":{"m":"bQ=="}}').strip() == "secret/alpha patched"
     assert kubectl("patch", "secret", "alpha", "--type=json", "-p", '[{"op":"remove","path":"/data/k"}]').strip() == "secret/alpha patched"
+    assert kubectl("patch", "secret", "alpha", "-p", '{"metadata":{"finalizers":["a/b"]},"data":{"s":"cw=="}}').strip() == "secret/alpha patched"
     assert kubectl("label", "secret", "alpha", "tier-").strip() == "secret/alpha unlabeled"
     obj = c.get(f"{NS}/alpha").json()
-    assert obj["data"] == {"m": "bQ=="} and obj["metadata"]["annotations"] == {"note": "hi"}
-    assert not obj["metadata"].get("labels")
-    proc = subprocess.run(kubectl.base + ["patch", "secret", "beta", "-p", '{"data":{"x":"eA=="}}'],
-                          capture_output=True, text=True, timeout=60, env=kubectl.env)
-    assert proc.returncode == 1 and "application/strategic-merge-patch+json is not supported" in proc.stderr, proc.stderr
-    assert c.get(f"{NS}/beta").json()["data"] == {"k": "dg=="}
+    assert obj["data"] == {"m": "bQ==", "s": "cw=="} and obj["metadata"]["annotations"] == {"note": "hi"}
+    assert obj["metadata"]["finalizers"] == ["a/b"] and not obj["metadata"].get("labels")
+
+
+def test_kubectl_apply_creates_then_patches_a_pod_by_its_containers(kubectl: Any, server: ServerThread, tmp_path: Path) -> None:
+    """Client-side ``kubectl apply``: a create, then a strategic merge patch from its last-applied
+    configuration (containers merged by name, a removed one deleted, a field set by another writer kept)."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
+           "spec": {"containers": [{"name": "app", "image": "app:1"}, {"name": "side", "image": "side:1"}]}}
+    manifest = tmp_path / "pod.json"
+    manifest.write_text(json.dumps(pod))
+    assert kubectl("apply", "--validate=false", "-f", str(manifest)).strip() == "pod/web created"
+    # another writer's change, which apply must keep (it was never in the applied configuration)
+    r = c.patch("/api/v1/namespaces/default/pods/web", content=json.dumps({"spec": {"nodeName": "n1"}}),
+                headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 200, r.text
+    pod["spec"]["containers"] = [{"name": "init", "image": "init:1"}, {"name": "app", "image": "app:2"}]
+    manifest.write_text(json.dumps(pod))
+    assert kubectl("apply", "--validate=false", "-f", str(manifest)).strip() == "pod/web configured"
+    spec = c.get("/api/v1/namespaces/default/pods/web").json()["spec"]
+    assert [(x["name"], x["image"]) for x in spec["containers"]] == [("init", "init:1"), ("app", "app:2")]
+    assert spec["nodeName"] == "n1"
+    assert kubectl("apply", "--validate=false", "-f", str(manifest)).strip() == "pod/web unchanged"
 
 
 def test_kubectl_delete_namespace_waits_until_its_content_and_it_are_gone(kubectl_bin: str, etcd: Any, prefix: bytes,

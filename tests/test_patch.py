@@ -123,12 +123,6 @@ def test_patch_types_and_bodies_are_refused_as_kube_refuses_them() -> None:
     with pytest.raises(APIError) as info:
         patches.check_patch(patches.JSON_PATCH, [{"op": "test", "path": "", "value": 1}] * (patches.MAX_JSON_PATCH_OPERATIONS + 1))
     assert info.value.code == 413 and info.value.message == "The allowed maximum operations in a JSON patch is 10000, got 10001"
-    deep: Any = None
-    for _ in range(patches.MAX_PATCH_DEPTH + 5):
-        deep = {"a": deep}
-    with pytest.raises(APIError) as info:
-        patches.apply_patch(patches.MERGE_PATCH, {}, deep)
-    assert info.value.code == 422
 
 
 # ----------------------------------------------------------------------------- the server
@@ -273,9 +267,11 @@ def test_patches_that_cannot_be_taken_are_kubes_4xx(client: httpx.Client) -> Non
     obj = created(client)
     url = f"{NS}/{obj['metadata']['name']}"
     status_of(client.patch(f"{NS}/missing-{uuid.uuid4().hex[:6]}", content=b"{}", headers=MERGE), 404, "NotFound")
-    status = status_of(client.patch(url, content=b"{}", headers={"Content-Type": "application/strategic-merge-patch+json"}),
+    status = status_of(client.patch(url, content=b"{}", headers={"Content-Type": "application/apply-patch+yaml"}),
                        415, "UnsupportedMediaType")
-    assert status["message"].endswith("accepted media types include: application/json-patch+json, application/merge-patch+json")
+    assert status["message"].endswith("accepted media types include: application/json-patch+json, application/merge-patch+json, "
+                                      "application/strategic-merge-patch+json")
+    status_of(client.patch(url, content=b"[]", headers={"Content-Type": "application/strategic-merge-patch+json"}), 400, "BadRequest")
     status_of(client.patch(url, content=b"{}", headers={"Content-Type": "application/json"}), 415, "UnsupportedMediaType")
     status_of(client.patch(url, content=b"{", headers=MERGE), 400, "BadRequest")
     status_of(client.patch(url, content=b"", headers=MERGE), 400, "BadRequest")
@@ -287,7 +283,8 @@ def test_patches_that_cannot_be_taken_are_kubes_4xx(client: httpx.Client) -> Non
     status_of(client.patch(url, content=json.dumps({"metadata": {"namespace": "kube-system"}}), headers=MERGE), 400, "BadRequest")
     status_of(client.patch(url, content=json.dumps({"kind": "ConfigMap"}), headers=MERGE), 400, "BadRequest")
     status_of(client.patch(url, content=json.dumps([{"op": "replace", "path": "", "value": 1}]), headers=JSONPATCH), 422, "Invalid")
-    status_of(client.patch(url, content=json.dumps({"data": {"k": "not base64!"}}), headers=MERGE), 400, "BadRequest")
+    status = status_of(client.patch(url, content=json.dumps({"data": {"k": "not base64!"}}), headers=MERGE), 422, "Invalid")
+    assert status["message"].startswith('"" is invalid: patch: Invalid value: "the patched object": ')  # kube: its typed decoding
     status_of(client.patch(url, content=json.dumps({"metadata": {"resourceVersion": "x"}}), headers=MERGE), 400, "BadRequest")
     status_of(client.patch(NS, content=b"{}", headers=MERGE), 405, "MethodNotAllowed")
     assert client.get(url).json()["data"] == {"k": b64("v")}  # none of them wrote

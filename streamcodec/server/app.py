@@ -43,6 +43,7 @@ from .namespaces import NAMESPACES, NamespaceLifecycle, admitted_namespace
 from .negotiation import available_formats, format_for_content_type, negotiate
 from .objects import DEFAULT_RESOURCES, Resource
 from .status import APIError, bad_request, from_storage_error, internal_error, warning_headers
+from .strategic_patch import strategic_merge_patch
 from .streams import ResponseBody, StreamResponse, send_error_response, to_api_error
 from .write_options import DeleteOptions, check_preconditions, delete_options, query_dry_run
 
@@ -630,7 +631,8 @@ class App:
     async def _patch(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], name: str,
                      fmt: str, query: Dict[str, str]) -> "PlainResponse":
         """PATCH: a JSON merge patch or JSON Patch (:mod:`.patches`) applied to the object, stored as a PUT's body."""
-        kind = patches.patch_type(_header(scope, b"content-type"))
+        message = self.config.kube_schema.message_name("v1", resource.kind)
+        kind = patches.patch_type(_header(scope, b"content-type"), strategic=message is not None)
         dry_run = query_dry_run(query, "PatchOptions")
         validation = objects.field_validation(query.get("fieldValidation"), "PATCH")
         body = await self._read_body_bytes(receive)
@@ -647,7 +649,11 @@ class App:
         warnings: List[str] = []
 
         def patched(previous: Dict[str, Any]) -> Dict[str, Any]:
-            obj = patches.apply_patch(kind, previous, patch)
+            if kind == patches.STRATEGIC_MERGE_PATCH:
+                assert message is not None
+                obj = strategic_merge_patch(previous, patch, self.config.kube_schema, message)
+            else:
+                obj = patches.apply_patch(kind, previous, patch)
             if not isinstance(obj, dict) or not isinstance(obj.get("metadata", {}), dict):
                 raise APIError(422, "Invalid", "the patched object is not an object with metadata")
             _check_identity(obj, namespace, name)
@@ -664,6 +670,11 @@ class App:
                                details={"causes": [{"reason": "FieldValueInvalid", "message": detail, "field": "patch"}]})
             warnings[:] = problems if validation == "Warn" else []
             objects.check_values(obj)
+            try:  # what kube's decoding of the patched object into its Go type refuses is its 422, not a body's 400
+                objects.check_servable_object(obj, resource.kind, self.config.kube_schema)
+            except APIError as exc:
+                raise APIError(422, "Invalid", f'"" is invalid: patch: Invalid value: "the patched object": {exc.message}',
+                               details={"causes": [{"reason": "FieldValueInvalid", "message": exc.message, "field": "patch"}]}) from None
             return obj
 
         with _warned(warnings):

@@ -10,8 +10,9 @@ operation that cannot be applied (a missing path, a failed ``test``) is a 422 wi
 PUT's body, conditional on the revision it was patched from (re-read and patched again on a
 concurrent write), or on the ``metadata.resourceVersion`` the patch itself sets.
 
-Strategic merge patch and server-side apply need each field's merge strategy from the Go types,
-which this server does not have: both are 415s.
+Strategic merge patch (:mod:`.strategic_patch`) is served for the kinds of the schema registry,
+whose fields' merge strategies it has from the Go types; for other kinds it is a 415, as kube's for
+custom resources.  Server-side apply (``application/apply-patch+yaml``) is a 415.
 """
 
 from __future__ import annotations
@@ -20,31 +21,32 @@ import copy
 from typing import Any, Dict, List, Optional, Tuple
 
 from .status import APIError, bad_request
+from .strategic_patch import STRATEGIC_MERGE_PATCH
 
 __all__ = [
-    "JSON_PATCH", "MERGE_PATCH", "PATCH_TYPES", "MAX_JSON_PATCH_OPERATIONS",
+    "JSON_PATCH", "MERGE_PATCH", "STRATEGIC_MERGE_PATCH", "PATCH_TYPES", "MAX_JSON_PATCH_OPERATIONS",
     "patch_type", "check_patch", "apply_patch", "merge_patch", "json_patch",
 ]
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
-#: what this server applies, in kube's order
+#: what this server applies to every kind, in kube's order (strategic merge patch: to the schema's kinds)
 PATCH_TYPES = (JSON_PATCH, MERGE_PATCH)
 #: kube-apiserver's maxJSONPatchOperations
 MAX_JSON_PATCH_OPERATIONS = 10_000
-#: deeper than any Kubernetes object: a patch nested past it is refused, not a RecursionError
-MAX_PATCH_DEPTH = 256
 
 _REJECTED = "the server rejected our request due to an error in our request"
 
 
-def patch_type(content_type: Optional[str]) -> str:
-    """The patch type a PATCH request's Content-Type names, or kube's 415."""
+def patch_type(content_type: Optional[str], strategic: bool = False) -> str:
+    """The patch type a PATCH request's Content-Type names (``strategic``: the kind takes strategic merge
+    patches), or kube's 415."""
+    accepted = PATCH_TYPES + ((STRATEGIC_MERGE_PATCH,) if strategic else ())
     media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media in PATCH_TYPES:
+    if media in accepted:
         return media
     raise APIError(415, "UnsupportedMediaType",
-                   "the body of the request was in an unknown format - accepted media types include: " + ", ".join(PATCH_TYPES))
+                   "the body of the request was in an unknown format - accepted media types include: " + ", ".join(accepted))
 
 
 def check_patch(kind: str, patch: Any) -> None:
@@ -52,6 +54,10 @@ def check_patch(kind: str, patch: Any) -> None:
     if kind == MERGE_PATCH:
         if not isinstance(patch, dict):
             raise bad_request("Invalid JSON Patch")
+        return
+    if kind == STRATEGIC_MERGE_PATCH:
+        if not isinstance(patch, dict):
+            raise bad_request("error decoding patch: json: cannot unmarshal array into Go value of type map[string]interface {}")
         return
     if not isinstance(patch, list):
         raise bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
@@ -78,18 +84,17 @@ class _PatchFailed(Exception):
     """An operation of a patch that does not apply to the object."""
 
 
-def merge_patch(target: Any, patch: Any, depth: int = 0) -> Any:
-    """RFC 7386: ``patch``'s members replace ``target``'s, recursively where both are objects; a null removes one."""
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: ``patch``'s members replace ``target``'s, recursively where both are objects; a null removes
+    one.  (Recursion is bounded by the decoder's nesting limit, :data:`streamcodec.limits.DEFAULT_MAX_DEPTH`.)"""
     if not isinstance(patch, dict):
         return patch
-    if depth > MAX_PATCH_DEPTH:
-        raise _PatchFailed(f"the patch is nested more than {MAX_PATCH_DEPTH} deep")
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
         else:
-            result[key] = merge_patch(result.get(key), value, depth + 1)
+            result[key] = merge_patch(result.get(key), value)
     return result
 
 

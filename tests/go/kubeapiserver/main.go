@@ -1,5 +1,5 @@
 // Command kubeapiserver is a minimal Kubernetes API server built on the real k8s.io/apiserver code (0.36, from
-// Debian's packages): core/v1 Secrets, ConfigMaps and Namespaces over etcd3, as a peer for the test suite and the
+// Debian's packages): core/v1 Secrets, ConfigMaps, Namespaces and Pods over etcd3, as a peer for the test suite and the
 // benchmarks.  Built offline by scripts/provision-kube-apiserver; see tests/kube_apiserver_harness.py.
 //
 // What is real (k8s.io/apiserver, unchanged): the handler chain of the generic API server (request info, max
@@ -109,6 +109,7 @@ func init() {
 		&corev1.Secret{}, &corev1.SecretList{},
 		&corev1.ConfigMap{}, &corev1.ConfigMapList{},
 		&corev1.Namespace{}, &corev1.NamespaceList{},
+		&corev1.Pod{}, &corev1.PodList{},
 	)
 	utilruntime.Must(scheme.SetVersionPriority(corev1.SchemeGroupVersion))
 	utilruntime.Must(addFieldLabelConversions(scheme))
@@ -414,7 +415,8 @@ func main() {
 	if errs := etcdOptions.Validate(); len(errs) > 0 {
 		fail("etcd options: %v", errs)
 	}
-	resources := []schema.GroupResource{corev1.Resource("secrets"), corev1.Resource("configmaps"), corev1.Resource("namespaces")}
+	resources := []schema.GroupResource{corev1.Resource("secrets"), corev1.Resource("configmaps"), corev1.Resource("namespaces"),
+		corev1.Resource("pods")}
 	encoding := serverstorage.NewDefaultResourceEncodingConfigForEffectiveVersion(scheme, effectiveVersion)
 	for _, gr := range resources {
 		encoding.SetResourceEncoding(gr, corev1.SchemeGroupVersion, internalGV)
@@ -449,7 +451,12 @@ func main() {
 	if err != nil {
 		fail("namespaces storage: %v", err)
 	}
-	storages := map[string]rest.Storage{"secrets": secrets, "configmaps": configMaps, "namespaces": namespaces}
+	pods, err := newStore(getter, "pods", "pod", true, []string{"po"},
+		func() runtime.Object { return &corev1.Pod{} }, func() runtime.Object { return &corev1.PodList{} }, nil)
+	if err != nil {
+		fail("pods storage: %v", err)
+	}
+	storages := map[string]rest.Storage{"secrets": secrets, "configmaps": configMaps, "namespaces": namespaces, "pods": pods}
 
 	// The core group at /api/v1, as genericapiserver's InstallLegacyAPIGroup installs it (minus OpenAPI).
 	served := map[string][]string{}
