@@ -165,11 +165,11 @@ def test_serves_discovery_version_and_health(kube_bin: str, etcd: EtcdProcess) -
         api = c.get("/api").json()
         assert api["kind"] == "APIVersions" and api["versions"] == ["v1"], api
         resources = {r["name"]: r for r in c.get("/api/v1").json()["resources"]}
-        assert set(resources) == {"secrets", "configmaps", "namespaces"}, sorted(resources)
-        for name, namespaced in (("secrets", True), ("configmaps", True), ("namespaces", False)):
+        assert set(resources) == {"secrets", "configmaps", "namespaces", "pods"}, sorted(resources)
+        for name, namespaced in (("secrets", True), ("configmaps", True), ("namespaces", False), ("pods", True)):
             assert resources[name]["namespaced"] is namespaced
             assert {"create", "get", "list", "watch", "update", "patch", "delete"} <= set(resources[name]["verbs"])
-        assert resources["configmaps"]["shortNames"] == ["cm"]
+        assert resources["configmaps"]["shortNames"] == ["cm"] and resources["pods"]["shortNames"] == ["po"]
         # aggregated discovery, as kubectl asks for it
         agg = c.get("/api", headers={"Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"})
         assert agg.json()["kind"] == "APIGroupDiscoveryList", agg.text[:300]
