@@ -670,15 +670,14 @@ class App:
                                details={"causes": [{"reason": "FieldValueInvalid", "message": detail, "field": "patch"}]})
             warnings[:] = problems if validation == "Warn" else []
             objects.check_values(obj)
-            try:  # what kube's decoding of the patched object into its Go type refuses is its 422, not a body's 400
-                objects.check_servable_object(obj, resource.kind, self.config.kube_schema)
-            except APIError as exc:
-                raise APIError(422, "Invalid", f'"" is invalid: patch: Invalid value: "the patched object": {exc.message}',
-                               details={"causes": [{"reason": "FieldValueInvalid", "message": exc.message, "field": "patch"}]}) from None
             return obj
 
         with _warned(warnings):
-            return await self._update(patched, warnings, resource, namespace, name, fmt, dry_run)
+            try:
+                return await self._update(patched, warnings, resource, namespace, name, fmt, dry_run)
+            except objects.NotOfItsKind as exc:  # kube decodes the patched object into its Go type: a 422, not a body's 400
+                raise APIError(422, "Invalid", f'"" is invalid: patch: Invalid value: "the patched object": {exc.message}',
+                               details={"causes": [{"reason": "FieldValueInvalid", "message": exc.message, "field": "patch"}]}) from None
 
     async def _delete_options(self, scope: Dict[str, Any], receive: Any, query: Dict[str, str]) -> DeleteOptions:
         """A DELETE's options: its body's DeleteOptions (client-go sends one, in its content type), else its query."""

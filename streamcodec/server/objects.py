@@ -291,11 +291,7 @@ def decode_body(
     """
     if not body:
         raise bad_request("the request body is empty")
-    options: Dict[str, Any] = {"max_values": max_values}
-    if fmt == "protobuf" and schema is not None:
-        options["schema"] = schema
-    if fmt in _UNIQUE_KEY_FORMATS or (fmt == "json" and field_validation != "Ignore"):
-        options["unique_keys"] = True
+    options = _decoder_options(fmt, max_values, schema, unique_keys=fmt == "json" and field_validation != "Ignore")
     duplicates: List[Tuple[int, str]] = []  # (offset, path)
     try:
         obj = _decoded_body(body, fmt, options, kind_byte_paths(schema, resource.kind))
@@ -322,15 +318,21 @@ def decode_options_body(body: bytes, fmt: str, *, max_values: int, schema: Optio
     """A request body holding an options object (a DELETE's DeleteOptions), decoded: 400 or 413.  Its
     kind is the caller's to judge; a JSON key given twice is Go's (the last wins), a CBOR or MessagePack
     one a 400."""
+    try:
+        return _decoded_body(body, fmt, _decoder_options(fmt, max_values, schema), {})
+    except streamcodec.DuplicateKey as exc:
+        raise bad_request(f'the request body is not valid {fmt}: found duplicate map key "{exc.paths[0]}"') from None
+
+
+def _decoder_options(fmt: str, max_values: int, schema: Optional[KubeSchema], unique_keys: bool = False) -> Dict[str, Any]:
+    """The options of a request body's decoder: ``max_values``, typed protobuf's ``schema``, and ``unique_keys``
+    (asked, or always for the formats whose maps may never repeat a key)."""
     options: Dict[str, Any] = {"max_values": max_values}
     if fmt == "protobuf" and schema is not None:
         options["schema"] = schema
-    if fmt in _UNIQUE_KEY_FORMATS:
+    if unique_keys or fmt in _UNIQUE_KEY_FORMATS:
         options["unique_keys"] = True
-    try:
-        return _decoded_body(body, fmt, options, {})
-    except streamcodec.DuplicateKey as exc:
-        raise bad_request(f'the request body is not valid {fmt}: found duplicate map key "{exc.paths[0]}"') from None
+    return options
 
 
 def _decoded_body(body: bytes, fmt: str, options: Dict[str, Any], byte_paths: Dict[str, Any]) -> Dict[str, Any]:
@@ -351,7 +353,7 @@ def _decoded_body(body: bytes, fmt: str, options: Dict[str, Any], byte_paths: Di
             plain = plain_cbor(body, max_values=options["max_values"])
             if plain is body:
                 raise
-            obj = FORMATS[fmt].decoder(**options).decode(plain)
+            obj = decoder.decode(plain)
     except streamcodec.TooManyValues as exc:
         raise _too_many_values(exc) from None
     except streamcodec.DuplicateKey:
@@ -648,7 +650,14 @@ def check_servable(value: bytes, kind: str, schema: Optional[KubeSchema] = None)
     try:
         encoder.encode_stored(value, 1)
     except streamcodec.EncodeError as exc:
-        raise bad_request(f'{kind} in version "v1" cannot be handled as a {kind}: {codec_message(str(exc))}') from None
+        raise NotOfItsKind(f'{kind} in version "v1" cannot be handled as a {kind}: {codec_message(str(exc))}') from None
+
+
+class NotOfItsKind(APIError):
+    """:func:`check_servable`'s 400: an object its kind's Go type cannot hold (a PATCH makes it kube's 422)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "BadRequest", message)
 
 
 #: a Python bytes repr in a transcoder message (the compiled one quotes the stored JSON it met)
