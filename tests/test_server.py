@@ -127,6 +127,18 @@ def test_bad_parameters_are_400_status(server: ServerThread, url: str, fragment:
     assert fragment in status["message"]
 
 
+def test_an_error_is_never_hidden_behind_negotiation(server: ServerThread) -> None:
+    """kube writes an error in JSON when the client accepts no format of it: a path it does not serve is a
+    404 whatever the Accept header (kubectl asks for /openapi/v2 in protobuf only, and reads the 404)."""
+    for path, accept in (("/openapi/v2", "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
+                         ("/nothing-here", "text/html"), ("/api/v2", "image/png")):
+        r = httpx.get(server.url + path, headers={"Accept": accept}, timeout=10)
+        assert r.status_code == 404 and r.headers["content-type"] == "application/json", (path, r.text)
+        assert json.loads(r.content)["reason"] == "NotFound"
+    r = httpx.get(server.url + f"{NS}/missing", headers={"Accept": "text/html"}, timeout=10)
+    assert r.status_code == 406 and json.loads(r.content)["reason"] == "NotAcceptable"  # a resource negotiates first, as kube's
+
+
 def test_not_acceptable_and_internal_errors_reveal_nothing(server: ServerThread, etcd: Any, prefix: bytes) -> None:
     r = httpx.get(server.url + NS, headers={"Accept": "text/html"}, timeout=10)
     assert r.status_code == 406 and json.loads(r.content)["reason"] == "NotAcceptable"

@@ -333,9 +333,10 @@ class App:
 
     async def _http(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
         encoder = self.encoders.get("json")
-        try:
-            accept = _header(scope, b"accept")
+        accept = _header(scope, b"accept")
+        with contextlib.suppress(APIError):  # kube never hides an error behind negotiation: it goes as JSON then
             encoder = self.encoder(negotiate(accept, self._formats_for("Status")), "Status")  # for errors
+        try:
             response = await self._route(scope, receive, accept)
         except APIError as exc:
             await send_error_response(send, exc, encoder)
