@@ -84,3 +84,17 @@ def test_watch_list_with_send_initial_events(core: k8s.CoreV1Api) -> None:
         ("ADDED", "alpha"), ("ADDED", "beta"), ("ADDED", "gamma"),
         ("BOOKMARK", {"k8s.io/initial-events-end": "true"}),
     ]
+
+
+def test_patches_of_the_python_client(core: k8s.CoreV1Api) -> None:
+    """The client's patch_* calls: a dict body goes as a strategic merge patch, a list as a JSON Patch."""
+    out = core.patch_namespaced_secret("alpha", "default", {"metadata": {"labels": {"a": "1"}}, "data": {"n": "bg=="}})
+    assert out.metadata.labels == {"a": "1"} and out.data == {"k": "dg==", "n": "bg=="}
+    out = core.patch_namespaced_secret("alpha", "default", [{"op": "remove", "path": "/data/k"}])
+    assert out.data == {"n": "bg=="}
+    pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="p"),
+                    spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="a", image="a:1"), k8s.V1Container(name="b", image="b:1")]))
+    core.create_namespaced_pod("default", pod)
+    out = core.patch_namespaced_pod("p", "default", {"spec": {"containers": [{"name": "b", "image": "b:2"}]}})
+    assert [(c.name, c.image) for c in out.spec.containers] == [("a", "a:1"), ("b", "b:2")]  # merged by name
+    assert core.read_namespaced_pod("p", "default").spec.containers[1].image == "b:2"

@@ -155,25 +155,32 @@ def test_kubectl_label_annotate_and_patch_change_the_stored_object(kubectl: Any,
 
 
 def test_kubectl_apply_creates_then_patches_a_pod_by_its_containers(kubectl: Any, server: ServerThread, tmp_path: Path) -> None:
-    """Client-side ``kubectl apply``: a create, then a strategic merge patch from its last-applied
-    configuration (containers merged by name, a removed one deleted, a field set by another writer kept)."""
+    """Client-side ``kubectl apply`` as it ships (validation on): a create, then a strategic merge patch from its
+    last-applied configuration (containers merged by name, a removed one deleted, a field set by another writer kept)."""
     c = httpx.Client(base_url=server.url, timeout=10)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
            "spec": {"containers": [{"name": "app", "image": "app:1"}, {"name": "side", "image": "side:1"}]}}
     manifest = tmp_path / "pod.json"
     manifest.write_text(json.dumps(pod))
-    assert kubectl("apply", "--validate=false", "-f", str(manifest)).strip() == "pod/web created"
+    assert kubectl("apply", "-f", str(manifest)).strip() == "pod/web created"
     # another writer's change, which apply must keep (it was never in the applied configuration)
     r = c.patch("/api/v1/namespaces/default/pods/web", content=json.dumps({"spec": {"nodeName": "n1"}}),
                 headers={"Content-Type": "application/merge-patch+json"})
     assert r.status_code == 200, r.text
     pod["spec"]["containers"] = [{"name": "init", "image": "init:1"}, {"name": "app", "image": "app:2"}]
     manifest.write_text(json.dumps(pod))
-    assert kubectl("apply", "--validate=false", "-f", str(manifest)).strip() == "pod/web configured"
+    assert kubectl("apply", "-f", str(manifest)).strip() == "pod/web configured"
     spec = c.get("/api/v1/namespaces/default/pods/web").json()["spec"]
     assert [(x["name"], x["image"]) for x in spec["containers"]] == [("init", "init:1"), ("app", "app:2")]
     assert spec["nodeName"] == "n1"
-    assert kubectl("apply", "--validate=false", "-f", str(manifest)).strip() == "pod/web unchanged"
+    assert kubectl("apply", "-f", str(manifest)).strip() == "pod/web unchanged"
+    # kubectl validates before it writes (--validate=strict): from /openapi/v3 it learns that the server
+    # takes fieldValidation, and sends Strict; an unknown field is then the server's error
+    pod["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    manifest.write_text(json.dumps(pod))
+    proc = subprocess.run(kubectl.base + ["apply", "-f", str(manifest)], capture_output=True, text=True, timeout=60, env=kubectl.env)
+    assert proc.returncode == 1 and 'unknown field "spec.containers[0].imagePullPolicyy"' in proc.stderr, proc.stderr
+    assert "ports\t<[]ContainerPort>" in kubectl("explain", "pods.spec.containers")  # the schemas of /openapi/v3
 
 
 def test_kubectl_delete_namespace_waits_until_its_content_and_it_are_gone(kubectl_bin: str, etcd: Any, prefix: bytes,

@@ -6,7 +6,9 @@ streamcodec's decoder)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import socket
 import threading
 import time
@@ -125,6 +127,35 @@ def test_bad_parameters_are_400_status(server: ServerThread, url: str, fragment:
     status = json.loads(r.content)
     assert r.status_code == 400 and status["code"] == 400 and status["kind"] == "Status"
     assert fragment in status["message"]
+
+
+def test_openapi_v3_describes_every_resource_as_kubectl_reads_it(server: ServerThread) -> None:
+    """/openapi/v3 points to the api/v1 document (by a hash of it); each resource's PATCH takes fieldValidation
+    and names its kind (what kubectl looks for before leaving validation to the server); every $ref resolves."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    root = c.get("/openapi/v3").json()
+    url = root["paths"]["api/v1"]["serverRelativeURL"]
+    r = c.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert url.endswith("?hash=" + hashlib.sha512(r.content).hexdigest().upper())
+    doc = r.json()
+    kinds = set()
+    for path, item in doc["paths"].items():
+        for verb, op in item.items():
+            gvk = op["x-kubernetes-group-version-kind"]
+            assert gvk["group"] == "" and gvk["version"] == "v1"
+            kinds.add(gvk["kind"])
+            if verb == "patch":
+                assert path.endswith("/{name}") and "fieldValidation" in {p["name"] for p in op["parameters"] if p["in"] == "query"}
+    served = {r["kind"] for r in c.get("/api/v1").json()["resources"]}
+    assert kinds == served
+    schemas = doc["components"]["schemas"]
+    refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(doc))
+    assert refs and all(ref in schemas for ref in refs)
+    pod = schemas["io.k8s.api.core.v1.Pod"]
+    assert pod["x-kubernetes-group-version-kind"] == [{"group": "", "kind": "Pod", "version": "v1"}]
+    containers = schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
+    assert containers == {"type": "array", "items": {"$ref": "#/components/schemas/io.k8s.api.core.v1.Container"}}
 
 
 def test_an_error_is_never_hidden_behind_negotiation(server: ServerThread) -> None:

@@ -42,6 +42,7 @@ from .items import FrameCache, ItemWriter
 from .namespaces import NAMESPACES, NamespaceLifecycle, admitted_namespace
 from .negotiation import available_formats, format_for_content_type, negotiate
 from .objects import DEFAULT_RESOURCES, Resource
+from .openapi import OpenAPI
 from .status import APIError, bad_request, from_storage_error, internal_error, warning_headers
 from .strategic_patch import strategic_merge_patch
 from .streams import ResponseBody, StreamResponse, send_error_response, to_api_error
@@ -259,6 +260,7 @@ class App:
         )
         #: one large request body is decoded at a time, in a worker thread (_read_object)
         self._large_body_slot = asyncio.Semaphore(1)
+        self._openapi_documents: Optional[OpenAPI] = None
         self.active_streams = 0
         self.streams_started = 0
         self.outcomes: Dict[str, int] = {}
@@ -364,6 +366,12 @@ class App:
 
     # -- routing -----------------------------------------------------------
 
+    def _openapi(self) -> OpenAPI:
+        """The OpenAPI v3 documents (:mod:`.openapi`), built on first use."""
+        if self._openapi_documents is None:
+            self._openapi_documents = OpenAPI(self.config.resources.values(), self.config.kube_schema)
+        return self._openapi_documents
+
     def _formats_for(self, kind: Optional[str]) -> List[str]:
         """The formats a response holding ``kind`` objects can be sent in."""
         if kind is not None and self.kube_proto.supports("v1", kind):
@@ -388,6 +396,10 @@ class App:
                 "major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0-streamcodec",
                 "platform": "linux/amd64", "goVersion": "n/a (Python streamcodec)",
             }, "json")
+        if path == "/openapi/v3":
+            return PlainResponse(200, self._openapi().root, "application/json")
+        if path == "/openapi/v3/api/v1":
+            return PlainResponse(200, self._openapi().document, "application/json")
         if path in ("/api", "/apis", "/api/v1"):
             fmt = negotiate(accept, self._formats_for(None))  # discovery: kinds without typed protobuf here
         if path == "/api":
