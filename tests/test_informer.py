@@ -182,6 +182,30 @@ async def test_syncs_from_our_server(etcd35: EtcdProcess, content_type: str, wat
                        and ("kind" in o) is (watch_list != "off") for o in ref.store.values())
 
 
+@pytest.mark.parametrize("watch_list", ["on", "off"])
+async def test_a_label_selector_keeps_the_store_to_the_selected_objects(etcd35: EtcdProcess, watch_list: str) -> None:
+    """label_selector: only the selected objects are synced; one whose labels stop matching leaves the store
+    (a DELETED from the server's watch filter), one whose labels start matching enters it."""
+    root = new_root()
+    with ServerThread(etcd35.endpoint, f"{root}/".encode()) as srv:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
+            for i in range(6):
+                r = await c.post(SECRETS, json={"metadata": {"name": f"l{i}", "labels": {"app": "web" if i < 3 else "db"}}})
+                assert r.status_code == 201, r.text
+            ref = Reflector(srv.url, SECRETS, label_selector="app=web", watch_list=watch_list, **FAST)
+            run = Running(ref)
+            await run.wait(synced_count(1), 30, "the sync")
+            assert sorted(ref.store) == ["default/l0", "default/l1", "default/l2"]
+            for name, app in (("l0", "db"), ("l4", "web")):
+                obj = (await c.get(f"{SECRETS}/{name}")).json()
+                obj["metadata"]["labels"] = {"app": app}
+                assert (await c.put(f"{SECRETS}/{name}", json=obj)).status_code == 200
+            await run.wait(has("added", "default/l4"), 20, "l4 entering the selection")
+            await run.wait(has("deleted", "default/l0"), 20, "l0 leaving it")
+            assert sorted(ref.store) == ["default/l1", "default/l2", "default/l4"]
+            await run.stop()
+
+
 @pytest.mark.parametrize("content_type", ["json", "protobuf", "cbor"])
 async def test_live_changes_restart_and_compaction_on_our_server(etcd35: EtcdProcess, content_type: str) -> None:
     """After the sync, a create/update/delete each come exactly once, in order, as etcd holds them; a server

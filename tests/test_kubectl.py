@@ -141,7 +141,7 @@ def test_kubectl_server_side_dry_runs_change_nothing(kubectl: Any, server: Serve
 
 def test_kubectl_label_annotate_and_patch_change_the_stored_object(kubectl: Any, server: ServerThread) -> None:
     """kubectl's label and annotate (JSON merge patches), ``patch`` (strategic merge patch by default),
-    ``--type=merge`` and ``--type=json``."""
+    ``--type=merge`` and ``--type=json``; ``get -l`` (labelSelector)."""
     c = httpx.Client(base_url=server.url, timeout=10)
     assert kubectl("label", "secret", "alpha", "tier=db").strip() == "secret/alpha labeled"
     assert kubectl("annotate", "secret", "alpha", "note=hi").strip() == "secret/alpha annotated"
@@ -152,6 +152,9 @@ def test_kubectl_label_annotate_and_patch_change_the_stored_object(kubectl: Any,
     obj = c.get(f"{NS}/alpha").json()
     assert obj["data"] == {"m": "bQ==", "s": "cw=="} and obj["metadata"]["annotations"] == {"note": "hi"}
     assert obj["metadata"]["finalizers"] == ["a/b"] and not obj["metadata"].get("labels")
+    assert kubectl("label", "secret", "beta", "tier=web").strip() == "secret/beta labeled"
+    assert kubectl("get", "secrets", "-l", "tier=web", "-o", "name").split() == ["secret/beta"]
+    assert kubectl("get", "secrets", "-l", "tier!=web", "-o", "name").split() == ["secret/alpha"]
 
 
 def test_kubectl_apply_creates_then_patches_a_pod_by_its_containers(kubectl: Any, server: ServerThread, tmp_path: Path) -> None:

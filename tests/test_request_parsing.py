@@ -6,11 +6,14 @@ negotiation is one row here (the end-to-end tests keep a few of them through uvi
 
 from __future__ import annotations
 
+import json
+import types
 from typing import Any, Dict, Optional
 
+import hypothesis
 import pytest
 
-from streamcodec.server.handlers import KeyFilter, ListRequest, WatchRequest, count_param, resource_version
+from streamcodec.server.handlers import ListRequest, Selectors, WatchRequest, count_param, resource_version
 from streamcodec.server.negotiation import format_for_content_type, negotiate, parse_accept
 from streamcodec.server.status import APIError
 
@@ -53,7 +56,7 @@ def test_list_options_are_read_as_kube_reads_them(query: Dict[str, str], expecte
     ({"limit": "-5"}, 400),
     ({"limit": "1e3"}, 400),
     ({"limit": "1" * 19}, 400),
-    ({"labelSelector": "app=x"}, 400),  # not supported: refused, never ignored
+    ({"labelSelector": "app in (x"}, 400),  # unparsable: refused, never ignored
     ({"fieldSelector": "spec.nodeName=n1"}, 400),
     ({"fieldSelector": "metadata.name!=x"}, 400),
 ])
@@ -74,17 +77,55 @@ def test_resource_version_and_counts_bounds() -> None:
     ("", None, None),
 ])
 def test_field_selectors_on_name_and_namespace(selector: str, name: Optional[str], namespace: Optional[str]) -> None:
-    keys = KeyFilter.parse({"fieldSelector": selector})
+    keys = Selectors.parse({"fieldSelector": selector})
     assert (keys.name, keys.namespace) == (name, namespace)
     assert keys.active == (name is not None or namespace is not None)
 
 
+def _kv(key: bytes, labels: Optional[Dict[str, str]] = None) -> Any:
+    return types.SimpleNamespace(key=key, value=json.dumps({"metadata": {"labels": labels} if labels else {}}).encode())
+
+
 def test_field_selector_matches_keys() -> None:
-    keys = KeyFilter.parse({"fieldSelector": "metadata.namespace=ns,metadata.name=a"})
+    keys = Selectors.parse({"fieldSelector": "metadata.namespace=ns,metadata.name=a"})
     prefix = b"/registry/secrets/"
-    assert keys.matches(prefix + b"ns/a", prefix)
-    assert not keys.matches(prefix + b"ns/b", prefix)
-    assert not keys.matches(prefix + b"other/a", prefix)
+    assert keys.matches(_kv(prefix + b"ns/a"), prefix)
+    assert not keys.matches(_kv(prefix + b"ns/b"), prefix)
+    assert not keys.matches(_kv(prefix + b"other/a"), prefix)
+
+
+# kube's labels.Parse semantics: (selector, labels -> selected)
+LABEL_CASES = [
+    ("app=web", {"app": "web"}, True), ("app=web", {"app": "db"}, False), ("app=web", {}, False),
+    ("app==web", {"app": "web"}, True), ("app!=web", {"app": "db"}, True), ("app!=web", {}, True),
+    ("app!=web", {"app": "web"}, False), ("app", {"app": ""}, True), ("app", {}, False), ("!app", {}, True),
+    ("!app", {"app": "x"}, False), ("env in (a, b)", {"env": "b"}, True), ("env in (a,b)", {"env": "c"}, False),
+    ("env notin (a,b)", {}, True), ("env notin (a,b)", {"env": "a"}, False), ("n>3", {"n": "4"}, True),
+    ("n>3", {"n": "3"}, False), ("n<3", {"n": "x"}, False), ("n<3", {}, False),
+    ("app=web,tier", {"app": "web", "tier": "1"}, True), ("app=web,tier", {"app": "web"}, False),
+    (" app = web , !gone ", {"app": "web"}, True), ("example.com/owner=me", {"example.com/owner": "me"}, True),
+    ("app=", {"app": ""}, True), ("app=", {"app": "x"}, False),
+]
+
+
+@pytest.mark.parametrize("selector, labels, selected", LABEL_CASES)
+def test_label_selectors_select_as_kube_does(selector: str, labels: Dict[str, str], selected: bool) -> None:
+    parsed = Selectors.parse({"labelSelector": selector})
+    assert parsed.active and parsed.matches(_kv(b"/r/ns/x", labels), b"/r/") is selected
+
+
+@pytest.mark.parametrize("selector", [
+    "app=web=x", "app in a,b", "app in ()", "app notin (a", "n>x", "a b", "!", "app,", ",app", "bad key=x", "app=has space",
+    "app=" + "v" * 64, "Bad_Prefix/app=x", "app in (a b)", "=x", "app>", "app=(x)",
+])
+def test_label_selectors_kube_cannot_parse_are_400s(selector: str) -> None:
+    with pytest.raises(APIError) as info:
+        Selectors.parse({"labelSelector": selector})
+    assert info.value.code == 400 and info.value.message.startswith("unable to parse requirement: "), info.value.message
+
+
+def test_an_empty_label_selector_selects_everything() -> None:
+    assert not Selectors.parse({"labelSelector": ""}).active
 
 
 # -- watch parameters --------------------------------------------------------
@@ -175,3 +216,15 @@ def test_request_body_format(content_type: Optional[str], from_browser: bool, re
         assert _code(call) == result
     else:
         assert call() == result
+
+
+@hypothesis.settings(max_examples=2000, deadline=None)
+@hypothesis.given(hypothesis.strategies.text(alphabet="ab =!,()<>-_./9 in notin\t", max_size=30)
+                  | hypothesis.strategies.text(max_size=20))
+def test_any_label_selector_text_parses_or_is_a_400(text: str) -> None:
+    try:
+        parsed = Selectors.parse({"labelSelector": text})
+    except APIError as exc:
+        assert exc.code == 400
+        return
+    parsed.matches(_kv(b"/r/ns/x", {"a": "b"}), b"/r/")

@@ -147,7 +147,7 @@ class ListBody:
         """Read the first page (or, when the metadata needs it, every page once); closes the stream on failure."""
         if self._stream is not None:
             return
-        request, keys, items = self.request, self.request.keys, self.items
+        request, selectors, items = self.request, self.request.selectors, self.items
         stream = self._stream = _open_list(self.store, self.prefix, request, request.revision, self.shared_scans)
         try:
             if request.limit is None and not self.needs_count and not items.needs_items_size:
@@ -158,7 +158,7 @@ class ListBody:
                 count = 0
                 size = 0
                 async for kv in stream:
-                    if keys.active and not keys.matches(kv.key, self.prefix):
+                    if selectors.active and not selectors.matches(kv, self.prefix):
                         continue
                     count += 1
                     if items.needs_items_size:
@@ -193,14 +193,14 @@ class ListBody:
     async def write(self, writer: FrameWriter) -> None:
         """The list body: metadata, then every item as the storage stream yields it."""
         assert self._stream is not None, "prepare() first"
-        keys, prefix, items = self.request.keys, self.prefix, self.items
+        selectors, prefix, items = self.request.selectors, self.prefix, self.items
         await writer.list_start(
             kind=self.kind, api_version="v1", metadata=_list_metadata(self._revision, self._token),
             count=self._count, items_size=self._items_size,
         )
         kvs = _drain(self._held) if self._held else _chain(self._first, self._stream)
         async for kv in kvs:
-            if keys.active and not keys.matches(kv.key, prefix):
+            if selectors.active and not selectors.matches(kv, prefix):
                 continue
             await items.item(writer, kv.value, int(kv.mod_revision))
             del kv
@@ -237,8 +237,8 @@ async def buffered_list_body(
 
     encoder = items.encoder
     async with FrameWriter(encoder, BufferPool(pool_bytes, buffer_bytes), collect) as writer:
-        if request.keys.active:
-            kvs = [kv for kv in kvs if request.keys.matches(kv.key, prefix)]
+        if request.selectors.active:
+            kvs = [kv for kv in kvs if request.selectors.matches(kv, prefix)]
         await writer.list_start(
             kind=resource.kind + "List",
             api_version="v1",
@@ -305,13 +305,21 @@ class WatchBody:
                 return False
             await writer.event("BOOKMARK", bookmark_object(kind, event.revision, False))
             return True
-        kv = event.kv
-        if request.keys.active and not request.keys.matches(kv.key, self.prefix):
-            return False
-        if event.type == "DELETED" and not len(kv.value):
+        kv, event_type, selectors = event.kv, event.type, request.selectors
+        if selectors.active:
+            # kube's watch filter: an object whose labels stop matching is DELETED for this watcher (its
+            # previous version), one whose labels start matching is ADDED
+            was = event_type == "MODIFIED" and event.prev_kv is not None and selectors.matches(event.prev_kv, self.prefix)
+            if not selectors.matches(kv, self.prefix):
+                if not was:
+                    return False
+                event_type, kv = "DELETED", event.prev_kv
+            elif event_type == "MODIFIED" and not was:
+                event_type = "ADDED"
+        if event_type == "DELETED" and not len(kv.value):
             await writer.event("DELETED", tombstone_object(kind, bytes(kv.key), event.revision))
         else:
-            await self.items.event(writer, event.type, kv.value, int(event.revision), kv.key)
+            await self.items.event(writer, event_type, kv.value, int(event.revision), kv.key)
         return live
 
     async def _run(self, writer: FrameWriter) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from streamcodec.storage import errors as storage_errors
 
+from .objects import stored_labels
+from .selectors import LabelSelector
 from .status import APIError, bad_request, from_storage_error
 
-__all__ = ["KeyFilter", "ListRequest", "WatchRequest", "count_param", "resource_version", "MAX_REVISION"]
+__all__ = ["Selectors", "ListRequest", "WatchRequest", "count_param", "resource_version", "MAX_REVISION"]
 
 #: The newest revision etcd can have (its revisions are int64); a resourceVersion is parsed as uint64, as kube does.
 MAX_REVISION = (1 << 63) - 1
@@ -54,17 +56,18 @@ def _bool(query: Dict[str, str], name: str) -> Optional[bool]:
 
 
 @dataclasses.dataclass
-class KeyFilter:
-    """fieldSelector support: metadata.name / metadata.namespace equality (what kubectl sends)."""
+class Selectors:
+    """A list's or watch's ``fieldSelector`` (metadata.name / metadata.namespace equality, what kubectl
+    and client-go send; judged on the key) and ``labelSelector`` (:class:`LabelSelector`; judged on the
+    object's labels, so only objects are decoded, and only when one is given)."""
 
     name: Optional[str] = None
     namespace: Optional[str] = None
+    labels: Optional[LabelSelector] = None
 
     @classmethod
-    def parse(cls, query: Dict[str, str]) -> "KeyFilter":
-        if query.get("labelSelector"):
-            raise bad_request("labelSelector is not supported by this server")
-        result = cls()
+    def parse(cls, query: Dict[str, str]) -> "Selectors":
+        result = cls(labels=LabelSelector.parse(query.get("labelSelector", "")))
         for term in filter(None, query.get("fieldSelector", "").split(",")):
             field, sep, value = term.partition("=")
             if value.startswith("="):
@@ -81,15 +84,22 @@ class KeyFilter:
 
     @property
     def active(self) -> bool:
-        return self.name is not None or self.namespace is not None
+        return self.name is not None or self.namespace is not None or self.labels is not None
 
-    def matches(self, key: bytes, prefix: bytes) -> bool:
-        rest = key[len(prefix):].decode("utf-8", "replace").split("/")
-        if self.name is not None and rest[-1] != self.name:
-            return False
-        if self.namespace is not None and (len(rest) < 2 or rest[0] != self.namespace):
-            return False
-        return True
+    def matches(self, kv: Any, prefix: bytes) -> bool:
+        """Whether the stored object ``kv`` (a KeyValue under ``prefix``) is selected."""
+        if self.name is not None or self.namespace is not None:
+            rest = kv.key[len(prefix):].decode("utf-8", "replace").split("/")
+            if self.name is not None and rest[-1] != self.name:
+                return False
+            if self.namespace is not None and (len(rest) < 2 or rest[0] != self.namespace):
+                return False
+        return self.labels is None or self.labels_match(kv)
+
+    def labels_match(self, kv: Any) -> bool:
+        """Whether the label selector selects the stored object ``kv`` (one that cannot be read has no labels)."""
+        assert self.labels is not None
+        return self.labels.matches(stored_labels(kv.value))
 
 
 @dataclasses.dataclass
@@ -98,7 +108,7 @@ class ListRequest:
     continue_token: Optional[str]
     revision: Optional[int]  #: exact revision to read (None: newest)
     min_revision: int  #: NotOlderThan bound checked against the pinned revision
-    keys: KeyFilter
+    selectors: Selectors
 
     @classmethod
     def parse(cls, query: Dict[str, str]) -> "ListRequest":
@@ -124,7 +134,7 @@ class ListRequest:
             # past any etcd revision: etcd's own answer to a revision from the future (kube's "Too large
             # resource version"), not a read at a revision its int64 field cannot carry
             raise from_storage_error(storage_errors.FutureRevision(f"resourceVersion {rv} is past etcd's int64 revisions"))
-        return cls(limit, token, rv if exact else None, 0 if exact else rv, KeyFilter.parse(query))
+        return cls(limit, token, rv if exact else None, 0 if exact else rv, Selectors.parse(query))
 
 
 # ---------------------------------------------------------------------------
@@ -138,7 +148,7 @@ class WatchRequest:
     initial_events_bookmark: bool  #: send the initial-events-end bookmark (sendInitialEvents=true)
     allow_bookmarks: bool
     timeout: float
-    keys: KeyFilter
+    selectors: Selectors
 
     @classmethod
     def parse(cls, query: Dict[str, str], min_request_timeout: int) -> "WatchRequest":
@@ -165,4 +175,4 @@ class WatchRequest:
             timeout = min(float(seconds), cap)
         # Legacy semantics: no sendInitialEvents and resourceVersion unset or "0" = current state first.
         initial = bool(send_initial) or (send_initial is None and rv == 0)
-        return cls(rv, initial, bool(send_initial), allow_bookmarks, timeout, KeyFilter.parse(query))
+        return cls(rv, initial, bool(send_initial), allow_bookmarks, timeout, Selectors.parse(query))

@@ -246,6 +246,16 @@ def decode_stored(value: Any, mod_revision: int) -> Dict[str, Any]:
     return obj
 
 
+def stored_labels(value: Any) -> Dict[str, Any]:
+    """A stored object's ``metadata.labels`` (none when it has none, or when it is no object that can be read:
+    a list or watch fails on that one when it encodes it, not when it selects)."""
+    try:
+        labels = decode_stored(value, 0)["metadata"].get("labels")
+    except (streamcodec.DecodeError, ValueError):
+        return {}
+    return labels if isinstance(labels, dict) else {}
+
+
 #: kube-apiserver's fieldValidation directives (metav1.FieldValidation*), and the one it applies to a
 #: write that names none (kubectl sends Strict).
 FIELD_VALIDATIONS = ("Ignore", "Strict", "Warn")
