@@ -177,6 +177,8 @@ def test_kubectl_apply_creates_then_patches_a_pod_by_its_containers(kubectl: Any
     assert [(x["name"], x["image"]) for x in spec["containers"]] == [("init", "init:1"), ("app", "app:2")]
     assert spec["nodeName"] == "n1"
     assert kubectl("apply", "-f", str(manifest)).strip() == "pod/web unchanged"
+    assert kubectl("get", "all", "-o", "name").split() == ["pod/web"]  # discovery's "all" category
+    assert kubectl("get", "pods", "--field-selector", "spec.nodeName=n1", "-o", "name").split() == ["pod/web"]
     # kubectl validates before it writes (--validate=strict): from /openapi/v3 it learns that the server
     # takes fieldValidation, and sends Strict; an unknown field is then the server's error
     pod["spec"]["containers"][0]["imagePullPolicyy"] = "Always"

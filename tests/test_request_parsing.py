@@ -58,7 +58,7 @@ def test_list_options_are_read_as_kube_reads_them(query: Dict[str, str], expecte
     ({"limit": "1" * 19}, 400),
     ({"labelSelector": "app in (x"}, 400),  # unparsable: refused, never ignored
     ({"fieldSelector": "spec.nodeName=n1"}, 400),
-    ({"fieldSelector": "metadata.name!=x"}, 400),
+    ({"fieldSelector": "metadata.name"}, 400),  # no operator
 ])
 def test_bad_list_options_are_4xx(query: Dict[str, str], code: int) -> None:
     assert _code(lambda: ListRequest.parse(query)) == code
@@ -92,6 +92,34 @@ def test_field_selector_matches_keys() -> None:
     assert keys.matches(_kv(prefix + b"ns/a"), prefix)
     assert not keys.matches(_kv(prefix + b"ns/b"), prefix)
     assert not keys.matches(_kv(prefix + b"other/a"), prefix)
+
+
+@pytest.mark.parametrize("selector, obj, selected", [
+    ("spec.nodeName=n1", {"spec": {"nodeName": "n1"}}, True),
+    ("spec.nodeName=n1", {"spec": {}}, False),
+    ("spec.nodeName=", {"spec": {}}, True),  # unset is "", as kube's field set has it
+    ("spec.nodeName!=n1", {}, True),
+    ("spec.nodeName==n1,status.phase=Running", {"spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}, True),
+    ("spec.nodeName==n1,status.phase=Running", {"spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}, False),
+    ("spec.hostNetwork=false", {"spec": {}}, True),
+    ("spec.hostNetwork=true", {"spec": {"hostNetwork": True}}, True),
+    ("metadata.name!=x", {"metadata": {"name": "y"}}, True),
+    ("metadata.name!=x", {"metadata": {"name": "x"}}, False),
+    (r"spec.schedulerName=a\,b", {"spec": {"schedulerName": "a,b"}}, True),
+    (r"spec.schedulerName=a\=b", {"spec": {"schedulerName": "a=b"}}, True),
+])
+def test_field_selectors_on_object_fields(selector: str, obj: Dict[str, Any], selected: bool) -> None:
+    fields = ("spec.nodeName", "status.phase", "spec.hostNetwork", "spec.schedulerName")
+    parsed = Selectors.parse({"fieldSelector": selector}, fields)
+    kv = types.SimpleNamespace(key=b"/r/ns/y", value=json.dumps(obj).encode())
+    assert parsed.active and parsed.matches(kv, b"/r/") is selected
+
+
+def test_a_field_the_kind_cannot_select_on_is_kubes_400() -> None:
+    with pytest.raises(APIError) as info:
+        Selectors.parse({"fieldSelector": "spec.x=1"}, ("type",))
+    assert info.value.code == 400
+    assert info.value.message == '"spec.x" is not a known field selector: only "metadata.name", "metadata.namespace", "type"'
 
 
 # kube's labels.Parse semantics: (selector, labels -> selected)

@@ -805,7 +805,7 @@ class App:
     # -- list ----------------------------------------------------------------
 
     async def _list(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str, client: str) -> Any:
-        request = ListRequest.parse(query)
+        request = ListRequest.parse(query, resource.field_selectors)
         store = await self.store()
         prefix = self._prefix(resource, namespace)
         encoder = self.encoder(fmt, resource.kind)
@@ -838,7 +838,7 @@ class App:
     # -- watch ---------------------------------------------------------------
 
     async def _watch(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str, client: str) -> Any:
-        request = WatchRequest.parse(query, self.config.min_request_timeout)
+        request = WatchRequest.parse(query, self.config.min_request_timeout, resource.field_selectors)
         store = await self.store()
         prefix = self._prefix(resource, namespace)
         encoder = self.encoder(fmt, resource.kind)

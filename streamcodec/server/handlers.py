@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any, Dict, Optional
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from streamcodec.storage import errors as storage_errors
 
-from .objects import stored_labels
+from .objects import field_value, stored_object
 from .selectors import LabelSelector
 from .status import APIError, bad_request, from_storage_error
 
@@ -55,36 +56,85 @@ def _bool(query: Dict[str, str], name: str) -> Optional[bool]:
     raise bad_request(f"{name}: invalid value {value!r}: must be true or false")
 
 
+#: What a fieldSelector term may compare (kube's): equality and inequality.
+_FIELD_OPERATORS = ("!=", "==", "=")
+
+
+def _field_terms(text: str) -> List[str]:
+    """A fieldSelector's terms: split on unescaped commas (kube escapes ``\\``, ``,`` and ``=`` with a backslash)."""
+    terms, term, escaped = [], [], False
+    for ch in text:
+        if escaped:
+            term.append("\\" + ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            terms.append("".join(term))
+            term = []
+        else:
+            term.append(ch)
+    if escaped:
+        raise bad_request(f"invalid field selector: {text!r}: a trailing backslash")
+    terms.append("".join(term))
+    return [t for t in terms if t]
+
+
+def _split_term(term: str) -> Tuple[str, str, str]:
+    """A term's field, operator and value (unescaped), split at its first unescaped operator."""
+    i = 0
+    while i < len(term):
+        if term[i] == "\\":
+            i += 2
+            continue
+        op = next((o for o in _FIELD_OPERATORS if term.startswith(o, i)), None)
+        if op is not None:
+            return _unescape(term[:i].strip()), op, _unescape(term[i + len(op):].strip())
+        i += 1
+    raise bad_request(f"invalid field selector: {term!r}: an operator (=, ==, !=) is required")
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
 @dataclasses.dataclass
 class Selectors:
-    """A list's or watch's ``fieldSelector`` (metadata.name / metadata.namespace equality, what kubectl
-    and client-go send; judged on the key) and ``labelSelector`` (:class:`LabelSelector`; judged on the
-    object's labels, so only objects are decoded, and only when one is given)."""
+    """A list's or watch's ``fieldSelector`` and ``labelSelector`` (:class:`LabelSelector`).
+
+    ``metadata.name`` and ``metadata.namespace`` equality (what kubectl and client-go send most) are judged
+    on the key; the kind's other selectable fields (``Resource.field_selectors``: ``spec.nodeName`` of a
+    Pod, ``involvedObject.name`` of an Event, ...) and the labels on the object, which is decoded only when
+    one of those is given.
+    """
 
     name: Optional[str] = None
     namespace: Optional[str] = None
     labels: Optional[LabelSelector] = None
+    fields: Tuple[Tuple[str, bool, str], ...] = ()  #: (field path, equal, value) judged on the object
 
     @classmethod
-    def parse(cls, query: Dict[str, str]) -> "Selectors":
+    def parse(cls, query: Dict[str, str], selectable: Sequence[str] = ()) -> "Selectors":
+        """``selectable``: the kind's fields a fieldSelector may name besides metadata.name/namespace."""
         result = cls(labels=LabelSelector.parse(query.get("labelSelector", "")))
-        for term in filter(None, query.get("fieldSelector", "").split(",")):
-            field, sep, value = term.partition("=")
-            if value.startswith("="):
-                value = value[1:]
-            if not sep or field.endswith("!"):
-                raise bad_request(f"fieldSelector: only equality on metadata.name and metadata.namespace is supported, not {term!r}")
-            if field == "metadata.name":
+        fields = []
+        for term in _field_terms(query.get("fieldSelector", "")):
+            field, op, value = _split_term(term)
+            if field not in ("metadata.name", "metadata.namespace") and field not in selectable:
+                raise bad_request(f'"{field}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+                                  + "".join(f', "{f}"' for f in selectable))
+            if op != "!=" and field == "metadata.name" and result.name in (None, value):
                 result.name = value
-            elif field == "metadata.namespace":
+            elif op != "!=" and field == "metadata.namespace" and result.namespace in (None, value):
                 result.namespace = value
             else:
-                raise bad_request(f"fieldSelector: field {field!r} is not supported (metadata.name, metadata.namespace)")
+                fields.append((field, op != "!=", value))
+        result.fields = tuple(fields)
         return result
 
     @property
     def active(self) -> bool:
-        return self.name is not None or self.namespace is not None or self.labels is not None
+        return self.name is not None or self.namespace is not None or self.labels is not None or bool(self.fields)
 
     def matches(self, kv: Any, prefix: bytes) -> bool:
         """Whether the stored object ``kv`` (a KeyValue under ``prefix``) is selected."""
@@ -94,12 +144,17 @@ class Selectors:
                 return False
             if self.namespace is not None and (len(rest) < 2 or rest[0] != self.namespace):
                 return False
-        return self.labels is None or self.labels_match(kv)
+        if self.labels is None and not self.fields:
+            return True
+        obj = stored_object(kv.value)  # one that cannot be read has no labels and empty fields
+        if self.labels is not None and not self.labels.matches(_labels(obj)):
+            return False
+        return all((field_value(obj, path) == value) is equal for path, equal, value in self.fields)
 
-    def labels_match(self, kv: Any) -> bool:
-        """Whether the label selector selects the stored object ``kv`` (one that cannot be read has no labels)."""
-        assert self.labels is not None
-        return self.labels.matches(stored_labels(kv.value))
+
+def _labels(obj: Dict[str, Any]) -> Dict[str, Any]:
+    labels = (obj.get("metadata") or {}).get("labels") if isinstance(obj.get("metadata"), dict) else None
+    return labels if isinstance(labels, dict) else {}
 
 
 @dataclasses.dataclass
@@ -111,7 +166,7 @@ class ListRequest:
     selectors: Selectors
 
     @classmethod
-    def parse(cls, query: Dict[str, str]) -> "ListRequest":
+    def parse(cls, query: Dict[str, str], selectable: Sequence[str] = ()) -> "ListRequest":
         limit = count_param(query, "limit") or None
         token = query.get("continue") or None
         if "sendInitialEvents" in query:
@@ -134,7 +189,7 @@ class ListRequest:
             # past any etcd revision: etcd's own answer to a revision from the future (kube's "Too large
             # resource version"), not a read at a revision its int64 field cannot carry
             raise from_storage_error(storage_errors.FutureRevision(f"resourceVersion {rv} is past etcd's int64 revisions"))
-        return cls(limit, token, rv if exact else None, 0 if exact else rv, Selectors.parse(query))
+        return cls(limit, token, rv if exact else None, 0 if exact else rv, Selectors.parse(query, selectable))
 
 
 # ---------------------------------------------------------------------------
@@ -151,7 +206,7 @@ class WatchRequest:
     selectors: Selectors
 
     @classmethod
-    def parse(cls, query: Dict[str, str], min_request_timeout: int) -> "WatchRequest":
+    def parse(cls, query: Dict[str, str], min_request_timeout: int, selectable: Sequence[str] = ()) -> "WatchRequest":
         rv_text = query.get("resourceVersion", "")
         rv = _rv(rv_text) if rv_text else 0
         match = query.get("resourceVersionMatch", "")
@@ -175,4 +230,4 @@ class WatchRequest:
             timeout = min(float(seconds), cap)
         # Legacy semantics: no sendInitialEvents and resourceVersion unset or "0" = current state first.
         initial = bool(send_initial) or (send_initial is None and rv == 0)
-        return cls(rv, initial, bool(send_initial), allow_bookmarks, timeout, Selectors.parse(query))
+        return cls(rv, initial, bool(send_initial), allow_bookmarks, timeout, Selectors.parse(query, selectable))

@@ -67,6 +67,9 @@ class Resource(NamedTuple):
     kind: str  #: "Secret"
     namespaced: bool
     short_names: Tuple[str, ...] = ()
+    #: fields a fieldSelector may compare besides metadata.name and metadata.namespace (kube's, per kind)
+    field_selectors: Tuple[str, ...] = ()
+    categories: Tuple[str, ...] = ()  #: discovery's categories ("all": kubectl get all)
 
     @property
     def singular(self) -> str:
@@ -83,6 +86,8 @@ class Resource(NamedTuple):
         }
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
+        if self.categories:
+            entry["categories"] = list(self.categories)
         return entry
 
 
@@ -91,16 +96,21 @@ class Resource(NamedTuple):
 DEFAULT_RESOURCES: Dict[str, Resource] = {
     r.name: r
     for r in (
-        Resource("secrets", "Secret", True),
+        Resource("secrets", "Secret", True, field_selectors=("type",)),
         Resource("configmaps", "ConfigMap", True, ("cm",)),
-        Resource("pods", "Pod", True, ("po",)),
-        Resource("services", "Service", True, ("svc",)),
+        Resource("pods", "Pod", True, ("po",), (
+            "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork",
+            "status.phase", "status.podIP", "status.nominatedNodeName"), ("all",)),
+        Resource("services", "Service", True, ("svc",), categories=("all",)),
         Resource("serviceaccounts", "ServiceAccount", True, ("sa",)),
-        Resource("events", "Event", True, ("ev",)),
+        Resource("events", "Event", True, ("ev",), (
+            "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+            "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
+            "reportingComponent", "source", "type")),
         Resource("endpoints", "Endpoints", True, ("ep",)),
         Resource("persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",)),
-        Resource("namespaces", "Namespace", False, ("ns",)),
-        Resource("nodes", "Node", False, ("no",)),
+        Resource("namespaces", "Namespace", False, ("ns",), ("status.phase",)),
+        Resource("nodes", "Node", False, ("no",), ("spec.unschedulable",)),
         Resource("persistentvolumes", "PersistentVolume", False, ("pv",)),
     )
 }
@@ -246,14 +256,30 @@ def decode_stored(value: Any, mod_revision: int) -> Dict[str, Any]:
     return obj
 
 
-def stored_labels(value: Any) -> Dict[str, Any]:
-    """A stored object's ``metadata.labels`` (none when it has none, or when it is no object that can be read:
-    a list or watch fails on that one when it encodes it, not when it selects)."""
+def stored_object(value: Any) -> Dict[str, Any]:
+    """A stored object for a selector to judge: ``{}`` when it is no object that can be read (a list or
+    watch fails on that one when it encodes it, not when it selects)."""
     try:
-        labels = decode_stored(value, 0)["metadata"].get("labels")
+        return decode_stored(value, 0)
     except (streamcodec.DecodeError, ValueError):
         return {}
-    return labels if isinstance(labels, dict) else {}
+
+
+def field_value(obj: Dict[str, Any], path: str) -> str:
+    """A selectable field's value as kube's field set has it: text, ``"true"``/``"false"`` for booleans, ``""``
+    (``"false"`` for the boolean ones) when unset; an Event's ``source`` is its ``source.component``."""
+    if path == "source":
+        path = "source.component"
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, bool) or path in BOOLEAN_FIELDS:
+        return "true" if value is True else "false"
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+#: selectable fields whose unset value is false
+BOOLEAN_FIELDS = frozenset({"spec.hostNetwork", "spec.unschedulable"})
 
 
 #: kube-apiserver's fieldValidation directives (metav1.FieldValidation*), and the one it applies to a

@@ -1,14 +1,14 @@
-"""labelSelector on lists, watches and watch-lists, against etcd: what is selected, and a watcher's view of
-objects whose labels change (kube's watch filter: ADDED when an object starts matching, DELETED when it stops).
-Checked in JSON and in typed protobuf (decoded by the protobuf package with Kubernetes' own generated.proto)."""
+"""labelSelector and fieldSelector on lists, watches and watch-lists, against etcd: what is selected, and a
+watcher's view of objects that change (kube's watch filter: ADDED when an object starts matching, DELETED
+when it stops).  Checked in JSON and in typed protobuf (decoded by the protobuf package with Kubernetes' own
+generated.proto)."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import pytest
@@ -35,6 +35,24 @@ def put(c: httpx.Client, name: str, labels: Optional[Dict[str, str]]) -> str:
         r = c.put(f"{NS}/{name}", json=body)
         assert r.status_code == 200, r.text
     return str(r.json()["metadata"]["resourceVersion"])
+
+
+def watching(server: ServerThread, path: str, params: Dict[str, str]) -> Tuple[threading.Thread, List[Dict[str, Any]]]:
+    """A watch of ``path`` read in a thread (it ends at its timeoutSeconds), open once this returns; its events."""
+    events: List[Dict[str, Any]] = []
+    opened = threading.Event()
+
+    def watch() -> None:
+        with httpx.Client(base_url=server.url, timeout=20) as w, w.stream("GET", path, params={"watch": "1", **params}) as resp:
+            opened.set()
+            for line in resp.iter_lines():
+                if line:
+                    events.append(json.loads(line))
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    assert opened.wait(10)  # from a resourceVersion: what is written after it comes, whenever it is written
+    return thread, events
 
 
 def names(items: List[Dict[str, Any]]) -> List[str]:
@@ -71,21 +89,7 @@ def test_lists_select_by_labels_in_every_form(server: ServerThread, kube_proto: 
 def test_a_watcher_sees_objects_enter_and_leave_its_selection(server: ServerThread) -> None:
     c = httpx.Client(base_url=server.url, timeout=10)
     start = put(c, "x", {"app": "db"})
-    events: List[Dict[str, Any]] = []
-    started = threading.Event()
-
-    def watch() -> None:
-        with httpx.Client(base_url=server.url, timeout=20) as w, w.stream(
-                "GET", NS, params={"watch": "1", "resourceVersion": start, "labelSelector": "app=web", "timeoutSeconds": "4"}) as resp:
-            started.set()
-            for line in resp.iter_lines():
-                if line:
-                    events.append(json.loads(line))
-
-    t = threading.Thread(target=watch)
-    t.start()
-    started.wait(10)
-    time.sleep(0.3)
+    t, events = watching(server, NS, {"resourceVersion": start, "labelSelector": "app=web", "timeoutSeconds": "4"})
     rv_in = put(c, "x", {"app": "web"})       # starts matching: ADDED
     rv_mod = put(c, "x", {"app": "web"})      # still matching: MODIFIED
     rv_out = put(c, "x", {"app": "db"})       # stops matching: DELETED
@@ -114,3 +118,41 @@ def test_a_watch_list_starts_with_the_selected_objects_only(server: ServerThread
         added = sorted(name for t, name in events if t == "ADDED")
         assert added == ["o1", "o3", "o5"], (accept, added)
         assert any(t == "BOOKMARK" for t, _ in events)
+
+
+def test_a_kubelet_watches_the_pods_of_its_node(server: ServerThread) -> None:
+    """fieldSelector=spec.nodeName=NODE (the kubelet's watch): a pod bound to the node enters the watch as
+    ADDED, one moved away leaves it as DELETED; lists select on object fields, Secrets on type, Events on
+    involvedObject; a field the kind has no selector for is kube's 400."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    pods = "/api/v1/namespaces/default/pods"
+    for name, node in (("p1", "n1"), ("p2", "n2"), ("p3", None)):
+        spec: Dict[str, Any] = {"containers": [{"name": "c", "image": "i"}], **({"nodeName": node} if node else {})}
+        assert c.post(pods, json={"metadata": {"name": name}, "spec": spec}).status_code == 201
+    assert names(c.get(pods, params={"fieldSelector": "spec.nodeName=n1"}).json()["items"]) == ["p1"]
+    assert names(c.get(pods, params={"fieldSelector": "spec.nodeName="}).json()["items"]) == ["p3"]  # the scheduler's
+    assert names(c.get(pods, params={"fieldSelector": "spec.nodeName!=n1,metadata.name!=p3"}).json()["items"]) == ["p2"]
+    rv = c.get(pods).json()["metadata"]["resourceVersion"]
+    t, events = watching(server, pods, {"resourceVersion": rv, "fieldSelector": "spec.nodeName=n1", "timeoutSeconds": "3"})
+    merge = {"Content-Type": "application/merge-patch+json"}
+    assert c.patch(f"{pods}/p3", content=json.dumps({"spec": {"nodeName": "n1"}}), headers=merge).status_code == 200
+    assert c.patch(f"{pods}/p1", content=json.dumps({"spec": {"nodeName": "n2"}}), headers=merge).status_code == 200
+    t.join(15)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "p3"), ("DELETED", "p1")], events
+    assert events[1]["object"]["spec"]["nodeName"] == "n1"  # the version that matched
+
+    secrets = "/api/v1/namespaces/default/secrets"
+    for name, kind in (("s1", "Opaque"), ("s2", "kubernetes.io/tls")):
+        body = {"metadata": {"name": name}, "type": kind, "data": {"tls.crt": "", "tls.key": ""} if "tls" in kind else {}}
+        assert c.post(secrets, json=body).status_code == 201
+    assert names(c.get(secrets, params={"fieldSelector": "type=kubernetes.io/tls"}).json()["items"]) == ["s2"]
+    evs = "/api/v1/namespaces/default/events"
+    for name, target in (("e1", "p1"), ("e2", "p2")):
+        body = {"metadata": {"name": name}, "involvedObject": {"kind": "Pod", "name": target, "namespace": "default"},
+                "reason": "Started", "source": {"component": "kubelet"}}
+        assert c.post(evs, json=body).status_code == 201, c.post(evs, json=body).text
+    got = c.get(evs, params={"fieldSelector": "involvedObject.name=p2,involvedObject.kind=Pod,source=kubelet"}).json()
+    assert names(got["items"]) == ["e2"]
+    r = c.get(secrets, params={"fieldSelector": "spec.nodeName=n1"})
+    assert r.status_code == 400 and r.json()["message"] == (
+        '"spec.nodeName" is not a known field selector: only "metadata.name", "metadata.namespace", "type"')
