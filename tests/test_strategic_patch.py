@@ -10,6 +10,8 @@ out), or the status codes.  A few cases of the merge rules run without the peer 
 from __future__ import annotations
 
 import json
+import pathlib
+import subprocess
 import uuid
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -24,6 +26,7 @@ from tests.apiserver_harness import ServerThread
 from tests.kube_apiserver_harness import KubeAPIServer, provision_kube_apiserver
 
 SMP = {"Content-Type": "application/strategic-merge-patch+json"}
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 POD = "k8s.io.api.core.v1.Pod"
 
 
@@ -202,3 +205,50 @@ def test_pod_patches_give_what_kube_apiserver_gives(servers: Tuple[httpx.Client,
 @pytest.mark.parametrize("patch", SECRET_PATCHES, ids=lambda p: json.dumps(p)[:60])
 def test_secret_patches_give_what_kube_apiserver_gives(servers: Tuple[httpx.Client, httpx.Client], patch: Any) -> None:
     _both(servers, "secrets", BASE_SECRET, patch)
+
+
+# ----------------------------------------------------------------------------- kubectl apply on both servers
+
+APPLIED: List[Dict[str, Any]] = [
+    {"metadata": {"labels": {"app": "web"}, "annotations": {"a": "1"}},
+     "spec": {"containers": [
+         {"name": "app", "image": "app:1", "ports": [{"containerPort": 80, "name": "http"}, {"containerPort": 9090, "name": "metrics"}],
+          "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}], "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+         {"name": "side", "image": "side:1"}],
+         "volumes": [{"name": "data", "emptyDir": {}}], "tolerations": [{"key": "k", "operator": "Exists"}]}},
+    {"metadata": {"labels": {"app": "web", "tier": "front"}},
+     "spec": {"containers": [
+         {"name": "side", "image": "side:2"},
+         {"name": "app", "image": "app:2", "ports": [{"containerPort": 80, "name": "http"}],
+          "env": [{"name": "B", "value": "3"}, {"name": "C", "value": "4"}], "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+         "volumes": [{"name": "data", "configMap": {"name": "cm"}}, {"name": "extra", "emptyDir": {}}]}},
+    {"metadata": {"labels": {"app": "web"}},
+     "spec": {"initContainers": [{"name": "init", "image": "init:1"}],
+              "containers": [{"name": "app", "image": "app:3", "ports": [{"containerPort": 8080}],
+                              "env": [{"name": "C", "value": "5"}]}],
+              "volumes": [{"name": "extra", "emptyDir": {"medium": "Memory"}}]}},
+]
+
+
+@pytest.mark.clientgo
+def test_kubectl_apply_gives_what_it_gives_on_kube_apiserver(servers: Tuple[httpx.Client, httpx.Client], tmp_path: Any) -> None:
+    """Client-side kubectl apply computes three-way strategic patches (with $setElementOrder, $retainKeys and
+    deletions); applied in turn to both servers, each version leaves the same Pod on both."""
+    kubectl = subprocess.run([str(ROOT / "scripts" / "provision-kubectl")], capture_output=True, text=True, timeout=600)
+    assert kubectl.returncode == 0, kubectl.stderr
+    name = f"applied-{uuid.uuid4().hex[:6]}"
+    for version, manifest in enumerate(APPLIED):
+        obj = json.loads(json.dumps(manifest))
+        obj.update(apiVersion="v1", kind="Pod")
+        obj["metadata"]["name"] = name
+        path = tmp_path / f"v{version}.json"
+        path.write_text(json.dumps(obj))
+        results = []
+        for c in servers:
+            proc = subprocess.run([kubectl.stdout.strip(), f"--server={c.base_url}", "--namespace=default", "--validate=false",
+                                   f"--cache-dir={tmp_path / 'cache'}", "apply", "-f", str(path)],
+                                  capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+            assert proc.returncode == 0, proc.stderr
+            results.append(_comparable(c.get(f"/api/v1/namespaces/default/pods/{name}").json()))
+        ours, peer = results
+        assert ours == peer, version
