@@ -12,7 +12,9 @@ Facts from k8s.io/apimachinery's ``util/strategicpatch`` as the server path runs
 ``MergeParallelList`` and ``IgnoreUnmatchedNulls`` on): the order of a merged list (the patch's
 elements in the patch's order, the server's others where they were relative to them), the error
 texts, and which errors are a 400 and which a 422.  kube passes its other merge errors through as
-500s; here they are 422s.
+500s; here they are 422s.  One difference: kube patches the object as its Go type has it, where a
+non-pointer struct field is always present (a container's ``resources: {}``), so a ``{"$patch":
+"replace"}`` map under such a field that the stored object lacks takes effect there and is dropped here.
 """
 
 from __future__ import annotations
