@@ -156,3 +156,25 @@ def test_a_kubelet_watches_the_pods_of_its_node(server: ServerThread) -> None:
     r = c.get(secrets, params={"fieldSelector": "spec.nodeName=n1"})
     assert r.status_code == 400 and r.json()["message"] == (
         '"spec.nodeName" is not a known field selector: only "metadata.name", "metadata.namespace", "type"')
+
+
+def test_watching_one_object_by_its_path_and_the_watch_paths(server: ServerThread) -> None:
+    """kube's watch of a named object (GET .../NAME?watch=1) is the collection's watch of that name only; the
+    deprecated /api/v1/watch/... paths are watches whatever the query says."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    start = put(c, "one", {"app": "a"})
+    put(c, "two", {"app": "a"})
+    t1, by_name = watching(server, f"{NS}/one", {"resourceVersion": start, "timeoutSeconds": "2"})
+    t2, by_path = watching(server, "/api/v1/watch/namespaces/default/configmaps",
+                           {"resourceVersion": start, "timeoutSeconds": "2", "watch": "0"})
+    t3, named_path = watching(server, "/api/v1/watch/namespaces/default/configmaps/two", {"resourceVersion": start, "timeoutSeconds": "2"})
+    changed = put(c, "one", {"app": "b"})
+    put(c, "two", {"app": "b"})
+    for t in (t1, t2, t3):
+        t.join(10)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in by_name] == [("MODIFIED", "one")]
+    assert by_name[0]["object"]["metadata"]["resourceVersion"] == changed
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in by_path] == [("ADDED", "two"), ("MODIFIED", "one"), ("MODIFIED", "two")]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in named_path] == [("ADDED", "two"), ("MODIFIED", "two")]
+    assert c.post("/api/v1/watch/namespaces/default/configmaps", json={}).status_code == 405
+    assert c.get("/api/v1/watch").status_code == 404

@@ -418,6 +418,13 @@ class App:
         if parts[:2] != ["api", "v1"] or len(parts) < 3:
             raise APIError(404, "NotFound", "the server could not find the requested resource")
         rest = [urllib.parse.unquote(p) for p in parts[2:]]
+        watching = rest[0] == "watch"  # kube's deprecated /api/v1/watch/... paths: a watch whatever the query says
+        if watching:
+            rest = rest[1:]
+            if not rest or method != "GET":
+                raise APIError(404 if not rest else 405, "NotFound" if not rest else "MethodNotAllowed",
+                               "the server could not find the requested resource" if not rest else
+                               f"the server does not allow this method on the requested resource: {method}")
         if len(rest) == 3 and rest[0] == NAMESPACES.name and rest[2] == "finalize" and self.namespaces is not None:
             return await self._finalize(scope, receive, objects.check_name("name", rest[1]), accept, query)
         namespace: Optional[str] = None
@@ -435,7 +442,7 @@ class App:
             raise APIError(404, "NotFound", f"the server could not find the requested resource: {resource.name} is not namespaced")
         if name is None:
             if method == "GET":
-                if _bool_param(query, "watch"):
+                if watching or _bool_param(query, "watch"):
                     return await self._watch(resource, namespace, query, fmt, client_of(scope))
                 return await self._list(resource, namespace, query, fmt, client_of(scope))
             if method == "POST":
@@ -447,8 +454,9 @@ class App:
                     return await self._create(obj, warnings, resource, namespace, fmt, dry_run)
         else:
             if method == "GET":
-                if _bool_param(query, "watch"):
-                    raise bad_request("watch a single object with fieldSelector=metadata.name=NAME on the collection")
+                if watching or _bool_param(query, "watch"):  # kube: the collection's watch, of this name only
+                    selector = ",".join(filter(None, (f"metadata.name={name}", query.get("fieldSelector"))))
+                    return await self._watch(resource, namespace, {**query, "fieldSelector": selector}, fmt, client_of(scope))
                 return await self._get(resource, namespace, name, fmt)
             if method == "PUT":
                 dry_run = query_dry_run(query, "UpdateOptions")
