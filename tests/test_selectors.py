@@ -178,3 +178,26 @@ def test_watching_one_object_by_its_path_and_the_watch_paths(server: ServerThrea
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in named_path] == [("ADDED", "two"), ("MODIFIED", "two")]
     assert c.post("/api/v1/watch/namespaces/default/configmaps", json={}).status_code == 405
     assert c.get("/api/v1/watch").status_code == 404
+
+
+def test_deleting_a_collection_deletes_what_its_selectors_select(server: ServerThread, etcd: Any, prefix: bytes) -> None:
+    """DELETE on a collection (kube's deletecollection, client-go's DeleteCollection): the selected objects go, a
+    page of keys at a time; a dry run deletes nothing; Namespaces are not served (405), as kube."""
+    c = httpx.Client(base_url=server.url, timeout=20)
+    for i in range(1203):  # more than two pages of keys
+        body = {"metadata": {"name": f"d{i:04}", "labels": {"batch": "x" if i % 3 else "keep"}}, "data": {"v": str(i)}}
+        assert c.post(NS, json=body).status_code == 201
+    r = c.request("DELETE", NS, params={"labelSelector": "batch=x", "dryRun": "All"})
+    assert r.status_code == 200 and r.json()["status"] == "Success", r.text
+    assert len(c.get(NS).json()["items"]) == 1203
+    r = c.request("DELETE", NS, params={"labelSelector": "batch=x"})
+    assert r.status_code == 200 and r.json() == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                                 "details": {"kind": "configmaps"}}, r.text
+    left = names(c.get(NS).json()["items"])
+    assert left == [f"d{i:04}" for i in range(0, 1203, 3)]
+    stored = etcd.etcdctl("get", prefix.decode() + "configmaps/default/", "--prefix", "--keys-only").split()
+    assert len(stored) == len(left)
+    assert c.request("DELETE", "/api/v1/namespaces").status_code == 405
+    assert c.request("DELETE", "/api/v1/configmaps").status_code == 405  # a namespaced kind: under its namespace only
+    resources = {r["name"]: r["verbs"] for r in c.get("/api/v1").json()["resources"]}
+    assert "deletecollection" in resources["configmaps"] and "deletecollection" not in resources["namespaces"]

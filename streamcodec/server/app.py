@@ -37,7 +37,7 @@ from . import objects, patches
 from .admission import Admission, client_of
 from .bodies import ListBody, WatchBody, buffered_list_body, watch_error_event
 from .defaults import FRAME_CACHE_BYTES, POOL_BYTES, QUEUE_WAIT, RETRY_AFTER, SEND_PIECE_BYTES, STALL_TIMEOUT, UPDATE_RETRIES
-from .handlers import ListRequest, WatchRequest, resource_version
+from .handlers import ListRequest, Selectors, WatchRequest, resource_version
 from .items import FrameCache, ItemWriter
 from .namespaces import NAMESPACES, NamespaceLifecycle, admitted_namespace
 from .negotiation import available_formats, format_for_content_type, negotiate
@@ -59,6 +59,8 @@ FORMAT_OPTIONS: Dict[str, Dict[str, Any]] = {"cbor": {"byte_string_tag": 22}}
 #: Request bodies up to this size are decoded on the event loop: at most ~4,000 values, a few ms of
 #: CPU; larger ones go to a worker thread (_read_object), which costs ~0.1 ms more.
 INLINE_BODY_BYTES = 4096
+#: keys read a page at a time by a deletecollection (their objects are dropped once selected)
+DELETE_COLLECTION_PAGE = 500
 
 #: kube-apiserver's default --max-requests-inflight: the stream cap of the buffered (classic) list mode.
 KUBE_MAX_REQUESTS_INFLIGHT = 400
@@ -445,6 +447,8 @@ class App:
                 if watching or _bool_param(query, "watch"):
                     return await self._watch(resource, namespace, query, fmt, client_of(scope))
                 return await self._list(resource, namespace, query, fmt, client_of(scope))
+            if method == "DELETE" and (namespace is not None or not resource.namespaced) and resource.name != NAMESPACES.name:
+                return await self._delete_collection(resource, namespace, query, fmt, await self._delete_options(scope, receive, query))
             if method == "POST":
                 if resource.namespaced and namespace is None:
                     raise APIError(405, "MethodNotAllowed", "create a namespaced object under /api/v1/namespaces/{namespace}/...")
@@ -711,6 +715,14 @@ class App:
 
     async def _delete(self, resource: Resource, namespace: Optional[str], name: str, fmt: str,
                       options: DeleteOptions = DeleteOptions()) -> "PlainResponse":
+        # Like kube-apiserver for immediate deletion: the object as it was, at the deletion's revision.
+        value, revision = await self._delete_object(resource, namespace, name, options)
+        return self._kv_response(200, value, revision, fmt, resource)
+
+    async def _delete_object(self, resource: Resource, namespace: Optional[str], name: str,
+                             options: DeleteOptions) -> Tuple[Any, int]:
+        """Delete one object under ``options``: its stored value as it was, and the deletion's revision (a dry
+        run's: the object's own)."""
         if self.namespaces is not None:  # kube's NamespaceLifecycle: immortal namespaces stay
             await self.namespaces.admit("delete", resource, namespace, name)
         store = await self.store()
@@ -723,19 +735,47 @@ class App:
                     expected = int(current.mod_revision)
                     check_preconditions(options, resource.name, name, objects.decode_stored(current.value, expected))
                     if options.dry_run:
-                        return self._kv_response(200, current.value, expected, fmt, resource)
+                        return current.value, expected
                 if resource.name == NAMESPACES.name and self.namespaces is not None:  # marked terminating; its content goes first
-                    value, revision = await self.namespaces.terminate(name)
-                    return self._kv_response(200, value, revision, fmt, resource)
+                    return await self.namespaces.terminate(name)
                 deleted = await store.delete(key, expected)
-                break
+                return deleted.previous.value, deleted.revision
             except storage_errors.Conflict as exc:  # changed since its preconditions were checked: check again
                 if attempt == UPDATE_RETRIES - 1:
                     raise from_storage_error(exc, resource=resource.name, name=name) from None
             except storage_errors.StorageError as exc:
                 raise from_storage_error(exc, resource=resource.name, name=name) from None
-        # Like kube-apiserver for immediate deletion: the object as it was, at the deletion's revision.
-        return self._kv_response(200, deleted.previous.value, deleted.revision, fmt, resource)
+        raise AssertionError("unreachable: the last try raises")
+
+    async def _delete_collection(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str,
+                                 options: DeleteOptions) -> "PlainResponse":
+        """DELETE on a collection (kube's deletecollection): every object its selectors select, deleted as a
+        DELETE of it would be (one deleted meanwhile is skipped), read a page of keys at a time.  Answered with
+        a Success Status: kube answers with the deleted objects as one list, which would hold the whole
+        collection in memory (client-go's DeleteCollection reads only the error)."""
+        selectors = Selectors.parse(query, resource.field_selectors)
+        store = await self.store()
+        prefix = self._prefix(resource, namespace)
+        token: Optional[str] = None
+        while True:
+            stream = store.list_stream(prefix, continue_token=token, limit=DELETE_COLLECTION_PAGE)
+            try:
+                names = [kv.key[len(prefix):].decode("utf-8") async for kv in stream
+                         if not selectors.active or selectors.matches(kv, prefix)]
+            except storage_errors.StorageError as exc:
+                raise from_storage_error(exc, resource=resource.name) from None
+            for name in names:
+                try:
+                    await self._delete_object(resource, namespace, name, options)
+                except APIError as exc:
+                    if exc.code != 404:
+                        raise
+            token = stream.continue_token
+            if not token:
+                break
+        encoder = self.encoder(fmt, "Status")
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"kind": resource.name}}
+        return PlainResponse(200, encoder.encode(status), encoder.content_type)
 
     async def _finalize(self, scope: Dict[str, Any], receive: Any, name: str, accept: Optional[str],
                         query: Dict[str, str]) -> "PlainResponse":

@@ -82,7 +82,8 @@ class Resource(NamedTuple):
             "singularName": self.singular,
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            "verbs": ["create", "delete"] + (["deletecollection"] if self.name != "namespaces" else []) + [
+                "get", "list", "patch", "update", "watch"],
         }
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
