@@ -1,4 +1,4 @@
-"""The official ``kubernetes`` Python client against the server: list, watch, watch-list."""
+"""The official ``kubernetes`` Python client against the server: list, watch, watch-list, patches, status, deletecollection."""
 
 from __future__ import annotations
 
@@ -86,8 +86,9 @@ def test_watch_list_with_send_initial_events(core: k8s.CoreV1Api) -> None:
     ]
 
 
-def test_patches_of_the_python_client(core: k8s.CoreV1Api) -> None:
-    """The client's patch_* calls: a dict body goes as a strategic merge patch, a list as a JSON Patch."""
+def test_patches_status_and_collection_deletes_of_the_python_client(core: k8s.CoreV1Api) -> None:
+    """The client's patch_* calls (a dict body goes as a strategic merge patch, a list as a JSON Patch), its
+    *_status calls (the status subresource) and delete_collection_* (label-selected)."""
     out = core.patch_namespaced_secret("alpha", "default", {"metadata": {"labels": {"a": "1"}}, "data": {"n": "bg=="}})
     assert out.metadata.labels == {"a": "1"} and out.data == {"k": "dg==", "n": "bg=="}
     out = core.patch_namespaced_secret("alpha", "default", [{"op": "remove", "path": "/data/k"}])
@@ -98,3 +99,10 @@ def test_patches_of_the_python_client(core: k8s.CoreV1Api) -> None:
     out = core.patch_namespaced_pod("p", "default", {"spec": {"containers": [{"name": "b", "image": "b:2"}]}})
     assert [(c.name, c.image) for c in out.spec.containers] == [("a", "a:1"), ("b", "b:2")]  # merged by name
     assert core.read_namespaced_pod("p", "default").spec.containers[1].image == "b:2"
+    status = core.patch_namespaced_pod_status("p", "default", {"status": {"phase": "Running"}})
+    assert status.status.phase == "Running" and [c.image for c in status.spec.containers] == ["a:1", "b:2"]
+    pod = core.read_namespaced_pod("p", "default")
+    pod.status.phase = "Succeeded"
+    assert core.replace_namespaced_pod_status("p", "default", pod).status.phase == "Succeeded"
+    deleted = core.delete_collection_namespaced_secret("default", label_selector="a=1")
+    assert deleted.status == "Success" and [s.metadata.name for s in core.list_namespaced_secret("default").items] == ["beta", "gamma"]

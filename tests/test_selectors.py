@@ -201,3 +201,45 @@ def test_deleting_a_collection_deletes_what_its_selectors_select(server: ServerT
     assert c.request("DELETE", "/api/v1/configmaps").status_code == 405  # a namespaced kind: under its namespace only
     resources = {r["name"]: r["verbs"] for r in c.get("/api/v1").json()["resources"]}
     assert "deletecollection" in resources["configmaps"] and "deletecollection" not in resources["namespaces"]
+
+
+def test_the_status_subresource_is_the_only_way_to_write_status(server: ServerThread) -> None:
+    """kube's status subresource (client-go's UpdateStatus/Patch(..., "status")): a write of .../status changes
+    the status only; a write of the object keeps the stored status; kinds without it 404; discovery lists it."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    pods = "/api/v1/namespaces/default/pods"
+    pod = {"metadata": {"name": "s", "labels": {"a": "1"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}
+    assert c.post(pods, json=pod).status_code == 201
+    current = c.get(f"{pods}/s").json()
+    # PUT status: only the status counts (the spec and labels sent with it do not)
+    sent = json.loads(json.dumps(current))
+    sent["status"] = {"phase": "Running", "podIP": "10.0.0.1"}
+    sent["spec"]["containers"][0]["image"] = "ignored"
+    sent["metadata"]["labels"] = {"ignored": "1"}
+    r = c.put(f"{pods}/s/status", json=sent)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["status"] == {"phase": "Running", "podIP": "10.0.0.1"}
+    assert out["spec"]["containers"][0]["image"] == "i:1" and out["metadata"]["labels"] == {"a": "1"}
+    assert c.put(f"{pods}/s/status", json=sent).status_code == 409  # its resourceVersion is stale now
+    # PUT and PATCH of the object keep the status
+    obj = c.get(f"{pods}/s").json()
+    obj["status"] = {"phase": "Failed"}
+    obj["spec"]["containers"][0]["image"] = "i:2"
+    r = c.put(f"{pods}/s", json=obj)
+    assert r.status_code == 200 and r.json()["status"]["phase"] == "Running" and r.json()["spec"]["containers"][0]["image"] == "i:2"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    r = c.patch(f"{pods}/s", content=json.dumps({"status": {"phase": "Failed"}, "metadata": {"labels": {"b": "2"}}}), headers=merge)
+    assert r.status_code == 200 and r.json()["status"]["phase"] == "Running" and r.json()["metadata"]["labels"] == {"a": "1", "b": "2"}
+    # PATCH status: the patch's status only
+    r = c.patch(f"{pods}/s/status", content=json.dumps({"status": {"phase": "Succeeded"}, "metadata": {"labels": {"c": "3"}}}),
+                headers=merge)
+    assert r.status_code == 200 and r.json()["status"] == {"phase": "Succeeded", "podIP": "10.0.0.1"}
+    assert r.json()["metadata"]["labels"] == {"a": "1", "b": "2"}
+    assert c.get(f"{pods}/s/status").json() == c.get(f"{pods}/s").json()
+    assert c.get(f"{pods}/s").json()["status"]["phase"] == "Succeeded"
+    assert c.delete(f"{pods}/s/status").status_code == 405
+    assert c.get("/api/v1/namespaces/default/secrets/x/status").status_code == 404  # Secrets have none
+    assert c.get(f"{pods}/s/log").status_code == 404
+    entries = {r["name"]: r for r in c.get("/api/v1").json()["resources"]}
+    assert entries["pods/status"]["verbs"] == ["get", "patch", "update"] and "secrets/status" not in entries

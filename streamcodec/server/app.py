@@ -414,7 +414,7 @@ class App:
         if path == "/api/v1":
             return self._object_response(200, {
                 "kind": "APIResourceList", "groupVersion": "v1",
-                "resources": [r.discovery() for r in self.config.resources.values()],
+                "resources": [entry for r in self.config.resources.values() for entry in r.discovery()],
             }, fmt)
         parts = path.split("/")[1:]
         if parts[:2] != ["api", "v1"] or len(parts) < 3:
@@ -433,9 +433,14 @@ class App:
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace = objects.check_name("namespace", rest[1])
             rest = rest[2:]
+        subresource = ""
+        if len(rest) == 3 and rest[2] == "status" and not watching:
+            subresource, rest = "status", rest[:2]
         if len(rest) > 2:
-            raise APIError(404, "NotFound", "the server could not find the requested resource (subresources are not served)")
+            raise APIError(404, "NotFound", "the server could not find the requested resource (subresources other than status are not served)")
         resource = objects.resource_info(rest[0], self.config.resources)
+        if subresource and not resource.status_subresource:
+            raise APIError(404, "NotFound", f"the server could not find the requested resource: {resource.name} has no status subresource")
         fmt = negotiate(accept, self._formats_for(resource.kind))
         name = objects.check_name("name", rest[1]) if len(rest) == 2 else None
         if name is not None and namespace is None and resource.namespaced:
@@ -457,8 +462,10 @@ class App:
                 with _warned(warnings):
                     return await self._create(obj, warnings, resource, namespace, fmt, dry_run)
         else:
+            if subresource and method not in ("GET", "PUT", "PATCH"):
+                raise APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource: {method}")
             if method == "GET":
-                if watching or _bool_param(query, "watch"):  # kube: the collection's watch, of this name only
+                if not subresource and (watching or _bool_param(query, "watch")):  # kube: the collection's watch, of this name only
                     selector = ",".join(filter(None, (f"metadata.name={name}", query.get("fieldSelector"))))
                     return await self._watch(resource, namespace, {**query, "fieldSelector": selector}, fmt, client_of(scope))
                 return await self._get(resource, namespace, name, fmt)
@@ -466,9 +473,9 @@ class App:
                 dry_run = query_dry_run(query, "UpdateOptions")
                 obj, warnings = await self._read_object(scope, receive, resource, query)
                 with _warned(warnings):
-                    return await self._replace(obj, warnings, resource, namespace, name, fmt, dry_run)
+                    return await self._replace(obj, warnings, resource, namespace, name, fmt, dry_run, subresource)
             if method == "PATCH":
-                return await self._patch(scope, receive, resource, namespace, name, fmt, query)
+                return await self._patch(scope, receive, resource, namespace, name, fmt, query, subresource)
             if method == "DELETE":
                 return await self._delete(resource, namespace, name, fmt, await self._delete_options(scope, receive, query))
         raise APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource: {method}")
@@ -609,14 +616,17 @@ class App:
         return response
 
     async def _replace(self, obj: Dict[str, Any], warnings: List[str], resource: Resource, namespace: Optional[str],
-                       name: str, fmt: str, dry_run: bool = False) -> "PlainResponse":
+                       name: str, fmt: str, dry_run: bool = False, subresource: str = "") -> "PlainResponse":
         _check_identity(obj, namespace, name)
-        return await self._update(lambda previous: obj, warnings, resource, namespace, name, fmt, dry_run)
+        return await self._update(lambda previous: obj, warnings, resource, namespace, name, fmt, dry_run, subresource)
 
     async def _update(self, new_object: Callable[[Dict[str, Any]], Dict[str, Any]], warnings: List[str], resource: Resource,
-                      namespace: Optional[str], name: str, fmt: str, dry_run: bool) -> "PlainResponse":
+                      namespace: Optional[str], name: str, fmt: str, dry_run: bool, subresource: str = "") -> "PlainResponse":
         """Store ``new_object(current object)`` in place of the object, conditional on the revision it was
-        made from, or on the ``metadata.resourceVersion`` it holds if that is another (a 409 then)."""
+        made from, or on the ``metadata.resourceVersion`` it holds if that is another (a 409 then).
+
+        A kind with a status subresource (kube's strategies): a write of the object keeps the status it had,
+        a write of ``status`` changes the status only."""
         store = await self.store()
         key = self._key(resource, namespace, name)
         # A write whose object does not name its resourceVersion retries on a concurrent write, as kube's
@@ -631,6 +641,8 @@ class App:
                 revision = int(current.mod_revision)
                 previous = objects.decode_stored(current.value, revision)
                 obj = new_object(previous)
+                if resource.status_subresource:
+                    obj = _status_write(obj, previous) if subresource == "status" else _kept_status(obj, previous)
                 precondition = (obj.get("metadata") or {}).get("resourceVersion")
                 if precondition not in (None, ""):
                     expected = _revision(str(precondition), "metadata.resourceVersion")
@@ -654,7 +666,7 @@ class App:
         return response
 
     async def _patch(self, scope: Dict[str, Any], receive: Any, resource: Resource, namespace: Optional[str], name: str,
-                     fmt: str, query: Dict[str, str]) -> "PlainResponse":
+                     fmt: str, query: Dict[str, str], subresource: str = "") -> "PlainResponse":
         """PATCH: a JSON merge patch or JSON Patch (:mod:`.patches`) applied to the object, stored as a PUT's body."""
         message = self.config.kube_schema.message_name("v1", resource.kind)
         kind = patches.patch_type(_header(scope, b"content-type"), strategic=message is not None)
@@ -699,7 +711,7 @@ class App:
 
         with _warned(warnings):
             try:
-                return await self._update(patched, warnings, resource, namespace, name, fmt, dry_run)
+                return await self._update(patched, warnings, resource, namespace, name, fmt, dry_run, subresource)
             except objects.NotOfItsKind as exc:  # kube decodes the patched object into its Go type: a 422, not a body's 400
                 raise APIError(422, "Invalid", f'"" is invalid: patch: Invalid value: "the patched object": {exc.message}',
                                details={"causes": [{"reason": "FieldValueInvalid", "message": exc.message, "field": "patch"}]}) from None
@@ -935,6 +947,29 @@ def _warned(warnings: List[str]) -> Iterator[None]:
     except APIError as exc:
         exc.warnings = warnings + exc.warnings
         raise
+
+
+def _kept_status(obj: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, Any]:
+    """A write of an object whose kind has a status subresource: all of ``obj`` but its status, which stays
+    the ``stored`` object's (kube's strategies: only a write of ``status`` changes it)."""
+    out = {k: v for k, v in obj.items() if k != "status"}
+    if "status" in stored:
+        out["status"] = stored["status"]
+    return out
+
+
+def _status_write(obj: Dict[str, Any], stored: Dict[str, Any]) -> Dict[str, Any]:
+    """A write of ``status``: the ``stored`` object with ``obj``'s status, conditional on the resourceVersion
+    ``obj`` names, if it names one (nothing else of ``obj`` counts)."""
+    out = {k: v for k, v in stored.items() if k != "status"}
+    metadata = {k: v for k, v in (stored.get("metadata") or {}).items() if k != "resourceVersion"}
+    precondition = (obj.get("metadata") or {}).get("resourceVersion")
+    if precondition not in (None, ""):
+        metadata["resourceVersion"] = precondition
+    out["metadata"] = metadata
+    if "status" in obj:
+        out["status"] = obj["status"]
+    return out
 
 
 def _check_identity(obj: Dict[str, Any], namespace: Optional[str], name: str) -> None:

@@ -70,13 +70,22 @@ class Resource(NamedTuple):
     #: fields a fieldSelector may compare besides metadata.name and metadata.namespace (kube's, per kind)
     field_selectors: Tuple[str, ...] = ()
     categories: Tuple[str, ...] = ()  #: discovery's categories ("all": kubectl get all)
+    #: kube serves ``{name}/status``: only a write of it changes ``status``, which a write of the object keeps
+    status_subresource: bool = False
 
     @property
     def singular(self) -> str:
         return self.kind.lower()
 
-    def discovery(self) -> Dict[str, Any]:
-        """This resource's entry in an APIResourceList."""
+    def discovery(self) -> List[Dict[str, Any]]:
+        """This resource's entries in an APIResourceList: its own, and its status subresource's."""
+        entries = [self._discovery()]
+        if self.status_subresource:
+            entries.append({"name": f"{self.name}/status", "singularName": "", "namespaced": self.namespaced,
+                            "kind": self.kind, "verbs": ["get", "patch", "update"]})
+        return entries
+
+    def _discovery(self) -> Dict[str, Any]:
         entry: Dict[str, Any] = {
             "name": self.name,
             "singularName": self.singular,
@@ -101,18 +110,18 @@ DEFAULT_RESOURCES: Dict[str, Resource] = {
         Resource("configmaps", "ConfigMap", True, ("cm",)),
         Resource("pods", "Pod", True, ("po",), (
             "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork",
-            "status.phase", "status.podIP", "status.nominatedNodeName"), ("all",)),
-        Resource("services", "Service", True, ("svc",), categories=("all",)),
+            "status.phase", "status.podIP", "status.nominatedNodeName"), ("all",), True),
+        Resource("services", "Service", True, ("svc",), categories=("all",), status_subresource=True),
         Resource("serviceaccounts", "ServiceAccount", True, ("sa",)),
         Resource("events", "Event", True, ("ev",), (
             "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
             "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
             "reportingComponent", "source", "type")),
         Resource("endpoints", "Endpoints", True, ("ep",)),
-        Resource("persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",)),
+        Resource("persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), status_subresource=True),
         Resource("namespaces", "Namespace", False, ("ns",), ("status.phase",)),
-        Resource("nodes", "Node", False, ("no",), ("spec.unschedulable",)),
-        Resource("persistentvolumes", "PersistentVolume", False, ("pv",)),
+        Resource("nodes", "Node", False, ("no",), ("spec.unschedulable",), status_subresource=True),
+        Resource("persistentvolumes", "PersistentVolume", False, ("pv",), status_subresource=True),
     )
 }
 
