@@ -7,7 +7,9 @@ storage, tests/go/kubeapiserver).  Recorded in extra_info: each server's RSS gro
 watch, and the p50 / p99 / max time from a write's request to its event arriving on every watch
 (three writes), and the ratios streamcodec / peer.  The client decodes nothing: it looks for the
 object's name in each line, so the figures are the servers' and the loopback's, plus this
-process's reading of N sockets on the same two cores.
+process's reading of N sockets on the same two cores.  Two floors are measured beside them
+(benchmarks/connection_floor.py): the RSS per idle streaming connection of uvicorn with the least
+ASGI streaming app, and of a bare asyncio Protocol.
 
     .venv/bin/pytest benchmarks/bench_watches.py --benchmark-only -s
 
@@ -163,3 +165,36 @@ def test_idle_watches(benchmark: Any, etcd: EtcdProcess, server: str) -> None:
         ratios = {f"ratio_{k}": round(ours[k] / peer[k], 2) for k in ours if peer[k]}
         benchmark.extra_info.update(ratios)
         print("streamcodec / k8s.io/apiserver: " + ", ".join(f"{k[6:]} {v} x" for k, v in ratios.items()))
+
+
+@pytest.mark.parametrize("floor", ["asgi", "asyncio"])
+def test_idle_connection_floor(benchmark: Any, floor: str) -> None:
+    """What a process holds per idle streaming connection at the least (benchmarks/connection_floor.py):
+    uvicorn (h11) with the least ASGI streaming app, and a bare asyncio Protocol; beside the servers' figures."""
+    benchmark.group = "idle-watches"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.connection_floor", floor, str(port)])
+    try:
+        wait_until_serving(port, proc)
+        time.sleep(1)
+        before = proc_status_bytes(proc.pid, "VmRSS")
+        grown: Dict[str, float] = {}
+
+        def measure() -> None:
+            conns = _open_watches(port, f"GET {NS}?watch=1 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            try:
+                time.sleep(2)
+                grown["kib"] = round((proc_status_bytes(proc.pid, "VmRSS") - before) / WATCHES / 1024, 2)
+            finally:
+                for sock in conns:
+                    sock.close()
+
+        benchmark.pedantic(measure, rounds=1, iterations=1)
+    finally:
+        proc.kill()
+        proc.wait()
+    benchmark.extra_info.update(watches=WATCHES, rss_growth_per_connection_kib=grown["kib"])
+    print(f"\nfloor ({'uvicorn h11 + the least ASGI streaming app' if floor == 'asgi' else 'bare asyncio Protocol'}): "
+          f"{WATCHES} idle streams, {grown['kib']} KiB each"
+          + (f"; streamcodec / this floor: {round(RESULTS['streamcodec']['rss_growth_per_watch_kib'] / grown['kib'], 2)} x"
+             if "streamcodec" in RESULTS else ""))
