@@ -288,3 +288,16 @@ def test_patches_that_cannot_be_taken_are_kubes_4xx(client: httpx.Client) -> Non
     status_of(client.patch(url, content=json.dumps({"metadata": {"resourceVersion": "x"}}), headers=MERGE), 400, "BadRequest")
     status_of(client.patch(NS, content=b"{}", headers=MERGE), 405, "MethodNotAllowed")
     assert client.get(url).json()["data"] == {"k": b64("v")}  # none of them wrote
+
+
+def test_json_patch_copies_are_bounded_in_size_and_depth() -> None:
+    """Each copy of /metadata into itself doubles it: bounded as kube bounds it, a 422, never a blow-up or a
+    RecursionError."""
+    doc = {"metadata": {"name": "p", "labels": {"a": "1"}}}
+    doubling = [{"op": "copy", "from": "/metadata", "path": f"/metadata/m{i}"} for i in range(40)]
+    nesting = [{"op": "copy", "from": "/metadata", "path": "/metadata/m"} for _ in range(1200)]
+    for ops in (doubling, nesting):
+        with pytest.raises(APIError) as info:
+            patches.apply_patch(patches.JSON_PATCH, doc, ops)
+        assert info.value.code == 422
+    assert patches.apply_patch(patches.JSON_PATCH, doc, doubling[:5])["metadata"]["m4"]["m3"]["labels"] == {"a": "1"}

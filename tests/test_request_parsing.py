@@ -256,3 +256,10 @@ def test_any_label_selector_text_parses_or_is_a_400(text: str) -> None:
         assert exc.code == 400
         return
     parsed.matches(_kv(b"/r/ns/x", {"a": "b"}), b"/r/")
+
+
+def test_labels_that_are_not_text_are_no_labels() -> None:
+    """A kind without a schema stores labels as written: a list or null there selects as an absent label."""
+    kv = types.SimpleNamespace(key=b"/r/ns/x", value=json.dumps({"metadata": {"labels": {"a": ["x"], "b": None}}}).encode())
+    for selector, selected in (("a in (x)", False), ("b>1", False), ("!a", True), ("a notin (x)", True)):
+        assert Selectors.parse({"labelSelector": selector}).matches(kv, b"/r/") is selected, selector

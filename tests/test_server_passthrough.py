@@ -232,3 +232,34 @@ async def test_a_send_is_timed_only_while_it_waits() -> None:
         await client._timed({"mode": "never"})
     assert 0.15 < loop.time() - t0 < 1.0
     assert seen == ["resumed", "cancelled inside the send"]
+
+
+async def test_a_receive_that_says_disconnect_once_the_response_is_complete_cancels_nothing() -> None:
+    """Servers answer receive() with http.disconnect once a response is complete (uvicorn does): that late
+    answer must not cancel the task that sent the response, nor count it as a disconnect."""
+    done = asyncio.Event()
+
+    async def send(message: Dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+            await asyncio.sleep(0)  # the server flushes: receive()'s waiter runs meanwhile
+
+    async def receive() -> Dict[str, Any]:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def producer(writer: FrameWriter) -> None:
+        await writer.raw_event("ADDED", b'{"v":1}')
+
+    async def cleanup() -> None:
+        await asyncio.sleep(0)
+
+    task = asyncio.current_task()
+    assert task is not None
+    for _ in range(20):
+        response = StreamResponse(producer, cleanup=cleanup, encoder=JSONEncoder(), pool=BufferPool(1 << 16, 1 << 14),
+                                  content_type="application/json")
+        await response({"type": "http"}, receive, send)
+        assert response.outcome == "complete" and task.cancelling() == 0
+        await asyncio.sleep(0.005)  # a leaked cancellation would end this test here
+        done.clear()

@@ -762,29 +762,43 @@ class App:
     async def _delete_collection(self, resource: Resource, namespace: Optional[str], query: Dict[str, str], fmt: str,
                                  options: DeleteOptions) -> "PlainResponse":
         """DELETE on a collection (kube's deletecollection): every object its selectors select, deleted as a
-        DELETE of it would be (one deleted meanwhile is skipped), read a page of keys at a time.  Answered with
+        DELETE of it would be, read a page of keys at a time; one deleted, changed or re-created since it was
+        selected is left as it is.  Answered with
         a Success Status: kube answers with the deleted objects as one list, which would hold the whole
         collection in memory (client-go's DeleteCollection reads only the error)."""
         selectors = Selectors.parse(query, resource.field_selectors)
         store = await self.store()
         prefix = self._prefix(resource, namespace)
-        token: Optional[str] = None
+        start: Optional[bytes] = None
         while True:
-            stream = store.list_stream(prefix, continue_token=token, limit=DELETE_COLLECTION_PAGE)
+            # each page at the newest revision, after the last key: a compaction meanwhile ends nothing
+            stream = store.list_stream(prefix, limit=DELETE_COLLECTION_PAGE, start_key=start)
+            selected: List[Tuple[bytes, int]] = []
+            last = b""
             try:
-                names = [kv.key[len(prefix):].decode("utf-8") async for kv in stream
-                         if not selectors.active or selectors.matches(kv, prefix)]
+                async for kv in stream:
+                    last = bytes(kv.key)
+                    if not selectors.active or selectors.matches(kv, prefix):
+                        selected.append((last, int(kv.mod_revision)))
             except storage_errors.StorageError as exc:
                 raise from_storage_error(exc, resource=resource.name) from None
-            for name in names:
+            for key, revision in selected:
+                name = key[len(prefix):].decode("utf-8")
                 try:
-                    await self._delete_object(resource, namespace, name, options)
+                    if options.reads_current:  # its preconditions, or a dry run: as a DELETE of it
+                        await self._delete_object(resource, namespace, name, options)
+                    else:  # as it was selected: changed or re-created since, it is not what was selected
+                        await store.delete(key, revision)
                 except APIError as exc:
-                    if exc.code != 404:
+                    if exc.code not in (404, 409):
                         raise
-            token = stream.continue_token
-            if not token:
+                except (storage_errors.NotFound, storage_errors.Conflict):
+                    pass
+                except storage_errors.StorageError as exc:
+                    raise from_storage_error(exc, resource=resource.name, name=name) from None
+            if not stream.continue_token:
                 break
+            start = last + b"\x00"
         encoder = self.encoder(fmt, "Status")
         status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"kind": resource.name}}
         return PlainResponse(200, encoder.encode(status), encoder.content_type)

@@ -89,10 +89,12 @@ def guarded_h11(header_timeout: float, body_timeout: float, max_connections: int
 
         def connection_lost(self, exc: Optional[Exception]) -> None:
             self._disarm()
-            super().connection_lost(exc)
-            callback, self._on_lost = self._on_lost, None
-            if callback is not None:
-                callback()
+            try:
+                super().connection_lost(exc)
+            finally:
+                callback, self._on_lost = self._on_lost, None
+                if callback is not None:
+                    callback()
 
     return GuardedH11Protocol
 

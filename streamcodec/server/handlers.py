@@ -152,9 +152,10 @@ class Selectors:
         return all((field_value(obj, path) == value) is equal for path, equal, value in self.fields)
 
 
-def _labels(obj: Dict[str, Any]) -> Dict[str, Any]:
+def _labels(obj: Dict[str, Any]) -> Dict[str, str]:
+    """The object's labels that are text (a kind without a schema may store anything there)."""
     labels = (obj.get("metadata") or {}).get("labels") if isinstance(obj.get("metadata"), dict) else None
-    return labels if isinstance(labels, dict) else {}
+    return {k: v for k, v in labels.items() if isinstance(v, str)} if isinstance(labels, dict) else {}
 
 
 @dataclasses.dataclass

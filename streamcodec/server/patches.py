@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, List, Optional, Tuple
 
+from streamcodec.limits import DEFAULT_MAX_BODY_VALUES, MAX_DEPTH
+
 from .status import APIError, bad_request
 from .strategic_patch import STRATEGIC_MERGE_PATCH
 
@@ -98,18 +100,62 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+class _Budget:
+    """What the values a JSON Patch copies may add up to: kube bounds it too (jsonpatch's
+    AccumulatedCopySizeLimit), else ``copy`` doubles a document with every operation."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: int) -> None:
+        self.values = values
+
+    def copy(self, value: Any, at_depth: int) -> Any:
+        """A copy of ``value`` to be put ``at_depth`` deep (iterative: no RecursionError however deep)."""
+        if not isinstance(value, (dict, list)):
+            self._spend(1)
+            return value
+        root: Any = {} if isinstance(value, dict) else []
+        stack = [(value, root, at_depth + 1)]
+        while stack:
+            source, target, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise _PatchFailed(f"the patched object would be nested more than {MAX_DEPTH} deep")
+            items = source.items() if isinstance(source, dict) else enumerate(source)
+            self._spend(len(source) + 1)
+            for key, item in items:
+                if isinstance(item, (dict, list)):
+                    child: Any = {} if isinstance(item, dict) else []
+                    stack.append((item, child, depth + 1))
+                    item = child
+                if isinstance(target, dict):
+                    target[key] = item
+                else:
+                    target.append(item)
+        return root
+
+    def _spend(self, n: int) -> None:
+        self.values -= n
+        if self.values < 0:
+            raise _PatchFailed(f"Unable to copy: the patch's copies and additions exceed {MAX_COPIED_VALUES} values")
+
+
+#: what the values a JSON Patch adds and copies may total (the request body's own bound)
+MAX_COPIED_VALUES = DEFAULT_MAX_BODY_VALUES
+
+
 def json_patch(target: Dict[str, Any], operations: List[Dict[str, Any]]) -> Any:
     """RFC 6902: the operations applied in order to a copy of ``target``, all or none."""
     document: Any = copy.deepcopy(target)
+    budget = _Budget(MAX_COPIED_VALUES)
     for operation in operations:
         op = operation.get("op")
         path = _pointer(operation, "path")
         if op == "add":
-            document = _add(document, path, copy.deepcopy(_value(operation)), "add")
+            document = _add(document, path, budget.copy(_value(operation), len(path)), "add")
         elif op == "remove":
             document, _ = _remove(document, path, "remove")
         elif op == "replace":
-            value = copy.deepcopy(_value(operation))
+            value = budget.copy(_value(operation), len(path))
             _resolve(document, path, f"replace operation does not apply: doc is missing path: {_text(path)}")
             document, _ = _remove(document, path, "replace")
             document = _add(document, path, value, "replace")
@@ -118,11 +164,11 @@ def json_patch(target: Dict[str, Any], operations: List[Dict[str, Any]]) -> Any:
             if path[:len(source)] == source and len(path) > len(source):
                 raise _PatchFailed(f"move operation does not apply: path {_text(path)} is inside from {_text(source)}")
             document, value = _remove(document, source, "move", missing="from path")
-            document = _add(document, path, value, "move")
+            document = _add(document, path, budget.copy(value, len(path)), "move")
         elif op == "copy":
             source = _pointer(operation, "from")
             value = _resolve(document, source, f"copy operation does not apply: doc is missing from path: {_text(source)}")
-            document = _add(document, path, copy.deepcopy(value), "copy")
+            document = _add(document, path, budget.copy(value, len(path)), "copy")
         elif op == "test":
             value = _resolve(document, path, f"test operation does not apply: is missing path: {_text(path)}")
             if not _json_equal(value, _value(operation)):

@@ -218,11 +218,12 @@ class _ClientGone:
     swallows the cancellation is ended ``CANCEL_GRACE_SECONDS`` later by closing it underneath.
     """
 
-    __slots__ = ("task", "body", "happened", "cancels", "timer", "protocol", "receiver")
+    __slots__ = ("task", "body", "watching", "happened", "cancels", "timer", "protocol", "receiver")
 
     def __init__(self, body: "ResponseBody") -> None:
         self.task = asyncio.current_task()
         self.body = body
+        self.watching = False  #: between watch() and unwatch(): a late callback (a finished receive()) does nothing
         self.happened = False
         self.cancels = 0
         self.timer: Optional[asyncio.TimerHandle] = None
@@ -231,6 +232,7 @@ class _ClientGone:
 
     def watch(self, send: Any, receive: Any) -> None:
         """Start watching for the client's going."""
+        self.watching = True
         cycle = getattr(send, "__self__", None)
         transport: Any = getattr(cycle, "transport", None)
         protocol: Any = transport.get_protocol() if hasattr(transport, "get_protocol") else None
@@ -250,7 +252,7 @@ class _ClientGone:
 
     def fire(self) -> None:
         """The client has gone: stop the body."""
-        if self.happened or self.task is None or self.task.done():
+        if not self.watching or self.happened or self.task is None or self.task.done():
             return
         self.happened = True
         self.cancels += 1
@@ -266,11 +268,13 @@ class _ClientGone:
             self.task.cancel()
 
     def unwatch(self) -> None:
-        """Stop watching; take back the cancellations this made (it has done its work)."""
+        """Stop watching: no callback of this one fires from now on (the caller takes back its cancellations)."""
+        self.watching = False
         if self.protocol is not None:
             self.protocol.call_when_lost(None)
             self.protocol = None
         if self.receiver is not None:
+            self.receiver.remove_done_callback(self._received)
             self.receiver.cancel()
             self.receiver = None
         if self.timer is not None:

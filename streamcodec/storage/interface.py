@@ -58,9 +58,9 @@ class Store(Protocol):
 
     def list_stream(
         self, prefix: bytes, revision: Optional[int] = None, *, continue_token: Optional[str] = None,
-        limit: Optional[int] = None,
+        limit: Optional[int] = None, start_key: Optional[bytes] = None,
     ) -> KeyValueStream:
-        """Every key under ``prefix`` at one revision (None: the newest, a consistent read)."""
+        """Every key under ``prefix`` (from ``start_key``) at one revision (None: the newest, a consistent read)."""
         ...
 
     def shared_watch(self, prefix: bytes, start_revision: Optional[int] = None) -> EventStream:
