@@ -210,8 +210,10 @@ class Request:
 
     @property
     def is_watch(self) -> bool:
-        """The server would stream a watch (App._bool_param on ``watch``): it never ends by itself."""
-        return self.method == "GET" and any(k == "watch" and v in ("1", "true", "True") for k, v in self.query)
+        """The server would stream a watch (App._bool_param on ``watch``, or kube's deprecated
+        ``/api/v1/watch/...`` paths): it never ends by itself."""
+        return self.method == "GET" and (any(k == "watch" and v in ("1", "true", "True") for k, v in self.query)
+                                         or watch_verb_path(self.path))
 
     def holds(self, text: str) -> bool:
         """Whether the request itself carries ``text`` (an echo of it in a message is no leak); the router
@@ -964,7 +966,7 @@ def secured_requests(draw: st.DrawFn) -> Request:
 def watch_verb_path(path: str) -> bool:
     """kube's deprecated ``/api/v1/watch/...`` form: its verb is ``watch`` (read-only) whatever the method
     (RequestInfoFactory's special verbs), so authorization lets a reader's DELETE there through to the
-    router, which serves no such path (404)."""
+    router, which serves only GET there (405)."""
     parts = path.split("/")[1:]
     rest = parts[2:] if parts[:1] == ["api"] else parts[3:] if parts[:1] == ["apis"] else []
     return len(rest) >= 2 and urllib.parse.unquote(rest[0]) == "watch"
