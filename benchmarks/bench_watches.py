@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from streamcodec.local_etcd import EtcdProcess
-from tests.apiserver_harness import free_port, proc_status_bytes, wait_until_serving
+from tests.apiserver_harness import free_port, open_idle_watches, proc_status_bytes, wait_until_serving
 from tests.kube_apiserver_harness import KubeAPIServer, provision_kube_apiserver
 
 WATCHES = int(os.environ.get("BENCH_WATCHES", "1000"))
@@ -72,19 +72,8 @@ def _peer(etcd: EtcdProcess) -> Tuple[int, int, Callable[[], None]]:
 
 def _open_watches(port: int, request: bytes) -> List[socket.socket]:
     """WATCHES watch connections whose response headers have come, non-blocking."""
-    conns: List[socket.socket] = []
-    for i in range(WATCHES):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        sock.sendall(request)
-        conns.append(sock)
-        if i % 500 == 499:
-            time.sleep(0.2)  # let the server accept: its backlog is finite
+    conns = open_idle_watches(port, request, WATCHES)
     for sock in conns:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(65536)
-            assert chunk, "the server closed a watch"
-            head += chunk
         sock.setblocking(False)
     return conns
 

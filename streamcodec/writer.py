@@ -123,6 +123,10 @@ class FrameWriter:
             on_live, self._on_live = self._on_live, None
             on_live()
 
+    def redirect(self, send: Send) -> None:
+        """Send every later flush through ``send`` (a connection taken over by another sender)."""
+        self._send = send
+
     def close(self) -> None:
         """Return every buffer to the pool; unsent bytes are dropped."""
         buf, self._buf = self._buf, None

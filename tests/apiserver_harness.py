@@ -10,7 +10,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Coroutine, Optional
+from typing import Any, Coroutine, List, Optional
 
 import uvicorn
 
@@ -119,3 +119,23 @@ class ServerThread:
             if time.monotonic() > deadline:
                 return stats
             time.sleep(0.02)
+
+
+def open_idle_watches(port: int, request: bytes, count: int) -> List[socket.socket]:
+    """``count`` connections that sent ``request`` (a watch) and got their 200 response's head, in bursts
+    of 500 (the server's accept backlog is finite)."""
+    conns: List[socket.socket] = []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(request)
+        conns.append(sock)
+        if i % 500 == 499:
+            time.sleep(0.2)
+    for sock in conns:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed a watch"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200"), head[:100]
+    return conns

@@ -267,6 +267,7 @@ class App:
         self.streams_started = 0
         self.outcomes: Dict[str, int] = {}
         self._responses: "set[StreamResponse]" = set()
+        self._contended = lambda: self.admission.waiting > 0  #: one for every stream (~200 bytes less per open watch)
         #: authentication, authorization, audit (security.py); None when none is given: served as before
         from .security import security_gate
 
@@ -285,6 +286,9 @@ class App:
         return self._store
 
     async def aclose(self) -> None:
+        for response in list(self._responses):
+            if response.parked is not None:
+                response.parked.end()  # the request tasks of other streams are the ASGI server's to end
         if self.namespaces is not None:
             await self.namespaces.aclose()  # before the store it writes to
         if self.security is not None:
@@ -820,34 +824,16 @@ class App:
 
     # -- admission ---------------------------------------------------------
 
-    async def _admit(self, client: str, bulk: bool) -> Callable[[], None]:
-        """Open a stream: a bulk one waits for an admission slot (fair queue, then 429).
-
-        Returns the slot's release, safe to call more than once (a watch-list gives its slot back
-        at the initial-events-end bookmark, and again, as a no-op, when it closes).
-        """
+    async def _admit(self, client: str, bulk: bool) -> "_StreamSlot":
+        """Open a stream: a bulk one waits for an admission slot (fair queue, then 429)."""
         if bulk:
             await self.admission.acquire(client)
         self.active_streams += 1
         self.streams_started += 1
-        held = [bulk]
-
-        def release() -> None:
-            if held[0]:
-                held[0] = False
-                self.admission.release()
-
-        return release
-
-    def _stream_closed(self, response: StreamResponse, release: Callable[[], None]) -> None:
-        release()
-        self.active_streams -= 1
-        outcome = response.outcome or "error"
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        self._responses.discard(response)
+        return _StreamSlot(self, bulk)
 
     def _stream(
-        self, body: ResponseBody, encoder: Any, fmt: str, release: Callable[[], None], *, watch: bool,
+        self, body: ResponseBody, encoder: Any, fmt: str, release: "_StreamSlot", *, watch: bool,
         on_error: Any = None,
     ) -> StreamResponse:
         if watch:
@@ -866,13 +852,16 @@ class App:
             retry_after=self.config.retry_after,
             on_error=on_error,
             live_pool=self.live_pool,
-            on_live=release,
+            on_live=release.release,
             live_stall_timeout=self.config.slow_watcher_timeout,
-            contended=lambda: self.admission.waiting > 0,
+            contended=self._contended,
             contended_stall_timeout=self.config.contended_stall_timeout,
             send_piece_bytes=self.config.send_piece_bytes,
+            # an audit record is written when the request's task ends: a parked watch would end it early
+            parkable=watch and (self.security is None or self.security.audit is None),
         )
-        response.on_close = lambda: self._stream_closed(response, release)
+        release.response = response
+        response.on_close = release  # called: the stream is over
         self._responses.add(response)
         return response
 
@@ -904,9 +893,9 @@ class App:
             raise
         return self._stream(list_body, encoder, fmt, release, watch=False)
 
-    def _unadmit(self, release: Callable[[], None]) -> None:
+    def _unadmit(self, release: "_StreamSlot") -> None:
         """A stream that ended before it became a response."""
-        release()
+        release.release()
         self.active_streams -= 1
 
     # -- watch ---------------------------------------------------------------
@@ -925,6 +914,36 @@ class App:
             self._unadmit(release)
             raise
         return self._stream(body, encoder, fmt, release, watch=True, on_error=watch_error_event)
+
+
+class _StreamSlot:
+    """One stream's share of the App's bookkeeping: its admission slot, and its end (an object, not closures: ~400 bytes less per open watch).
+
+    :meth:`release` gives the admission slot back, once (a watch-list gives it back at the
+    initial-events-end bookmark, and again, as a no-op, when it closes); calling the slot ends the
+    stream (the response's ``on_close``).
+    """
+
+    __slots__ = ("app", "held", "response")
+
+    def __init__(self, app: App, bulk: bool) -> None:
+        self.app = app
+        self.held = bulk
+        self.response: Optional[StreamResponse] = None
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.app.admission.release()
+
+    def __call__(self) -> None:
+        self.release()
+        app, response = self.app, self.response
+        app.active_streams -= 1
+        outcome = response.outcome if response is not None and response.outcome else "error"
+        app.outcomes[outcome] = app.outcomes.get(outcome, 0) + 1
+        app._responses.discard(response)  # type: ignore[arg-type]
+        self.response = None
 
 
 class PlainResponse:

@@ -12,7 +12,7 @@ stream, and may be called more than once.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Dict, List, Optional, Protocol, cast
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Protocol, cast
 
 from streamcodec import BufferPool
 from streamcodec.storage.interface import KeyValueStream, Store, WatchListEvents
@@ -23,7 +23,7 @@ from .handlers import ListRequest, WatchRequest
 from .items import ItemWriter, bookmark_object, tombstone_object
 from .objects import Resource
 from .status import APIError
-from .streams import close_iterator
+from .streams import Parked, close_iterator
 
 __all__ = ["ListBody", "WatchBody", "SharedScanStore", "buffered_list_body", "watch_error_event"]
 
@@ -66,7 +66,7 @@ async def _wait_for_revision(store: Store, wanted: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + FUTURE_REVISION_WAIT
     while True:
-        current = await store.current_revision()
+        current = await store.revision_at_least(wanted)
         if current >= wanted:
             return
         if loop.time() >= deadline:
@@ -271,6 +271,11 @@ class WatchBody:
         self.shared_scans = shared_scans
         self._stream: Any = None  #: a WatchListEvents or an EventStream
         self._pending: List[Any] = []  #: the first event of a watch-list, read by prepare
+        #: set by the response when its connection can be parked: called once the watch is live
+        #: and has nothing to write; True: the watch goes on without this task (raise Parked)
+        self.park: Optional[Callable[[], bool]] = None
+        #: the loop time the request's timeout ends the watch at (set by write)
+        self.deadline: Optional[float] = None
 
     async def prepare(self) -> None:
         """Open the storage stream: a watch-list's first page (or bookmark), or a watch's creation."""
@@ -333,7 +338,14 @@ class WatchBody:
                 await writer.flush()
         if live:
             writer.go_live()
-        async for event in self._stream:
+        stream = self._stream
+        while True:
+            if live and self.park is not None and self._parks():
+                raise Parked()
+            try:
+                event = await stream.__anext__()
+            except StopAsyncIteration:
+                return
             if event.type == "BOOKMARK" and event.initial_events_end:
                 live = True
             if await self._emit(writer, event, live):
@@ -344,11 +356,40 @@ class WatchBody:
                     writer.go_live()
             del event
 
+    def _parks(self) -> bool:
+        """Whether this live watch has just been parked (its storage stream can be listened to, nothing is pending)."""
+        listen = getattr(self._stream, "listen", None)
+        if listen is None or not listen(None):  # listen(None): can it be listened to at all
+            self.park = None  # a private etcd watch: it stays a task
+            return False
+        park, self.park = self.park, None  # tried once
+        return park is not None and park()
+
+    def listen(self, listener: Optional[Callable[[], None]]) -> bool:
+        """Have ``listener()`` called whenever the storage stream has something ready (see :meth:`write_ready`)."""
+        return bool(self._stream.listen(listener))
+
+    async def write_ready(self, writer: FrameWriter, more: Callable[[], bool]) -> bool:
+        """A parked watch's step: write the events ready now, while ``more()``; False once the storage stream has ended."""
+        stream = self._stream
+        while more():
+            try:
+                event = stream.next_ready()
+            except StopAsyncIteration:
+                return False
+            if event is None:
+                return True
+            if await self._emit(writer, event, True):
+                await writer.flush()
+            del event
+        return True
+
     async def write(self, writer: FrameWriter) -> None:
         """The events until the storage stream ends or the request's timeout is reached."""
         assert self._stream is not None, "prepare() first"
+        self.deadline = asyncio.get_running_loop().time() + self.request.timeout
         try:
-            async with asyncio.timeout(self.request.timeout):  # no task of its own: ~1.5 KiB less per open watch
+            async with asyncio.timeout_at(self.deadline):  # no task of its own: ~1.5 KiB less per open watch
                 await self._run(writer)
         except asyncio.TimeoutError:
             pass  # timeoutSeconds reached: the watch ends cleanly

@@ -12,7 +12,10 @@ makes a protocol class that also
 * on TLS connections, gives the app the ASGI TLS extension with the verified client certificate
   (``scope["extensions"]["tls"]``, :mod:`streamcodec.server.tls`);
 * calls back a streaming response when its client goes (:meth:`call_when_lost`), so a response need
-  not keep a task waiting on ``receive()`` for ``http.disconnect`` (an idle watch's largest cost).
+  not keep a task waiting on ``receive()`` for ``http.disconnect`` (an idle watch's largest cost);
+* hands a live watch's connection over to a protocol of its own (:meth:`hand_over`,
+  :mod:`streamcodec.server.parked_watch`): uvicorn forgets it, and the request's task may end
+  without completing its response.  Handed-over connections still count towards the cap.
 
 Pass it as ``uvicorn.Config(app, http=guarded_h11(...))``; :meth:`streamcodec.server.App.uvicorn_options` gives
 the one matching the App's config.
@@ -21,7 +24,7 @@ the one matching the App's config.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Optional, Type
+from typing import Callable, Optional, Set, Tuple, Type
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -34,10 +37,36 @@ __all__ = ["guarded_h11", "raise_open_files_limit"]
 def guarded_h11(header_timeout: float, body_timeout: float, max_connections: int) -> Type[H11Protocol]:
     """An H11Protocol subclass with these limits (see the module doc)."""
 
+    handed_over: Set[asyncio.BaseProtocol] = set()  #: connections given to another protocol, still open
+    forget = handed_over.discard  # one for all: a closure each would be ~200 bytes per parked watch
+
     class GuardedH11Protocol(H11Protocol):
         _deadline: Optional[asyncio.TimerHandle] = None
         _phase = ""
         _on_lost: Optional[Callable[[], None]] = None
+
+        def hand_over(self, protocol: asyncio.BaseProtocol) -> Optional[Tuple[Callable[[asyncio.BaseProtocol], None], bool]]:
+            """Give this connection, in the middle of a streaming response, to ``protocol``.
+
+            uvicorn's request cycle takes the response as complete (its task may end; a late
+            ``send`` raises), and this protocol forgets the connection; ``protocol`` gets every
+            later callback of the transport.  Returns (``forget``, to call with ``protocol`` once the
+            connection is lost; whether its writes are paused now), or None when the connection is closing.
+            """
+            transport, cycle = self.transport, self.cycle
+            if transport.is_closing() or cycle is None or cycle.disconnected or not cycle.response_started:
+                return None
+            cycle.response_complete = True
+            paused = self.flow.write_paused
+            self._disarm()
+            self._unset_keepalive_if_required()
+            self._on_lost = None
+            self.connections.discard(self)
+            handed_over.add(protocol)
+            self.flow.resume_reading()  # the new protocol notices the client's going by reading
+            transport.set_protocol(protocol)
+            self.cycle = None  # type: ignore[assignment]
+            return forget, paused
 
         def call_when_lost(self, callback: Optional[Callable[[], None]]) -> None:
             """Call ``callback`` (once) when the connection is lost; None: no longer."""
@@ -45,7 +74,7 @@ def guarded_h11(header_timeout: float, body_timeout: float, max_connections: int
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > max_connections:
+            if len(self.connections) + len(handed_over) > max_connections:
                 self.logger.warning("refusing a connection: %d are open (the cap)", max_connections)
                 transport.abort()
                 return

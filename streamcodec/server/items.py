@@ -9,6 +9,7 @@ makes up itself.
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from streamcodec import BufferFull, FrameTooLarge, PoolBuffer
@@ -69,6 +70,15 @@ class FrameCache:
             self.bytes -= len(self._frames.popitem(last=False)[1])
 
 
+_NO_PATHS: Dict[str, Any] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _list_suffix(kind: str) -> bytes:
+    """What a stored object of ``kind`` ends with, that a list item drops (one per kind, not per response)."""
+    return b',"kind":"%s","apiVersion":"v1"}' % kind.encode()
+
+
 class ItemWriter:
     """How the stored values of one response become its list items and watch events.
 
@@ -95,8 +105,8 @@ class ItemWriter:
         self.kind = resource.kind
         self.passthrough = passthrough and fmt == "json"
         self.typed = hasattr(encoder, "encode_stored_event_into")
-        self.byte_paths = byte_paths or {}
-        self._list_suffix = b',"kind":"%s","apiVersion":"v1"}' % resource.kind.encode()
+        self.byte_paths = byte_paths or _NO_PATHS
+        self._list_suffix = _list_suffix(resource.kind)
 
     @property
     def needs_items_size(self) -> bool:

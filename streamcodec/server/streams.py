@@ -59,6 +59,8 @@ __all__ = [
     "send_error_response",
     "server_copies_body",
     "to_api_error",
+    "reset_transport",
+    "Parked",
 ]
 
 log = logging.getLogger("streamcodec.server")
@@ -167,6 +169,11 @@ class ClientStalled(Exception):
     """A send did not complete within the stall timeout."""
 
 
+class Parked(Exception):
+    """Raised by a body whose response's connection was handed to a :class:`~.parked_watch.ParkedWatch`:
+    the response goes on without the request's task."""
+
+
 class _Aborted(Exception):
     """Internal: the body cannot be completed; drop the connection."""
 
@@ -179,26 +186,40 @@ async def close_iterator(it: Any) -> None:
             await aclose()
 
 
-def _abort_transport(send: Any) -> bool:
-    """Drop the TCP connection at once (uvicorn: the cycle's transport).
+def reset_transport(transport: Any) -> None:
+    """Drop a connection at once, with a reset.
 
     ``transport.close()`` would wait to flush data a stalled client never
     reads; ``abort()`` frees it now.  A zero linger makes the kernel reset
     the connection too: a plain close would keep the unsent bytes in an
     orphaned socket (FIN-WAIT-1) and leave the client reading stale data,
-    then a truncated stream.  Other servers: the exception raised by the
-    caller makes the server close the connection its own way.
+    then a truncated stream.
     """
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    abort = getattr(transport, "abort", None)
-    if abort is None:
-        return False
-    sock = getattr(transport, "get_extra_info", lambda name: None)("socket")
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    abort()
+    transport.abort()
+
+
+def _abort_transport(send: Any) -> bool:
+    """Reset the connection at once (uvicorn: the cycle's transport; :func:`reset_transport`).
+
+    Other servers: False, and the exception raised by the caller makes the
+    server close the connection its own way.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if getattr(transport, "abort", None) is None:
+        return False
+    reset_transport(transport)
     return True
+
+
+def _hand_over_protocol(send: Any) -> Any:
+    """The connection's protocol, when it can hand its connection over (our uvicorn protocol), else None."""
+    transport: Any = getattr(getattr(send, "__self__", None), "transport", None)
+    protocol = transport.get_protocol() if hasattr(transport, "get_protocol") else None
+    return protocol if hasattr(protocol, "hand_over") else None
 
 
 async def _client_disconnect(receive: Any) -> None:
@@ -314,17 +335,18 @@ class _ClientSend:
         self.piece_bytes = piece_bytes
         self.writer: Optional[FrameWriter] = None  #: set once made; its ``live`` picks the patience
         self.started = False
+        #: the response says ``Connection: close`` (one that may be parked: a parked connection ends with it)
+        self.closes = False
         self._copies_body: Optional[bool] = None
 
     async def start(self) -> None:
         """Send the status line and headers, the first time only."""
         if not self.started:
             self.started = True
-            await self._timed({
-                "type": "http.response.start",
-                "status": self.status,
-                "headers": [(b"content-type", self.content_type.encode()), (b"cache-control", b"no-cache, private")],
-            })
+            headers = [(b"content-type", self.content_type.encode()), (b"cache-control", b"no-cache, private")]
+            if self.closes:
+                headers.append((b"connection", b"close"))
+            await self._timed({"type": "http.response.start", "status": self.status, "headers": headers})
 
     async def chunk(self, view: memoryview) -> None:
         """The FrameWriter's sink: ``view`` in pieces of at most ``piece_bytes``."""
@@ -432,6 +454,7 @@ class StreamResponse:
         contended: Optional[Callable[[], bool]] = None,
         contended_stall_timeout: Optional[float] = None,
         send_piece_bytes: int = SEND_PIECE_BYTES,
+        parkable: bool = False,
     ) -> None:
         self.body: ResponseBody
         if isinstance(body, ResponseBody):
@@ -456,6 +479,9 @@ class StreamResponse:
         self.contended = contended
         self.contended_stall_timeout = contended_stall_timeout
         self.send_piece_bytes = send_piece_bytes
+        self.parkable = parkable
+        #: the ParkedWatch this response went on as, once parked
+        self.parked: Optional[Any] = None
         self._client: Optional[_ClientSend] = None
         #: how the stream ended: "complete", "error-event", "disconnected", "stalled", "aborted"
         self.outcome = ""
@@ -463,7 +489,7 @@ class StreamResponse:
     @property
     def started(self) -> bool:
         """Whether the status line and headers went out."""
-        return self._client is not None and self._client.started
+        return self.parked is not None or self._client is not None and self._client.started
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         client = self._client = _ClientSend(
@@ -476,10 +502,16 @@ class StreamResponse:
             on_live=self.on_live,
         )
         gone = _ClientGone(self.body)
+        protocol = _hand_over_protocol(send) if self.parkable and hasattr(self.body, "park") else None
+        if protocol is not None:
+            client.closes = True
+            self.body.park = lambda: self._park(protocol, client, writer, gone)  # type: ignore[attr-defined]
         try:
             try:
                 gone.watch(send, receive)
                 await self._run(client, writer)
+            except Parked:
+                return  # the ParkedWatch owns the body, the writer and on_close now
             except BaseException as exc:
                 # once the client has gone, whatever the body raised as it was stopped is the disconnect
                 if not gone.happened or not isinstance(exc, (Exception, asyncio.CancelledError)):
@@ -506,14 +538,36 @@ class StreamResponse:
             if not _abort_transport(send):
                 raise
         finally:
-            # Nested so that a second cancellation (a server shutting down
-            # impatiently) still returns the buffer and frees the stream's admission slot.
-            writer.close()
-            try:
-                await self.body.aclose()
-            finally:
-                if self.on_close is not None:
-                    self.on_close()
+            if self.parked is None:  # a parked watch releases these itself when it ends
+                # Nested so that a second cancellation (a server shutting down
+                # impatiently) still returns the buffer and frees the stream's admission slot.
+                writer.close()
+                try:
+                    await self.body.aclose()
+                finally:
+                    if self.on_close is not None:
+                        self.on_close()
+
+    def _park(self, protocol: Any, client: _ClientSend, writer: FrameWriter, gone: _ClientGone) -> bool:
+        """Hand this live watch's connection to a :class:`~.parked_watch.ParkedWatch`; False: it stays a task."""
+        from .parked_watch import ParkedWatch
+
+        if gone.happened or not client.started:
+            return False
+        transport = protocol.transport
+        parked = ParkedWatch(
+            self, self.body, writer, transport, stall_timeout=self.live_stall_timeout,
+            deadline=getattr(self.body, "deadline", None),
+        )
+        handed = protocol.hand_over(parked)
+        if handed is None:
+            return False
+        forget, paused = handed
+        gone.unwatch()
+        self.parked = parked
+        self._client = None  # uvicorn's request cycle, and what it holds, goes with the task
+        parked.start(forget, paused)
+        return True
 
     async def _run(self, client: _ClientSend, writer: FrameWriter) -> None:
         """Prepare the body, take a buffer, write the body, end the response; a late error per ``on_error``."""
@@ -530,7 +584,7 @@ class StreamResponse:
         try:
             await self.body.write(writer)
             await writer.flush()
-        except (ClientStalled, asyncio.CancelledError):
+        except (ClientStalled, Parked, asyncio.CancelledError):
             raise
         except Exception as exc:
             api_error = to_api_error(exc)

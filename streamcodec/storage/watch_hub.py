@@ -24,7 +24,7 @@ import asyncio
 import collections
 import gc
 import logging
-from typing import TYPE_CHECKING, Deque, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Set
 
 from .types import WatchEvent
 
@@ -149,6 +149,8 @@ class SharedWatch:
         self._backlog: List[WatchEvent] = []
         self._backlog_bytes = 0
         self._waiter: Optional["asyncio.Future[None]"] = None
+        #: called back instead of waking a waiter (see :meth:`listen`)
+        self._listener: Optional[Callable[[], None]] = None
         self._error: Optional[BaseException] = None
         self._ended = False
         self._closed = False
@@ -208,6 +210,11 @@ class SharedWatch:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        elif self._listener is not None:
+            try:
+                self._listener()
+            except Exception:  # one watcher's failure must not stop the fan-out to the others
+                log.exception("a watch listener failed")
 
     def _fail(self, exc: BaseException) -> None:
         self._error = exc
@@ -223,23 +230,46 @@ class SharedWatch:
         if self._upstream is not None:
             self.hub._leave(self._upstream, self)
 
-    async def __anext__(self) -> WatchEvent:
-        if not self._started:
-            await self.start()
-        if self._private is not None:
-            return await self._private.__anext__()
-        while not self._backlog:
+    def listen(self, listener: Optional[Callable[[], None]]) -> bool:
+        """Be called back, synchronously, whenever an event, the end or an error is ready; None: no longer.
+
+        For a watcher read with no task waiting on :meth:`__anext__` (an idle watch whose connection
+        is driven by callbacks): ``listener()`` runs from the fan-out, and reads with
+        :meth:`next_ready`.  Called at once if something is ready already.  Only a started shared
+        watch can be listened to: False (and nothing set) for a private etcd watch.
+        """
+        if self._upstream is None:
+            return False
+        self._listener = listener
+        if listener is not None and (self._backlog or self._error is not None or self._ended or self._closed):
+            asyncio.get_running_loop().call_soon(self._wake)
+        return True
+
+    def next_ready(self) -> Optional[WatchEvent]:
+        """The next event if one is ready now, else None; raises the watch's error, or StopAsyncIteration once it ended."""
+        if not self._backlog:
             if self._error is not None:
                 raise self._error
             if self._ended or self._closed:
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+            return None
         event = self._backlog.pop(0)
         self._backlog_bytes -= _size(event)
         if event.type != "BOOKMARK":
             self._next = event.revision + 1
         return event
+
+    async def __anext__(self) -> WatchEvent:
+        if not self._started:
+            await self.start()
+        if self._private is not None:
+            return await self._private.__anext__()
+        while True:
+            event = self.next_ready()
+            if event is not None:
+                return event
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
     async def request_progress(self) -> bool:
         """Ask for a progress BOOKMARK (the shared upstream's reaches every watcher, harmlessly)."""
@@ -254,6 +284,7 @@ class SharedWatch:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._listener = None
         self._wake()
         if self._private is not None:
             await self._private.aclose()

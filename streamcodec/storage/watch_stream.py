@@ -337,6 +337,7 @@ class WatchListStream:
         self.revision: Optional[int] = None
         self.caught_up = False
         self.watch: Optional["SharedWatch"] = None
+        self._live = False
         self._list = listing if listing is not None else store.list_stream(prefix)
         self._gen = self._run()
 
@@ -344,7 +345,24 @@ class WatchListStream:
         return self
 
     async def __anext__(self) -> WatchEvent:
+        if self._live:  # past the initial events: straight from the shared watch
+            return self._seen(await self.watch.__anext__())  # type: ignore[union-attr]
         return await self._gen.__anext__()
+
+    def _seen(self, event: WatchEvent) -> WatchEvent:
+        if event.type == "BOOKMARK" and self.watch is not None and self.watch.progress_requests_sent:
+            self.caught_up = True
+        return event
+
+    def listen(self, listener: Optional[Callable[[], None]]) -> bool:
+        """:meth:`SharedWatch.listen <streamcodec.storage.watch_hub.SharedWatch.listen>`, once the initial events have all been read."""
+        return self._live and self.watch is not None and self.watch.listen(listener)
+
+    def next_ready(self) -> Optional[WatchEvent]:
+        """:meth:`SharedWatch.next_ready <streamcodec.storage.watch_hub.SharedWatch.next_ready>` (after :meth:`listen`)."""
+        assert self.watch is not None and self._live, "listen() first"
+        event = self.watch.next_ready()
+        return self._seen(event) if event is not None else None
 
     async def aclose(self) -> None:
         """Stop the list or the watch."""
@@ -386,9 +404,6 @@ class WatchListStream:
         watch = self._store.shared_watch(self.prefix, revision + 1)  # one etcd watch for every watcher of the prefix
         self.watch = watch
         await watch.start()
-        yield WatchEvent("BOOKMARK", None, None, revision, initial_events_end=True)
         await watch.request_progress()  # no-op below the gate
-        async for event in watch:
-            if event.type == "BOOKMARK" and watch.progress_requests_sent:
-                self.caught_up = True
-            yield event
+        self._live = True  # every later event is read from the watch itself (__anext__, next_ready)
+        yield WatchEvent("BOOKMARK", None, None, revision, initial_events_end=True)
