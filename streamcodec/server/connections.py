@@ -15,7 +15,8 @@ makes a protocol class that also
   not keep a task waiting on ``receive()`` for ``http.disconnect`` (an idle watch's largest cost);
 * hands a live watch's connection over to a protocol of its own (:meth:`hand_over`,
   :mod:`streamcodec.server.parked_watch`): uvicorn forgets it, and the request's task may end
-  without completing its response.  Handed-over connections still count towards the cap.
+  without completing its response.  Handed-over connections still count towards the cap, and
+  uvicorn's graceful shutdown still calls their ``shutdown()`` and waits for them to close.
 
 Pass it as ``uvicorn.Config(app, http=guarded_h11(...))``; :meth:`streamcodec.server.App.uvicorn_options` gives
 the one matching the App's config.
@@ -24,7 +25,7 @@ the one matching the App's config.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Optional, Set, Tuple, Type
+from typing import Callable, Optional, Tuple, Type
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -36,9 +37,6 @@ __all__ = ["guarded_h11", "raise_open_files_limit"]
 
 def guarded_h11(header_timeout: float, body_timeout: float, max_connections: int) -> Type[H11Protocol]:
     """An H11Protocol subclass with these limits (see the module doc)."""
-
-    handed_over: Set[asyncio.BaseProtocol] = set()  #: connections given to another protocol, still open
-    forget = handed_over.discard  # one for all: a closure each would be ~200 bytes per parked watch
 
     class GuardedH11Protocol(H11Protocol):
         _deadline: Optional[asyncio.TimerHandle] = None
@@ -61,12 +59,14 @@ def guarded_h11(header_timeout: float, body_timeout: float, max_connections: int
             self._disarm()
             self._unset_keepalive_if_required()
             self._on_lost = None
+            # the server's set of connections holds the new protocol instead: it counts towards the
+            # cap, and a graceful shutdown calls its shutdown() and waits for it to close
             self.connections.discard(self)
-            handed_over.add(protocol)
+            self.connections.add(protocol)  # type: ignore[arg-type]
             self.flow.resume_reading()  # the new protocol notices the client's going by reading
             transport.set_protocol(protocol)
             self.cycle = None  # type: ignore[assignment]
-            return forget, paused
+            return self.connections.discard, paused  # type: ignore[return-value]
 
         def call_when_lost(self, callback: Optional[Callable[[], None]]) -> None:
             """Call ``callback`` (once) when the connection is lost; None: no longer."""
@@ -74,7 +74,7 @@ def guarded_h11(header_timeout: float, body_timeout: float, max_connections: int
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) + len(handed_over) > max_connections:
+            if len(self.connections) > max_connections:
                 self.logger.warning("refusing a connection: %d are open (the cap)", max_connections)
                 transport.abort()
                 return

@@ -113,6 +113,14 @@ class ParkedWatch(asyncio.Protocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._finish("disconnected")
 
+    def shutdown(self) -> None:
+        """The server is shutting down (uvicorn calls this on each of its connections).
+
+        As uvicorn does with a response under way: nothing now (this connection closes once the
+        watch ends).  uvicorn waits for its connections until its graceful-shutdown timeout; then the
+        App's shutdown ends every parked watch (:meth:`end`).
+        """
+
     # -- events ----------------------------------------------------------------
 
     async def _chunk(self, view: memoryview) -> None:
