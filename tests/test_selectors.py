@@ -84,6 +84,13 @@ def test_lists_select_by_labels_in_every_form(server: ServerThread, kube_proto: 
     assert seen == ["a", "b", "d"]
     r = c.get(NS, params={"labelSelector": "app in (web"})
     assert r.status_code == 400 and r.json()["message"].startswith("unable to parse requirement: ")
+    # > and < read integers as Go's strconv.ParseInt does (kube's): not Python's int, which takes "1_0"
+    put(c, "e", {"tier": "1_0"})
+    put(c, "f", {"tier": "9223372036854775808"})  # past int64: no integer at all
+    assert names(c.get(NS, params={"labelSelector": "tier>0"}).json()["items"]) == ["a"]
+    for bad in ("tier>1_0", "tier<9223372036854775808"):
+        r = c.get(NS, params={"labelSelector": bad})
+        assert r.status_code == 400 and "must be an integer" in r.json()["message"], (bad, r.text)
 
 
 def test_a_watcher_sees_objects_enter_and_leave_its_selection(server: ServerThread) -> None:

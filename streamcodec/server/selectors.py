@@ -40,11 +40,24 @@ class _Requirement(NamedTuple):
             return not has
         if not has:
             return False
-        try:
-            value = int(labels[self.key])
-        except ValueError:
+        value = go_int64(labels[self.key])
+        if value is None:
             return False
         return value > self.number if self.operator == "gt" else value < self.number
+
+
+_GO_INT = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def go_int64(text: str) -> Optional[int]:
+    """``text`` as Go's ``strconv.ParseInt(text, 10, 64)`` reads it (what kube compares ``>``/``<`` labels as), or None.
+
+    Python's ``int`` would also take ``1_0``, spaces and other scripts' digits, and any size.
+    """
+    if not _GO_INT.match(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 def _invalid(detail: str) -> APIError:
@@ -129,10 +142,9 @@ class LabelSelector:
                 elif op in (">", "<"):
                     take()
                     token = identifier("value")
-                    try:
-                        number = int(token)
-                    except ValueError:
-                        raise _invalid(f"for 'Gt', 'Lt' operators, the value must be an integer: {token!r}") from None
+                    number = go_int64(token)
+                    if number is None:
+                        raise _invalid(f"for 'Gt', 'Lt' operators, the value must be an integer: {token!r}")
                     requirements.append(_Requirement(key, "gt" if op == ">" else "lt", frozenset(), number))
                 else:
                     raise _invalid(f"found '{op}', expected: in, notin, =, ==, !=, gt, lt")
