@@ -6,11 +6,17 @@
 Each answers every request with a chunked 200 and one chunk, then holds the connection open.  The ASGI
 app then waits on ``receive()`` for ``http.disconnect``, as any ASGI streaming response must to notice a
 client that goes; the bare protocol keeps only its transport.  Loopback only.
+
+The bare protocol is also the floor of a write's fan-out: a POST (any path) whose JSON body holds
+``"name": "X"`` is answered at once (``{"metadata":{"resourceVersion":"1"}}``), after one prepared
+chunk naming X has been written to every other open connection, in one loop pass: what reaching N
+watchers costs at the least in one Python process (a transport write each, no encoding).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from typing import Any
 
@@ -31,6 +37,11 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{}\n\r\n"
 
 
+_OPEN: "set[_Bare]" = set()
+_NAME = re.compile(rb'"name"\s*:\s*"([^"]*)"')
+_CREATED = b'HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 36\r\n\r\n{"metadata":{"resourceVersion":"1"}}'
+
+
 class _Bare(asyncio.Protocol):
     __slots__ = ("transport", "seen")
 
@@ -38,11 +49,30 @@ class _Bare(asyncio.Protocol):
         self.transport = transport
         self.seen = b""
 
+    def connection_lost(self, exc: Any) -> None:
+        _OPEN.discard(self)
+
     def data_received(self, data: bytes) -> None:
         self.seen += data
-        if b"\r\n\r\n" in self.seen:
+        head, sep, body = self.seen.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        if not head.startswith(b"POST"):
             self.seen = b""
+            _OPEN.add(self)
             self.transport.write(_HEAD)
+            return
+        length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        if len(body) < (int(length.group(1)) if length else 0):
+            return  # the rest of the body is coming
+        self.seen = b""
+        name = _NAME.search(body)
+        if name is not None:
+            event = b'{"type":"ADDED","object":{"metadata":{"name":"%s"}}}\n' % name.group(1)
+            chunk = b"%x\r\n%s\r\n" % (len(event), event)
+            for other in _OPEN:
+                other.transport.write(chunk)
+        self.transport.write(_CREATED)
 
 
 async def _bare(port: int) -> None:

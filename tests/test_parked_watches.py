@@ -29,11 +29,11 @@ NS = "/api/v1/namespaces/default/secrets"
 class RawWatch:
     """A watch over a raw socket: the response head, then its chunks parsed by hand."""
 
-    def __init__(self, port: int, query: str, *, rcvbuf: Optional[int] = None) -> None:
+    def __init__(self, port: int, query: str, *, rcvbuf: Optional[int] = None, accept: str = "application/json") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.sendall(f"GET {NS}?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        self.sock.sendall(f"GET {NS}?{query} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n".encode())
         self.data = b""
         while b"\r\n\r\n" not in self.data:
             self._recv()
@@ -43,6 +43,7 @@ class RawWatch:
         self.ended = False  #: the terminating chunk came
         self.lines: List[bytes] = []
         self._body = b""
+        self.body = b""  #: every chunk's data so far
 
     def _recv(self) -> bool:
         chunk = self.sock.recv(65536)
@@ -63,8 +64,20 @@ class RawWatch:
                 self.ended = True
                 return
             self._body += rest[:size]
+            self.body += rest[:size]
             *complete, self._body = self._body.split(b"\n")
             self.lines += [line for line in complete if line]
+
+    def body_until(self, done: Any, timeout: float = 10.0) -> bytes:
+        """The whole body read so far, once ``done(body)`` (for formats that are not lines of JSON)."""
+        deadline = time.monotonic() + timeout
+        self._parse()
+        while not done(self.body):
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            assert time.monotonic() < deadline and not self.ended, "the body did not come"
+            assert self._recv(), "the server closed the connection"
+            self._parse()
+        return self.body
 
     def events(self, count: int, timeout: float = 10.0) -> List[Dict[str, Any]]:
         """The next ``count`` events (fails after ``timeout``)."""
@@ -123,6 +136,9 @@ def test_idle_watches_keep_no_task_and_each_gets_every_event_in_order(server: Se
         wait_for(lambda: parked_count(server) == 40)
         assert server.server_tasks() <= tasks_before + 2, "an idle watch must not keep a task"
         assert all(w.status == 200 and w.headers[b"connection"] == b"close" for w in watches)
+        from streamcodec.server.parked_watch import _last_chunks
+
+        hits = _last_chunks.hits
         names = [f"s{i}" for i in range(5)]
         for name in names:
             write(server, name)
@@ -135,11 +151,61 @@ def test_idle_watches_keep_no_task_and_each_gets_every_event_in_order(server: Se
             )
             revisions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
             assert revisions == sorted(revisions) and len(set(revisions)) == 6
+        assert _last_chunks.hits - hits == 6 * 39, "each event is encoded once for the 40 alike watchers"
     finally:
         for w in watches:
             w.close()
     wait_for(lambda: server.app.stats()["active_streams"] == 0)
     assert server.app.stats()["outcomes"].get("disconnected", 0) >= 40
+
+
+def test_watchers_in_other_formats_or_with_selectors_get_their_own_bytes(server: ServerThread) -> None:
+    """Alike watchers share one encoding of each event (parked_watch._LastChunks); the others must
+    still get theirs: CBOR and MessagePack, and a label selector (which drops and retypes events)."""
+    import cbor2
+    import msgpack
+
+    plain = [RawWatch(server.port, "watch=1") for _ in range(3)]
+    labelled = [RawWatch(server.port, "watch=1&labelSelector=team%3Da") for _ in range(3)]
+    as_cbor = [RawWatch(server.port, "watch=1", accept="application/cbor-seq") for _ in range(3)]
+    as_msgpack = [RawWatch(server.port, "watch=1", accept="application/vnd.msgpack") for _ in range(3)]
+    everyone = plain + labelled + as_cbor + as_msgpack
+    try:
+        wait_for(lambda: parked_count(server) == len(everyone))
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            for i in range(4):
+                labels = {"team": "a"} if i % 2 == 0 else {}
+                assert c.post(NS, json={"metadata": {"name": f"m{i}", "labels": labels}}).status_code == 201
+        for w in plain:
+            assert [e["object"]["metadata"]["name"] for e in w.events(4)] == ["m0", "m1", "m2", "m3"]
+        for w in labelled:
+            assert [(e["type"], e["object"]["metadata"]["name"]) for e in w.events(2)] == [("ADDED", "m0"), ("ADDED", "m2")]
+        for w in as_cbor:
+            body = w.body_until(lambda b: b.count(b"m3") >= 1)
+            decoded = list(_cbor_items(cbor2, body))
+            assert [e["object"]["metadata"]["name"] for e in decoded] == ["m0", "m1", "m2", "m3"]
+        for w in as_msgpack:
+            body = w.body_until(lambda b: b.count(b"m3") >= 1)
+            decoded = list(_msgpack_items(msgpack, body))
+            assert [e["object"]["metadata"]["name"] for e in decoded] == ["m0", "m1", "m2", "m3"]
+    finally:
+        for w in everyone:
+            w.close()
+
+
+def _cbor_items(cbor2: Any, body: bytes) -> Iterator[Any]:
+    import io
+
+    stream = io.BytesIO(body)
+    while stream.tell() < len(body):
+        item = cbor2.CBORDecoder(stream).decode()
+        yield item.value if isinstance(item, cbor2.CBORTag) and item.tag == 55799 else item
+
+
+def _msgpack_items(msgpack: Any, body: bytes) -> Iterator[Any]:
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(body)
+    yield from unpacker
 
 
 def test_a_parked_watch_ends_at_its_timeout_with_the_last_chunk_then_closes(server: ServerThread) -> None:

@@ -12,7 +12,7 @@ stream, and may be called more than once.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Protocol, cast
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Protocol, Tuple, cast
 
 from streamcodec import BufferPool
 from streamcodec.storage.interface import KeyValueStream, Store, WatchListEvents
@@ -369,20 +369,22 @@ class WatchBody:
         """Have ``listener()`` called whenever the storage stream has something ready (see :meth:`write_ready`)."""
         return bool(self._stream.listen(listener))
 
-    async def write_ready(self, writer: FrameWriter, more: Callable[[], bool]) -> bool:
-        """A parked watch's step: write the events ready now, while ``more()``; False once the storage stream has ended."""
-        stream = self._stream
-        while more():
-            try:
-                event = stream.next_ready()
-            except StopAsyncIteration:
-                return False
-            if event is None:
-                return True
-            if await self._emit(writer, event, True):
-                await writer.flush()
-            del event
-        return True
+    def next_ready(self) -> Any:
+        """The storage stream's next event if one is ready now, else None (after :meth:`listen`)."""
+        return self._stream.next_ready()
+
+    async def write_event(self, writer: FrameWriter, event: Any) -> None:
+        """A parked watch's step: one live event."""
+        if await self._emit(writer, event, True):
+            await writer.flush()
+
+    @property
+    def alike(self) -> Optional[Tuple[int, str, str]]:
+        """What the watches that write the same bytes for every live event share (None: this one's
+        selectors make its own): its encoder, format and kind."""
+        if self.request.selectors.active:
+            return None
+        return (id(self.items.encoder), self.items.fmt, self.kind)
 
     async def write(self, writer: FrameWriter) -> None:
         """The events until the storage stream ends or the request's timeout is reached."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Coroutine, Optional
+from typing import Any, Callable, Coroutine, Dict, Optional
 
 from streamcodec.writer import FrameWriter
 
@@ -47,6 +47,37 @@ async def _finish_coroutine(coroutine: Any, waiting_on: Any) -> Any:
     return await _Resumed(coroutine, waiting_on)
 
 
+class _LastChunks:
+    """The chunk each group of alike watchers got for the event fanned out last.
+
+    A shared watch hands one event to all its watchers in one pass; watchers of one kind, in one
+    format, with no selector, write the same bytes for it, so the first one's chunk is written to
+    the rest as it is (10,000 watchers: one encoding, not 10,000).  Only the last event is kept,
+    by identity: the next one replaces it.
+    """
+
+    __slots__ = ("event", "chunks", "hits")
+
+    def __init__(self) -> None:
+        self.event: Any = None
+        self.chunks: Dict[Any, bytes] = {}
+        self.hits = 0  #: chunks written as another watcher's encoding made them
+
+    def get(self, event: Any, group: Any) -> Optional[bytes]:
+        chunk = self.chunks.get(group) if event is self.event else None
+        if chunk is not None:
+            self.hits += 1
+        return chunk
+
+    def put(self, event: Any, group: Any, chunk: bytes) -> None:
+        if event is not self.event:
+            self.event, self.chunks = event, {}
+        self.chunks[group] = chunk
+
+
+_last_chunks = _LastChunks()
+
+
 class ParkedWatch(asyncio.Protocol):
     """A live watch's connection, driven by callbacks (see the module doc).
 
@@ -58,7 +89,7 @@ class ParkedWatch(asyncio.Protocol):
 
     __slots__ = (
         "response", "body", "writer", "transport", "stall_timeout", "deadline", "forget",
-        "_paused", "_busy", "_ended", "_finished", "_deadline_timer", "_stall_timer",
+        "group", "_capture", "_paused", "_busy", "_ended", "_finished", "_deadline_timer", "_stall_timer",
     )
 
     def __init__(
@@ -72,6 +103,9 @@ class ParkedWatch(asyncio.Protocol):
         self.stall_timeout = stall_timeout
         self.deadline = deadline
         self.forget: Optional[Callable[["ParkedWatch"], None]] = None
+        #: watchers of one group write the same bytes for an event (None: this one's are its own)
+        self.group = body.alike
+        self._capture: Any = None  #: the event whose chunk _chunk keeps for the group
         self._paused = False
         self._busy = False
         self._ended = False
@@ -125,23 +159,44 @@ class ParkedWatch(asyncio.Protocol):
 
     async def _chunk(self, view: memoryview) -> None:
         """The writer's sink: one HTTP/1.1 chunk, written now (the transport buffers what the socket does not take)."""
-        self.transport.write(b"%x\r\n%b\r\n" % (len(view), view))  # type: ignore[str-format]  # %b takes any buffer
+        chunk = b"%x\r\n%b\r\n" % (len(view), view)  # type: ignore[str-format]  # %b takes any buffer
+        self.transport.write(chunk)
+        if self._capture is not None:  # one event's chunk, the same for every watcher of its group
+            _last_chunks.put(self._capture, self.group, chunk)
+            self._capture = None
 
     def _taking(self) -> bool:
         return not self._paused and not self._ended
 
     def _ready(self) -> None:
-        """The storage stream has something: write what is ready, unless the client is behind."""
-        if self._taking() and not self._busy:
-            self._drive(self.body.write_ready(self.writer, self._taking), self._written)
+        """The storage stream has something: write each event ready, unless the client is behind."""
+        body, group = self.body, self.group
+        while self._taking() and not self._busy:
+            try:
+                event = body.next_ready()
+            except StopAsyncIteration:
+                self.end()  # the storage stream ended (a watcher that fell behind, a store closing)
+                return
+            except Exception as exc:  # noqa: BLE001 - the watch's ERROR event
+                self._fail(exc)
+                return
+            if event is None:
+                return
+            if group is not None and event.type != "BOOKMARK":
+                chunk = _last_chunks.get(event, group)
+                if chunk is not None:  # encoded for another watcher already: the same bytes
+                    self.transport.write(chunk)
+                    continue
+                self._capture = event
+            self._drive(body.write_event(self.writer, event), self._written)
+            self._capture = None
 
-    def _written(self, error: Optional[BaseException], live: Any) -> None:
+    def _written(self, error: Optional[BaseException], result: Any) -> None:
         if error is not None:
             self._fail(error)
-        elif not live:
-            self.end()  # the storage stream ended (a watcher that fell behind, a store closing)
 
     def _fail(self, error: BaseException) -> None:
+        self._capture = None  # the ERROR event's chunk is this watcher's alone
         if self._ended:
             return
         on_error = self.response.on_error
