@@ -263,3 +263,28 @@ async def test_a_receive_that_says_disconnect_once_the_response_is_complete_canc
         assert response.outcome == "complete" and task.cancelling() == 0
         await asyncio.sleep(0.005)  # a leaked cancellation would end this test here
         done.clear()
+
+
+@pytest.mark.parametrize("query", [{}, {"labelSelector": "app=web"}, {"fieldSelector": "metadata.name=other"}])
+async def test_a_delete_whose_last_version_etcd_no_longer_had_reaches_every_watcher(query: Dict[str, str]) -> None:
+    """A DELETED with no previous value (compacted away) cannot be told to match a selector or not: every
+    watcher gets it as a tombstone (a selecting one used to drop it, and keep the object for good)."""
+    from streamcodec.server.bodies import WatchBody
+    from streamcodec.server.handlers import WatchRequest
+    from streamcodec.storage.types import KeyValue, WatchEvent
+
+    resource = DEFAULT_RESOURCES["secrets"]
+    request = WatchRequest.parse({"watch": "1", **query}, 1800, resource.field_selectors)
+    encoder = JSONEncoder()
+    body = WatchBody(None, b"/registry/secrets/default/", request, resource, ItemWriter(encoder, "json", resource, True))  # type: ignore[arg-type]
+    sent: List[bytes] = []
+
+    async def collect(view: memoryview) -> None:
+        sent.append(bytes(view))
+
+    async with FrameWriter(encoder, BufferPool(1 << 20, 1 << 16), collect) as writer:
+        tombstone = KeyValue(b"/registry/secrets/default/gone", b"", 0, 0, 0)
+        await body.write_event(writer, WatchEvent("DELETED", tombstone, None, 77))
+    (event,) = [json.loads(line) for line in b"".join(sent).splitlines()]
+    assert event["type"] == "DELETED"
+    assert event["object"]["metadata"] == {"name": "gone", "resourceVersion": "77"}

@@ -311,6 +311,11 @@ class WatchBody:
             await writer.event("BOOKMARK", bookmark_object(kind, event.revision, False))
             return True
         kv, event_type, selectors = event.kv, event.type, request.selectors
+        if event_type == "DELETED" and not len(kv.value):
+            # etcd no longer had the object's last version: whether it matched this watcher's selectors
+            # cannot be told, and a DELETED of a key a client never had is harmless, where a lost one is not
+            await writer.event("DELETED", tombstone_object(kind, bytes(kv.key), event.revision))
+            return live
         if selectors.active:
             # kube's watch filter: an object whose labels stop matching is DELETED for this watcher (its
             # previous version), one whose labels start matching is ADDED
@@ -321,10 +326,7 @@ class WatchBody:
                 event_type, kv = "DELETED", event.prev_kv
             elif event_type == "MODIFIED" and not was:
                 event_type = "ADDED"
-        if event_type == "DELETED" and not len(kv.value):
-            await writer.event("DELETED", tombstone_object(kind, bytes(kv.key), event.revision))
-        else:
-            await self.items.event(writer, event_type, kv.value, int(event.revision), kv.key)
+        await self.items.event(writer, event_type, kv.value, int(event.revision), kv.key)
         return live
 
     async def _run(self, writer: FrameWriter) -> None:
