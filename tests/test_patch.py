@@ -236,6 +236,23 @@ def test_a_watch_sees_a_patch_as_one_modified_event(client: httpx.Client) -> Non
     assert events[0]["object"]["metadata"]["resourceVersion"] == r.json()["metadata"]["resourceVersion"]
 
 
+def test_a_write_that_changes_nothing_is_not_written(client: httpx.Client) -> None:
+    """kube's GuaranteedUpdate stores nothing when the new object is the old one: same resourceVersion, no event
+    (a controller re-applying what is there must not wake every watcher)."""
+    obj = created(client)
+    name, rv = obj["metadata"]["name"], obj["metadata"]["resourceVersion"]
+    same = client.patch(f"{NS}/{name}", content=json.dumps({"data": {"k": b64("v")}}), headers={"Content-Type": "application/merge-patch+json"})
+    assert same.status_code == 200 and same.json()["metadata"]["resourceVersion"] == rv, same.text
+    put = client.put(f"{NS}/{name}", json=same.json())
+    assert put.status_code == 200 and put.json()["metadata"]["resourceVersion"] == rv, put.text
+    changed = client.patch(f"{NS}/{name}", content=json.dumps({"data": {"k": b64("w")}}), headers={"Content-Type": "application/merge-patch+json"})
+    assert changed.status_code == 200 and int(changed.json()["metadata"]["resourceVersion"]) > int(rv)
+    with client.stream("GET", NS, params={"watch": "1", "resourceVersion": rv, "fieldSelector": f"metadata.name={name}",
+                                          "timeoutSeconds": "1"}) as resp:
+        events = [json.loads(line) for line in resp.iter_lines() if line]
+    assert [(e["type"], e["object"]["data"]["k"]) for e in events] == [("MODIFIED", b64("w"))]
+
+
 def test_a_dry_run_patch_answers_the_patched_object_and_stores_nothing(client: httpx.Client, etcd: Any) -> None:
     obj = created(client)
     url = f"{NS}/{obj['metadata']['name']}"

@@ -658,6 +658,8 @@ class App:
                     if expected is not None and expected != revision:
                         raise storage_errors.Conflict(f"{key!r} is at {revision}", key=key, actual_revision=revision)
                     break  # a dry run: what the update would store, at the revision it would replace
+                if value == bytes(current.value):
+                    break  # nothing changes: no write, no event, the same resourceVersion (kube's GuaranteedUpdate)
                 revision = await store.update(key, value, revision)
                 break
             except storage_errors.Conflict as exc:
