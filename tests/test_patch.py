@@ -80,6 +80,16 @@ RFC6902 = [
 ]
 
 
+def test_a_merge_patchs_result_shares_nothing_with_the_patch() -> None:
+    """The result is pruned in place (unknown fields) and a retried write applies the patch again: a list
+    (and the objects in it) taken from the patch must be copies, or the retry sees a pruned patch."""
+    patch = {"spec": {"containers": [{"name": "a", "unknownField": 1}]}, "data": {"k": "v"}}
+    result = patches.merge_patch({"spec": {}}, patch)
+    result["spec"]["containers"][0].pop("unknownField")
+    result["data"]["k"] = "changed"
+    assert patch == {"spec": {"containers": [{"name": "a", "unknownField": 1}]}, "data": {"k": "v"}}
+
+
 @pytest.mark.parametrize("document, patch, result", RFC6902)
 def test_json_patch_gives_rfc_6902s_results(document: Any, patch: List[Dict[str, Any]], result: Any) -> None:
     before = json.dumps(document)

@@ -90,7 +90,9 @@ def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: ``patch``'s members replace ``target``'s, recursively where both are objects; a null removes
     one.  (Recursion is bounded by the decoder's nesting limit, :data:`streamcodec.limits.DEFAULT_MAX_DEPTH`.)"""
     if not isinstance(patch, dict):
-        return patch
+        # a copy: the result is checked and pruned in place (unknown fields), and a write that must be
+        # retried applies the same patch again
+        return copy.deepcopy(patch) if isinstance(patch, list) else patch
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
