@@ -159,6 +159,8 @@ class ParkedWatch(asyncio.Protocol):
 
     async def _chunk(self, view: memoryview) -> None:
         """The writer's sink: one HTTP/1.1 chunk, written now (the transport buffers what the socket does not take)."""
+        if self._ended:
+            return  # a write that waited for a buffer, finishing after the last chunk went out
         chunk = b"%x\r\n%b\r\n" % (len(view), view)  # type: ignore[str-format]  # %b takes any buffer
         self.transport.write(chunk)
         if self._capture is not None:  # one event's chunk, the same for every watcher of its group
