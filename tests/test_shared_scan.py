@@ -74,10 +74,19 @@ async def initial(
             await asyncio.sleep(delay)
 
 
+_members: Dict[int, ScanMember] = {}
+
+
+def remember(*streams: WatchListStream) -> None:
+    """Note each stream's scan membership (a watch-list lets it go once its initial events are read)."""
+    for stream in streams:
+        member = stream._list
+        assert isinstance(member, ScanMember)
+        _members[id(stream)] = member
+
+
 def member_of(stream: WatchListStream) -> ScanMember:
-    member = stream._list
-    assert isinstance(member, ScanMember)
-    return member
+    return _members[id(stream)]
 
 
 async def test_sixteen_watch_lists_cost_etcd_one_read(store: EtcdStore, etcd: EtcdProcess, prefix: bytes) -> None:
@@ -85,6 +94,7 @@ async def test_sixteen_watch_lists_cost_etcd_one_read(store: EtcdStore, etcd: Et
     collection_bytes = sum(len(k) + len(v) for k, v in objects.items())
     before = await asyncio.to_thread(etcd_sent_bytes, etcd)
     streams = [store.shared_watch_list(prefix) for _ in range(16)]
+    remember(*streams)
     results = await asyncio.wait_for(asyncio.gather(*(initial(s) for s in streams)), 60)
     after = await asyncio.to_thread(etcd_sent_bytes, etcd)
     revision = await store.current_revision()
@@ -151,6 +161,7 @@ async def test_staggered_arrivals_with_writes_are_consistent_and_complete(
         arrived = await store.current_revision()
         # half consistent reads, half NotOlderThan an old revision (those may join scans mid-flight)
         stream = store.shared_watch_list(prefix, None if index % 2 == 0 else start_revision)
+        remember(stream)
         got, bookmark = await initial(stream, delay=0.002, reached={1: first_event[index], 20: midway[index]})
         later: List[Tuple[str, bytes, int]] = []
         while True:
@@ -199,6 +210,7 @@ async def test_a_slow_member_is_detached_and_does_not_delay_the_others(
     hub = ScanHub(store, ring_pages=3)
     slow = WatchListStream(store, prefix, None, listing=hub.member(prefix))
     fast = [WatchListStream(store, prefix, None, listing=hub.member(prefix)) for _ in range(4)]
+    remember(slow, *fast)
     first = await asyncio.wait_for(slow.__anext__(), 10)  # then it reads nothing for a while
     started = time.monotonic()
     # all fast members in the scan (each has its first object) before any runs ahead

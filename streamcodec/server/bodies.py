@@ -367,9 +367,11 @@ class WatchBody:
         park, self.park = self.park, None  # tried once
         return park is not None and park()
 
-    def listen(self, listener: Optional[Callable[[], None]]) -> bool:
-        """Have ``listener()`` called whenever the storage stream has something ready (see :meth:`write_ready`)."""
-        return bool(self._stream.listen(listener))
+    def listen(self, listener: Optional[Callable[[], None]], take: Optional[Callable[[Any], bool]] = None) -> bool:
+        """Have ``listener()`` called whenever the storage stream has something ready (read it with
+        :meth:`next_ready`), and ``take(event)`` offered each event as it comes (see
+        :meth:`SharedWatch.listen <streamcodec.storage.watch_hub.SharedWatch.listen>`)."""
+        return bool(self._stream.listen(listener, take))
 
     def next_ready(self) -> Any:
         """The storage stream's next event if one is ready now, else None (after :meth:`listen`)."""

@@ -63,12 +63,6 @@ class _LastChunks:
         self.chunks: Dict[Any, bytes] = {}
         self.hits = 0  #: chunks written as another watcher's encoding made them
 
-    def get(self, event: Any, group: Any) -> Optional[bytes]:
-        chunk = self.chunks.get(group) if event is self.event else None
-        if chunk is not None:
-            self.hits += 1
-        return chunk
-
     def put(self, event: Any, group: Any, chunk: bytes) -> None:
         if event is not self.event:
             self.event, self.chunks = event, {}
@@ -122,7 +116,7 @@ class ParkedWatch(asyncio.Protocol):
             self._deadline_timer = loop.call_at(self.deadline, self.end)
         if paused:
             self.pause_writing()
-        self.body.listen(self._ready)
+        self.body.listen(self._ready, self._take)
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -167,13 +161,10 @@ class ParkedWatch(asyncio.Protocol):
             _last_chunks.put(self._capture, self.group, chunk)
             self._capture = None
 
-    def _taking(self) -> bool:
-        return not self._paused and not self._ended
-
     def _ready(self) -> None:
-        """The storage stream has something: write each event ready, unless the client is behind."""
-        body, group = self.body, self.group
-        while self._taking() and not self._busy:
+        """The storage stream has something waiting: write each event ready, unless the client is behind."""
+        body = self.body
+        while not (self._paused or self._ended or self._busy):
             try:
                 event = body.next_ready()
             except StopAsyncIteration:
@@ -184,14 +175,25 @@ class ParkedWatch(asyncio.Protocol):
                 return
             if event is None:
                 return
-            if group is not None and event.type != "BOOKMARK":
-                chunk = _last_chunks.get(event, group)
+            self._take(event)
+
+    def _take(self, event: Any) -> bool:
+        """Write one event now, unless the client is behind (False: it waits in the shared watch's backlog)."""
+        if self._paused or self._ended or self._busy:
+            return False
+        group = self.group
+        if group is not None and event.type != "BOOKMARK":
+            last = _last_chunks
+            if event is last.event:
+                chunk = last.chunks.get(group)
                 if chunk is not None:  # encoded for another watcher already: the same bytes
+                    last.hits += 1
                     self.transport.write(chunk)
-                    continue
-                self._capture = event
-            self._drive(body.write_event(self.writer, event), self._written)
-            self._capture = None
+                    return True
+            self._capture = event
+        self._drive(self.body.write_event(self.writer, event), self._written)
+        self._capture = None
+        return True
 
     def _written(self, error: Optional[BaseException], result: Any) -> None:
         if error is not None:

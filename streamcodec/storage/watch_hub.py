@@ -149,8 +149,9 @@ class SharedWatch:
         self._backlog: List[WatchEvent] = []
         self._backlog_bytes = 0
         self._waiter: Optional["asyncio.Future[None]"] = None
-        #: called back instead of waking a waiter (see :meth:`listen`)
+        #: called back instead of waking a waiter, and offered each event as it comes (see :meth:`listen`)
         self._listener: Optional[Callable[[], None]] = None
+        self._take: Optional[Callable[[WatchEvent], bool]] = None
         self._error: Optional[BaseException] = None
         self._ended = False
         self._closed = False
@@ -196,6 +197,17 @@ class SharedWatch:
             return
         if event.type == "BOOKMARK" and event.revision < self._next - 1:
             return
+        take = self._take
+        if take is not None and not self._backlog:
+            try:
+                taken = take(event)
+            except Exception:  # one watcher's failure must not stop the fan-out to the others
+                log.exception("a watch listener failed")
+                taken = False
+            if taken:
+                if event.type != "BOOKMARK":
+                    self._next = event.revision + 1
+                return
         self._backlog.append(event)
         self._backlog_bytes += _size(event)
         if len(self._backlog) > self.hub.backlog_events or self._backlog_bytes > self.hub.backlog_bytes:
@@ -230,17 +242,20 @@ class SharedWatch:
         if self._upstream is not None:
             self.hub._leave(self._upstream, self)
 
-    def listen(self, listener: Optional[Callable[[], None]]) -> bool:
+    def listen(self, listener: Optional[Callable[[], None]], take: Optional[Callable[[WatchEvent], bool]] = None) -> bool:
         """Be called back, synchronously, whenever an event, the end or an error is ready; None: no longer.
 
         For a watcher read with no task waiting on :meth:`__anext__` (an idle watch whose connection
         is driven by callbacks): ``listener()`` runs from the fan-out, and reads with
-        :meth:`next_ready`.  Called at once if something is ready already.  Only a started shared
-        watch can be listened to: False (and nothing set) for a private etcd watch.
+        :meth:`next_ready`.  Called soon if something is ready already.  ``take(event)``, if given, is
+        offered each event as it comes while none waits before it: True, it took the event (which
+        then never waits in the backlog: the fan-out's cheapest path).  Only a started shared watch
+        can be listened to: False (and nothing set) for a private etcd watch.
         """
         if self._upstream is None:
             return False
         self._listener = listener
+        self._take = take if listener is not None else None
         if listener is not None and (self._backlog or self._error is not None or self._ended or self._closed):
             asyncio.get_running_loop().call_soon(self._wake)
         return True
@@ -284,7 +299,7 @@ class SharedWatch:
 
     async def aclose(self) -> None:
         self._closed = True
-        self._listener = None
+        self._listener = self._take = None
         self._wake()
         if self._private is not None:
             await self._private.aclose()

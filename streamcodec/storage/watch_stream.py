@@ -302,6 +302,18 @@ class WatchStream:
 # ---------------------------------------------------------------- watch list
 
 
+class _NoListing:
+    """A watch-list's listing once read to its end."""
+
+    revision = None
+
+    async def aclose(self) -> None:
+        """Nothing left to close."""
+
+
+_NO_LISTING = _NoListing()
+
+
 class WatchListStream:
     """The Kubernetes watch-list contract over one prefix.
 
@@ -354,9 +366,21 @@ class WatchListStream:
             self.caught_up = True
         return event
 
-    def listen(self, listener: Optional[Callable[[], None]]) -> bool:
+    def listen(self, listener: Optional[Callable[[], None]], take: Optional[Callable[[WatchEvent], bool]] = None) -> bool:
         """:meth:`SharedWatch.listen <streamcodec.storage.watch_hub.SharedWatch.listen>`, once the initial events have all been read."""
-        return self._live and self.watch is not None and self.watch.listen(listener)
+        if not self._live or self.watch is None:
+            return False
+        if take is None:
+            return self.watch.listen(listener)
+        offer = take
+
+        def take_seen(event: WatchEvent) -> bool:
+            if not offer(event):
+                return False
+            self._seen(event)  # a progress bookmark still says the stream caught up
+            return True
+
+        return self.watch.listen(listener, take_seen)
 
     def next_ready(self) -> Optional[WatchEvent]:
         """:meth:`SharedWatch.next_ready <streamcodec.storage.watch_hub.SharedWatch.next_ready>` (after :meth:`listen`)."""
@@ -401,6 +425,8 @@ class WatchListStream:
             async for kv in listing:
                 yield WatchEvent("ADDED", kv, None, int(kv.mod_revision))
                 del kv
+        await listing.aclose()  # read to its end: what it holds (a scan membership) goes now, not with the watch
+        self._list = listing = _NO_LISTING
         watch = self._store.shared_watch(self.prefix, revision + 1)  # one etcd watch for every watcher of the prefix
         self.watch = watch
         await watch.start()
