@@ -12,6 +12,7 @@ import os
 import resource
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -368,3 +369,24 @@ def test_ten_thousand_idle_watches_cost_at_most_64_mib_and_a_write_reaches_all()
         proc.kill()
         proc.wait()
         etcd.close()
+
+
+def test_a_watch_over_tls_parks_and_gets_every_event(etcd: Any, prefix: bytes, tmp_path: Any) -> None:
+    """The hand-over works on a TLS connection too (the transport's protocol under asyncio's SSL layer)."""
+    from tests.test_security import PKI
+
+    pki = PKI(tmp_path / "pki", "parked")
+    ssl_options = {"ssl_certfile": pki.server_cert, "ssl_keyfile": pki.server_key}
+    with ServerThread(etcd.endpoint, prefix, ssl=ssl_options) as srv:
+        with httpx.Client(base_url=srv.url, verify=ssl.create_default_context(cafile=pki.ca), timeout=20) as c:
+            with c.stream("GET", NS, params={"watch": "1", "timeoutSeconds": "3"}) as r:
+                assert r.status_code == 200 and r.headers["connection"] == "close"
+                wait_for(lambda: parked_count(srv) == 1)
+                lines = r.iter_lines()
+                for name in ("t0", "t1"):
+                    assert c.post(NS, json={"metadata": {"name": name}}).status_code == 201
+                    event = json.loads(next(line for line in lines if line))
+                    assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", name)
+                assert [line for line in lines if line] == []  # then the end at its timeout, cleanly
+        wait_for(lambda: srv.app.stats()["active_streams"] == 0)
+        assert srv.app.stats()["outcomes"].get("complete", 0) == 1
